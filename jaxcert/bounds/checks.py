@@ -1,0 +1,32 @@
+"""Clear errors for inputs that do not fit the network (checked at trace time, from static shapes)."""
+
+from __future__ import annotations
+
+import jax
+
+from jaxcert.nets.layers import Arch, BatchNorm, Conv, Dense
+from jaxcert.nets.network import LayerParams
+
+
+def check_input(arch: Arch, params: LayerParams, x: jax.Array) -> None:
+    """Raise ``ValueError`` if ``x`` (batched) or ``params`` do not fit ``arch``."""
+    if len(params) != len(arch):
+        raise ValueError(f"params has {len(params)} layer entries but the architecture has {len(arch)}")
+    if x.ndim < 2:
+        raise ValueError(f"x must have a leading batch axis, got shape {x.shape}")
+    shape = tuple(x.shape[1:])
+    for i, (spec, p) in enumerate(zip(arch, params, strict=True)):
+        if isinstance(spec, Dense):
+            if len(shape) != 1 or p["kernel"].shape[0] != shape[0]:
+                raise ValueError(
+                    f"layer {i} ({spec}) expects a flat input of size {p['kernel'].shape[0]}, "
+                    f"got shape {shape} (input shape {tuple(x.shape[1:])})"
+                )
+        elif isinstance(spec, Conv | BatchNorm):
+            channels = p["kernel"].shape[2] if isinstance(spec, Conv) else p["scale"].shape[0]
+            if len(shape) != 3 or shape[-1] != channels:
+                raise ValueError(
+                    f"layer {i} ({spec}) expects HWC input with {channels} channels, got shape {shape} "
+                    f"(input shape {tuple(x.shape[1:])})"
+                )
+        shape = spec.out_shape(shape)

@@ -1,0 +1,23 @@
+"""Networks: static layer specs, the NNX ``Network`` and its pure functional view."""
+
+from jaxcert.nets.architectures import ARCHITECTURES, NORMALIZATION, get_architecture, mlp
+from jaxcert.nets.layers import Arch, BatchNorm, Conv, Dense, Flatten, LayerSpec, Normalize, ReLU
+from jaxcert.nets.network import (
+    LayerParams,
+    Network,
+    forward,
+    init_params,
+    load_params,
+    merge,
+    params_of,
+    pure_apply,
+    shapes,
+    split_trainable,
+    trainable_mask,
+)
+
+__all__ = [
+    "ARCHITECTURES", "NORMALIZATION", "Arch", "BatchNorm", "Conv", "Dense", "Flatten", "LayerParams",
+    "LayerSpec", "Network", "Normalize", "ReLU", "forward", "get_architecture", "init_params",
+    "load_params", "merge", "mlp", "params_of", "pure_apply", "shapes", "split_trainable", "trainable_mask",
+]

@@ -1,0 +1,88 @@
+"""Architectures of the certified-training literature (see SPEC.md, "Networks").
+
+Each builder returns a static architecture (tuple of layer specs) whose first layer is the data set's
+per-channel normalisation, so that input boxes live in the raw [0, 1] pixel space.
+"""
+
+from __future__ import annotations
+
+from jaxcert.nets.layers import Arch, BatchNorm, Conv, Dense, Flatten, LayerSpec, Normalize, ReLU
+
+#: Per-channel (mean, std) of each data set's raw [0, 1] pixels.
+NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "mnist": ((0.1307,), (0.3081,)),
+    "fashion_mnist": ((0.2861,), (0.3530,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    "none": ((0.0,), (1.0,)),
+}
+
+
+def normalization(dataset: str) -> Normalize:
+    if dataset not in NORMALIZATION:
+        raise ValueError(f"unknown data set {dataset!r}; known: {sorted(NORMALIZATION)}")
+    mean, std = NORMALIZATION[dataset]
+    return Normalize(mean, std)
+
+
+def _with_relus(hidden: list[LayerSpec], batch_norm: bool = False) -> list[LayerSpec]:
+    out: list[LayerSpec] = []
+    for layer in hidden:
+        out.append(layer)
+        if batch_norm:
+            out.append(BatchNorm())
+        out.append(ReLU())
+    return out
+
+
+def cnn3(num_classes: int = 10, dataset: str = "fashion_mnist") -> Arch:
+    """Conv(16,5,s2,p2)-ReLU-Conv(32,4,s2,p1)-ReLU-Flatten-Linear(classes)."""
+    body = _with_relus([Conv(16, 5, 2, 2), Conv(32, 4, 2, 1)])
+    return (normalization(dataset), *body, Flatten(), Dense(num_classes))
+
+
+def cnn5(num_classes: int = 10, dataset: str = "fashion_mnist") -> Arch:
+    """Conv(16,3,1,1)-Conv(16,4,2,1)-Conv(32,4,2,1)-Linear(512)-Linear(classes), ReLUs between."""
+    convs = _with_relus([Conv(16, 3, 1, 1), Conv(16, 4, 2, 1), Conv(32, 4, 2, 1)])
+    return (normalization(dataset), *convs, Flatten(), Dense(512), ReLU(), Dense(num_classes))
+
+
+def cnn7(num_classes: int = 10, dataset: str = "cifar10", batch_norm: bool = False) -> Arch:
+    """Conv(64,3,1,1)-Conv(64,3,1,1)-Conv(128,3,2,1)-Conv(128,3,1,1)-Conv(128,3,1,1)-Linear(512)-
+    Linear(classes); ReLU (and BatchNorm in the BN variant) after each hidden layer."""
+    convs = [Conv(64, 3, 1, 1), Conv(64, 3, 1, 1), Conv(128, 3, 2, 1), Conv(128, 3, 1, 1), Conv(128, 3, 1, 1)]
+    body = _with_relus(convs, batch_norm)
+    head = _with_relus([Dense(512)], batch_norm)
+    return (normalization(dataset), *body, Flatten(), *head, Dense(num_classes))
+
+
+def mlp(widths: tuple[int, ...], num_classes: int = 10, dataset: str = "fashion_mnist") -> Arch:
+    """Flatten-Linear(w1)-ReLU-...-Linear(wk)-ReLU-Linear(classes)."""
+    body = _with_relus([Dense(w) for w in widths])
+    return (normalization(dataset), Flatten(), *body, Dense(num_classes))
+
+
+def paradox_fc(num_classes: int = 10, dataset: str = "fashion_mnist") -> Arch:
+    """The Paradox paper's FC net: 400-200-100-100-classes."""
+    return mlp((400, 200, 100, 100), num_classes, dataset)
+
+
+def paradox_conv(num_classes: int = 10, dataset: str = "fashion_mnist") -> Arch:
+    """The Paradox paper's CONV net: Conv(16,4,s2,p1)-FC100-FC(classes)."""
+    return (normalization(dataset), Conv(16, 4, 2, 1), ReLU(), Flatten(), Dense(100), ReLU(), Dense(num_classes))
+
+
+ARCHITECTURES = {
+    "cnn3": cnn3,
+    "cnn5": cnn5,
+    "cnn7": cnn7,
+    "cnn7_bn": lambda num_classes=10, dataset="cifar10": cnn7(num_classes, dataset, batch_norm=True),
+    "paradox_fc": paradox_fc,
+    "paradox_conv": paradox_conv,
+    "mlp_small": lambda num_classes=10, dataset="fashion_mnist": mlp((100, 100), num_classes, dataset),
+}
+
+
+def get_architecture(name: str, num_classes: int = 10, dataset: str = "fashion_mnist") -> Arch:
+    if name not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {name!r}; known: {sorted(ARCHITECTURES)}")
+    return ARCHITECTURES[name](num_classes=num_classes, dataset=dataset)
