@@ -58,7 +58,7 @@ def sample_box(key: jax.Array, lower: jax.Array, upper: jax.Array, n: int) -> ja
     return jnp.concatenate([uniform, corners])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _bound_fn(net: str, relaxation: str, options: tuple):
     arch, _ = TINY_NETS[net]
     fn = get_relaxation(relaxation)
@@ -66,8 +66,16 @@ def _bound_fn(net: str, relaxation: str, options: tuple):
 
 
 def assert_sound(
-    relaxation: str, net: str, seed: int, eps: float, *, n_samples: int = 256, batch: int = 3,
-    use_spec: bool = True, weight_scale: float = 1.0, **options,
+    relaxation: str,
+    net: str,
+    seed: int,
+    eps: float,
+    *,
+    n_samples: int = 256,
+    batch: int = 3,
+    use_spec: bool = True,
+    weight_scale: float = 1.0,
+    **options,
 ) -> tuple[jax.Array, jax.Array]:
     """Check that sampled outputs of ``C f(x')`` stay inside the bounds; returns the bounds."""
     arch, in_shape, params = tiny_params(net, seed, weight_scale)

@@ -36,9 +36,9 @@ def test_ibp_intermediate_bounds_contain_activations():
     layers = interval_layers(arch, params, lo, hi)
     pts = lo + jax.random.uniform(jax.random.key(3), (64, *in_shape)) * (hi - lo)
     h = pts
-    for (l, u), spec, p in zip(layers[1:], arch, params, strict=True):
+    for (lo_k, hi_k), spec, p in zip(layers[1:], arch, params, strict=True):
         h = spec.apply(p, h)
-        assert bool(jnp.all(h >= l - 1e-5)) and bool(jnp.all(h <= u + 1e-5))
+        assert bool(jnp.all(h >= lo_k - 1e-5)) and bool(jnp.all(h <= hi_k + 1e-5))
 
 
 def test_folding_the_spec_is_tighter_than_subtracting_logit_bounds():

@@ -5,7 +5,6 @@ Importing this package registers every relaxation (see :func:`relaxation_names`)
 
 # Modules that register relaxations on import.
 from jaxcert.bounds import alpha_crown, crown, crown_ibp, deepz, hbox  # noqa: F401
-
 from jaxcert.bounds.box import check_eps, input_box
 from jaxcert.bounds.ibp import ibp_bounds, interval_layers
 from jaxcert.bounds.loss import certified_cross_entropy, cross_entropy, is_certified
@@ -20,7 +19,19 @@ from jaxcert.bounds.registry import (
 from jaxcert.bounds.spec import fold_spec, margin_spec
 
 __all__ = [
-    "certified_cross_entropy", "check_eps", "cross_entropy", "fold_spec", "get_relaxation", "ibp_bounds",
-    "input_box", "interval_layers", "is_certified", "make_bound_fn", "margin_lower_bounds", "margin_spec",
-    "output_bounds", "register", "relaxation_names",
+    "certified_cross_entropy",
+    "check_eps",
+    "cross_entropy",
+    "fold_spec",
+    "get_relaxation",
+    "ibp_bounds",
+    "input_box",
+    "interval_layers",
+    "is_certified",
+    "make_bound_fn",
+    "margin_lower_bounds",
+    "margin_spec",
+    "output_bounds",
+    "register",
+    "relaxation_names",
 ]

@@ -1,6 +1,6 @@
 """The input region: the ℓ∞ ball of radius ε around ``x``, clipped to the data range.
 
-    lower = max(x - ε, lo),   upper = min(x + ε, hi)
+lower = max(x - ε, lo),   upper = min(x + ε, hi)
 """
 
 from __future__ import annotations
@@ -21,9 +21,7 @@ def check_eps(eps: float | jax.Array) -> None:
         raise ValueError(f"eps must be >= 0, got {eps}")
 
 
-def input_box(
-    x: jax.Array, eps: float | jax.Array, lo: float = 0.0, hi: float = 1.0
-) -> tuple[jax.Array, jax.Array]:
+def input_box(x: jax.Array, eps: float | jax.Array, lo: float = 0.0, hi: float = 1.0) -> tuple[jax.Array, jax.Array]:
     """``(lower, upper)`` of the clipped ε-ball. ``eps`` is a scalar or one value per example."""
     check_eps(eps)
     eps = jnp.asarray(eps, dtype=x.dtype)

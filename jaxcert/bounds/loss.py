@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 def certified_cross_entropy(margin_lb: jax.Array) -> jax.Array:
     """Per-example certified cross-entropy, shape (B,)."""
-    zeros = jnp.zeros(margin_lb.shape[:-1] + (1,), margin_lb.dtype)
+    zeros = jnp.zeros((*margin_lb.shape[:-1], 1), margin_lb.dtype)
     return jax.nn.logsumexp(jnp.concatenate([zeros, -margin_lb], axis=-1), axis=-1)
 
 

@@ -21,7 +21,12 @@ from jaxcert.nets.network import LayerParams
 
 class Relaxation(Protocol):
     def __call__(
-        self, arch: Arch, params: LayerParams, lower: jax.Array, upper: jax.Array, C: jax.Array | None = None,
+        self,
+        arch: Arch,
+        params: LayerParams,
+        lower: jax.Array,
+        upper: jax.Array,
+        C: jax.Array | None = None,
         **options: Any,
     ) -> tuple[jax.Array, jax.Array]: ...
 
@@ -86,9 +91,7 @@ def margin_lower_bounds(
     return output_bounds(arch, params, x, eps, relaxation=relaxation, C=C, **options)[0]
 
 
-def make_bound_fn(
-    arch: Arch, relaxation: str = "ibp", **options: Any
-) -> Callable[..., tuple[jax.Array, jax.Array]]:
+def make_bound_fn(arch: Arch, relaxation: str = "ibp", **options: Any) -> Callable[..., tuple[jax.Array, jax.Array]]:
     """The pure function ``(params, x, eps, C=None) -> (lower, upper)`` for a fixed architecture.
 
     It is ``jax.jit``-able and ``jax.vmap``-able over a leading axis of parameter samples, e.g.

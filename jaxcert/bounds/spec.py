@@ -54,9 +54,7 @@ def fold_spec(
         b = jnp.broadcast_to(bias, (batch, bias.shape[0]))
     else:
         if C.ndim != 3 or C.shape[0] != batch or C.shape[2] != kernel.shape[1]:
-            raise ValueError(
-                f"C must have shape (batch={batch}, K, outputs={kernel.shape[1]}), got {C.shape}"
-            )
+            raise ValueError(f"C must have shape (batch={batch}, K, outputs={kernel.shape[1]}), got {C.shape}")
         W = jnp.einsum("hn,bkn->bhk", kernel, C)
         b = jnp.einsum("n,bkn->bk", bias, C)
     return arch[:-1], params[:-1], W, b

@@ -32,7 +32,6 @@ class LayerSpec:
     is_affine: bool = True
     has_params: bool = False
 
-
     def out_shape(self, in_shape: Shape) -> Shape:
         return in_shape
 
@@ -56,7 +55,6 @@ class Dense(LayerSpec):
 
     features: int
     has_params: bool = dataclasses.field(default=True, init=False)
-
 
     def out_shape(self, in_shape: Shape) -> Shape:
         if len(in_shape) != 1:
@@ -83,12 +81,11 @@ class Conv(LayerSpec):
     padding: int = 0
     has_params: bool = dataclasses.field(default=True, init=False)
 
-
     def out_shape(self, in_shape: Shape) -> Shape:
         if len(in_shape) != 3:
             raise ValueError(f"Conv expects an HWC input, got shape {in_shape}")
         h, w, _ = in_shape
-        size = lambda n: (n + 2 * self.padding - self.kernel) // self.stride + 1  # noqa: E731
+        size = lambda n: (n + 2 * self.padding - self.kernel) // self.stride + 1
         return (size(h), size(w), self.features)
 
     def _conv(self, w: jax.Array, x: jax.Array) -> jax.Array:
@@ -167,7 +164,6 @@ class BatchNorm(LayerSpec):
 
     eps: float = 1e-5
     has_params: bool = dataclasses.field(default=True, init=False)
-
 
     def _gain(self, p: Params) -> jax.Array:
         return p["scale"] * jax.lax.rsqrt(p["var"] + self.eps)

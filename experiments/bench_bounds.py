@@ -1,0 +1,290 @@
+"""Throughput of the bound propagators: examples/s of each relaxation on CNN3 and CNN7.
+
+For every (architecture, relaxation) pair it times the jitted margin bounds ``C f(x)`` (labels random,
+``C`` the margin spec) in the modes
+
+* ``single``: one parameter set, throughput = batch / time;
+* ``vmap``:   ``jax.vmap`` over S parameter samples (as in Gaussian Loss Smoothing),
+  throughput = batch * S / time (examples·samples/s);
+* ``map``:    (optional, ``--modes``) ``jax.lax.map`` over the same S samples, one after the other: the
+  sequential baseline for ``vmap`` (on CPU, vmapping convolutions over their kernels is slow).
+
+Each program is compiled first (compile time reported, warm-up excluded from the timings); if XLA's
+memory estimate (``compiled.memory_analysis()``) exceeds the memory limit, or anything raises, the pair is
+recorded as skipped with the reason. Timings are the median of ``--repeats`` calls with
+``block_until_ready``. Prints a markdown table and writes JSON (``--out``).
+
+    python experiments/bench_bounds.py                      # CNN3 + CNN7, batch 128, 16 samples
+    python experiments/bench_bounds.py --quick              # seconds: tiny net, tiny batch
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxcert.bounds import make_bound_fn, margin_spec, relaxation_names
+from jaxcert.nets import Conv, Dense, Flatten, Normalize, ReLU, get_architecture, init_params
+from jaxcert.nets.layers import Arch
+from jaxcert.nets.network import LayerParams, merge, split_trainable
+
+GiB = 2**30
+
+#: name -> (architecture builder, input shape, ε of the benchmark's input box)
+BENCH_ARCHS: dict[str, tuple[Callable[[], Arch], tuple[int, ...], float]] = {
+    "cnn3": (lambda: get_architecture("cnn3", dataset="fashion_mnist"), (28, 28, 1), 0.1),
+    "cnn5": (lambda: get_architecture("cnn5", dataset="fashion_mnist"), (28, 28, 1), 0.1),
+    "cnn7": (lambda: get_architecture("cnn7", dataset="cifar10"), (32, 32, 3), 2 / 255),
+    "paradox_fc": (lambda: get_architecture("paradox_fc", dataset="fashion_mnist"), (28, 28, 1), 0.1),
+    "paradox_conv": (lambda: get_architecture("paradox_conv", dataset="fashion_mnist"), (28, 28, 1), 0.1),
+    "tiny": (
+        lambda: (Normalize((0.5,), (0.25,)), Conv(4, 3, 2, 1), ReLU(), Flatten(), Dense(8), ReLU(), Dense(10)),
+        (8, 8, 1),
+        0.1,
+    ),
+}
+
+DEFAULTS = {
+    "archs": "cnn3,cnn7",
+    "relaxations": "ibp,hbox,deepz,crown,crown-ibp",
+    "batch": 128,
+    "samples": 16,
+    "repeats": 3,
+    "max_seconds": 60.0,
+}
+MODES = ("single", "vmap", "map")
+QUICK = {"archs": "tiny", "batch": 4, "samples": 2, "repeats": 2, "max_seconds": 10.0}
+
+
+def default_memory_limit() -> float:
+    """Bytes a program may use: 90% of the accelerator's memory, or 80% of the host's available memory."""
+    device = jax.devices()[0]
+    stats = device.memory_stats() if device.platform != "cpu" else None
+    if stats and "bytes_limit" in stats:
+        return 0.9 * stats["bytes_limit"]
+    try:
+        return 0.8 * os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return 24.0 * GiB
+
+
+def parameter_samples(params: LayerParams, samples: int, sigma: float, key: jax.Array) -> LayerParams:
+    """``samples`` Gaussian perturbations ``θ + σ z`` of the trainable weights (stacked on axis 0);
+    BatchNorm running statistics are copied unchanged."""
+    trainable, frozen = split_trainable(params)
+    leaves, treedef = jax.tree.flatten(trainable)
+    keys = jax.random.split(key, len(leaves))
+    noisy = [leaf + sigma * jax.random.normal(k, (samples, *leaf.shape)) for leaf, k in zip(leaves, keys, strict=True)]
+    stacked_frozen = jax.tree.map(lambda a: jnp.broadcast_to(a, (samples, *a.shape)), frozen)
+    return merge(jax.tree.unflatten(treedef, noisy), stacked_frozen)
+
+
+def batched_over_samples(fn: Callable[..., Any], mode: str) -> Callable[..., Any]:
+    """``fn(params, x, eps, C)`` over a leading axis of parameter samples: ``jax.vmap`` or ``jax.lax.map``."""
+    if mode == "vmap":
+        return jax.vmap(fn, in_axes=(0, None, None, None))
+    return lambda params, x, eps, C: jax.lax.map(lambda p: fn(p, x, eps, C), params)
+
+
+def estimated_bytes(compiled: Any) -> float | None:
+    """XLA's estimate of the memory one call needs (arguments + outputs + temporaries), if available."""
+    try:
+        m = compiled.memory_analysis()
+    except Exception:  # not every backend implements it
+        return None
+    if m is None:
+        return None
+    return float(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes)
+
+
+def time_calls(call: Callable[[], Any], repeats: int, max_seconds: float) -> tuple[list[float], float]:
+    """Warm-up call (excluded), then up to ``repeats`` timed calls, fewer if one call is so slow that the
+    repeats would exceed ``max_seconds`` (at least one timed call). Returns (times, warm-up seconds)."""
+    start = time.perf_counter()
+    jax.block_until_ready(call())
+    warmup = time.perf_counter() - start
+    repeats = max(1, min(repeats, int(max_seconds // max(warmup, 1e-9))))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(call())
+        times.append(time.perf_counter() - start)
+    return times, warmup
+
+
+def bench_one(
+    arch_name: str,
+    relaxation: str,
+    mode: str,
+    *,
+    batch: int,
+    samples: int,
+    repeats: int,
+    max_seconds: float,
+    memory_limit: float,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Benchmark one (architecture, relaxation, mode) triple; never raises (errors become 'skipped')."""
+    build, in_shape, eps = BENCH_ARCHS[arch_name]
+    n = batch * (1 if mode == "single" else samples)
+    row: dict[str, Any] = {
+        "arch": arch_name,
+        "relaxation": relaxation,
+        "mode": mode,
+        "batch": batch,
+        "samples": 1 if mode == "single" else samples,
+        "eps": eps,
+        "status": "skipped",
+        "reason": None,
+    }
+    try:
+        arch = build()
+        params = init_params(arch, in_shape, seed=seed)
+        kx, ky, kp = jax.random.split(jax.random.key(seed), 3)
+        x = jax.random.uniform(kx, (batch, *in_shape))
+        C = margin_spec(jax.random.randint(ky, (batch,), 0, arch[-1].features), arch[-1].features)
+        fn = make_bound_fn(arch, relaxation)
+        if mode != "single":
+            params = parameter_samples(params, samples, 1e-2, kp)
+            fn = batched_over_samples(fn, mode)
+        start = time.perf_counter()
+        compiled = jax.jit(fn).lower(params, x, eps, C).compile()
+        row["compile_s"] = time.perf_counter() - start
+        needed = estimated_bytes(compiled)
+        row["memory_gib"] = None if needed is None else needed / GiB
+        if needed is not None and needed > memory_limit:
+            row["reason"] = f"estimated memory {needed / GiB:.1f} GiB > limit {memory_limit / GiB:.1f} GiB"
+            return row
+        times, warmup = time_calls(lambda: compiled(params, x, eps, C), repeats, max_seconds)
+    except Exception as err:  # a relaxation that fails is reported, not fatal
+        row["reason"] = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+        return row
+    median = statistics.median(times)
+    row.update(status="ok", warmup_s=warmup, repeats=len(times), median_s=median, times_s=times, throughput=n / median)
+    return row
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """One line per entry; throughput is examples/s (single) or examples·samples/s (vmap)."""
+    head = ["arch", "relaxation", "mode", "batch×samples", "median ms", "throughput", "est. GiB", "compile s", "note"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    fmt = lambda value, spec: "–" if value is None else format(value, spec)
+    for r in rows:
+        ok = r["status"] == "ok"
+        cells = [
+            r["arch"],
+            r["relaxation"],
+            r["mode"],
+            f"{r['batch']}×{r['samples']}",
+            fmt(1e3 * r["median_s"] if ok else None, ".1f"),
+            fmt(r.get("throughput"), ".1f"),
+            fmt(r.get("memory_gib"), ".2f"),
+            fmt(r.get("compile_s"), ".1f"),
+            "" if ok else f"skipped: {r['reason']}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--archs", help=f"comma-separated, from {sorted(BENCH_ARCHS)} (default {DEFAULTS['archs']})")
+    parser.add_argument("--relaxations", help=f"comma-separated (default {DEFAULTS['relaxations']})")
+    parser.add_argument("--batch", type=int, help=f"examples per call (default {DEFAULTS['batch']})")
+    parser.add_argument("--samples", type=int, help=f"parameter samples in vmap mode (default {DEFAULTS['samples']})")
+    parser.add_argument("--repeats", type=int, help=f"timed calls per entry (default {DEFAULTS['repeats']})")
+    parser.add_argument("--max-seconds", type=float, help="time budget of the timed calls of one entry")
+    parser.add_argument("--memory-gb", type=float, help="memory limit in GiB (default: from the machine)")
+    parser.add_argument("--modes", default="single,vmap", help="comma-separated: single, vmap, map")
+    parser.add_argument("--quick", action="store_true", help="tiny settings for a smoke test")
+    parser.add_argument("--out", default="experiments/results/bench_bounds.json", help="JSON output path")
+    args = parser.parse_args(argv)
+    for name, value in {**DEFAULTS, **(QUICK if args.quick else {})}.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    unknown = [a for a in args.archs.split(",") if a not in BENCH_ARCHS]
+    if unknown:
+        parser.error(f"unknown architectures {unknown}; known: {sorted(BENCH_ARCHS)}")
+    bad_modes = [m for m in args.modes.split(",") if m not in MODES]
+    if bad_modes:
+        parser.error(f"unknown modes {bad_modes}; known: {', '.join(MODES)}")
+    if args.batch < 1 or args.samples < 1 or args.repeats < 1:
+        parser.error("--batch, --samples and --repeats must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    memory_limit = args.memory_gb * GiB if args.memory_gb is not None else default_memory_limit()
+    registered = set(relaxation_names())
+    rows, notes = [], []
+    for relaxation in args.relaxations.split(","):
+        if relaxation not in registered:
+            notes.append(f"{relaxation}: not registered (known: {', '.join(sorted(registered))})")
+    for arch_name in args.archs.split(","):
+        for relaxation in args.relaxations.split(","):
+            for mode in args.modes.split(","):
+                if relaxation not in registered:
+                    row = {
+                        "arch": arch_name,
+                        "relaxation": relaxation,
+                        "mode": mode,
+                        "batch": args.batch,
+                        "samples": 1 if mode == "single" else args.samples,
+                        "status": "skipped",
+                        "reason": "not registered",
+                    }
+                else:
+                    row = bench_one(
+                        arch_name,
+                        relaxation,
+                        mode,
+                        batch=args.batch,
+                        samples=args.samples,
+                        repeats=args.repeats,
+                        max_seconds=args.max_seconds,
+                        memory_limit=memory_limit,
+                    )
+                rows.append(row)
+                print(
+                    f"{arch_name:>12} {relaxation:>10} {mode:>6}: "
+                    + (f"{row['throughput']:.1f} ex/s" if row["status"] == "ok" else f"skipped ({row['reason']})"),
+                    file=sys.stderr,
+                    flush=True,
+                )
+    result = {
+        "config": {
+            k: getattr(args, k)
+            for k in ("archs", "relaxations", "batch", "samples", "repeats", "modes", "max_seconds", "quick")
+        },
+        "memory_limit_gib": memory_limit / GiB,
+        "device": str(jax.devices()[0]),
+        "platform": jax.devices()[0].platform,
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "notes": notes,
+        "results": rows,
+    }
+    print(markdown_table(rows))
+    for note in notes:
+        print(f"note: {note}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
