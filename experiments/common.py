@@ -1,0 +1,177 @@
+"""Shared helpers of the research experiments (paradox, gls_vs_ibp, robust_vs_certified).
+
+A run is ``fit(config, arch, train_ds)``: the trainer of ``jaxcert.train`` chosen by ``config.method``
+(standard, PGD, certified, RGS, PGPE) with the recipe schedule of ``config`` (clean warm-up, then ε and κ
+ramped), driven over shuffled mini-batches for ``config.steps`` steps. Unlike ``jaxcert.train.loop.train``
+it takes any architecture (not only registered names) and any in-memory data set (spheres of any size,
+down-sampled images) and writes no checkpoints. Results go to ``experiments/results/<name>.json`` and
+``<name>.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from jaxcert.data import Dataset, batches, load_dataset, num_batches
+from jaxcert.evaluate import evaluate_per_example
+from jaxcert.nets.layers import Arch
+from jaxcert.nets.network import LayerParams
+from jaxcert.train.configs import TrainConfig
+from jaxcert.train.loop import initial_params, make_trainer
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def parse_args(description: str, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """``--quick`` (tiny smoke setting), ``--out DIR`` (results directory), ``--no-progress``, ``--seed``."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--quick", action="store_true", help="tiny setting (< 1 minute), used by the tests")
+    p.add_argument("--out", type=Path, default=RESULTS_DIR, help="directory for <name>.json and <name>.md")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+    return p.parse_args(argv)
+
+
+def downsample(ds: Dataset, factor: int) -> Dataset:
+    """Images average-pooled by ``factor`` in height and width (stays in the data range [0, 1])."""
+    if factor == 1:
+        return ds
+    n, h, w, c = ds.x.shape
+    if h % factor or w % factor:
+        raise ValueError(f"image size {h}x{w} is not divisible by the down-sampling factor {factor}")
+    x = ds.x.reshape(n, h // factor, factor, w // factor, factor, c).mean(axis=(2, 4))
+    return Dataset(
+        x=x, y=ds.y, num_classes=ds.num_classes, name=f"{ds.name}/{factor}", input_range=ds.input_range,
+        normalization=ds.normalization,
+    )  # fmt: skip
+
+
+def fashion_subset(train_limit: int, test_limit: int, *, factor: int = 1) -> tuple[Dataset, Dataset]:
+    """The first ``train_limit`` / ``test_limit`` Fashion-MNIST examples (offline copy), down-sampled."""
+    train = load_dataset("fashion_mnist", "train", limit=train_limit)
+    test = load_dataset("fashion_mnist", "test", limit=test_limit)
+    return downsample(train, factor), downsample(test, factor)
+
+
+def fit(
+    config: TrainConfig, arch: Arch, train_ds: Dataset, *, progress: bool = True, desc: str | None = None
+) -> tuple[LayerParams, dict[str, float]]:
+    """Train ``arch`` on ``train_ds`` with ``config``; returns the final full params and a summary
+    (seconds, final-window means of the logged training metrics). Raises on a non-finite loss."""
+    params = initial_params(config, arch, train_ds.in_shape)
+    trainer = make_trainer(config, arch, params, train_ds.input_range)
+    state = trainer.init(params)
+    key = jax.random.key(config.seed)
+    per_epoch = num_batches(train_ds, config.batch_size)
+    if per_epoch == 0:
+        raise ValueError(f"batch_size {config.batch_size} exceeds the training set ({len(train_ds)} examples)")
+    window: dict[str, list[float]] = {}
+    start = time.time()
+    step = 0
+    with tqdm(total=config.steps, disable=not progress, desc=desc or config.name, dynamic_ncols=True) as bar:
+        while step < config.steps:
+            for xb, yb in batches(train_ds, config.batch_size, seed=config.seed, epoch=step // per_epoch):
+                state, metrics = trainer.step(state, xb, yb, jax.random.fold_in(key, step))
+                step += 1
+                bar.update(1)
+                if step > config.steps - max(config.steps // 10, 1):  # last 10 % of the run
+                    for k, v in jax.device_get(metrics).items():
+                        window.setdefault(k, []).append(float(v))
+                if step >= config.steps:
+                    break
+    loss = window.get("loss", [0.0])
+    if not all(math.isfinite(v) for v in loss):
+        raise FloatingPointError(f"{desc or config.name}: non-finite training loss in the last steps: {loss}")
+    summary = {f"train_{k}": float(np.mean(v)) for k, v in window.items() if k in ("loss", "clean_acc", "cert_acc")}
+    summary["train_seconds"] = time.time() - start
+    jax.block_until_ready(state.params)
+    return state.full_params, summary
+
+
+def accuracies(
+    arch: Arch,
+    params: LayerParams,
+    ds: Dataset,
+    eps: float,
+    relaxations: Sequence[str],
+    *,
+    pgd_steps: int = 20,
+    seed: int = 0,
+    batch_size: int = 250,
+) -> dict[str, float]:
+    """Clean, PGD and certified accuracy per relaxation, plus ``cert_acc/any``: certified by at least one
+    of ``relaxations`` (every bound is sound, so their union is a sound verifier tighter than each)."""
+    per = evaluate_per_example(
+        arch, params, ds, eps, relaxations=tuple(relaxations), pgd_steps=pgd_steps, seed=seed, batch_size=batch_size
+    )
+    out = {k: float(np.mean(v)) for k, v in per.items()}
+    cert = [per[f"cert_acc/{r}"] for r in relaxations]
+    if cert:
+        out["cert_acc/any"] = float(np.mean(np.any(np.stack(cert), axis=0)))
+    return out
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    """A table cell: percentages for accuracies are the caller's business; floats get ``digits`` significant
+    digits, ``None`` prints as ``-``."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
+    """A markdown table of ``rows`` with ``columns`` = [(key, header)]; accuracy keys (``*acc*``, ``*err*``)
+    print in percent."""
+    lines = ["| " + " | ".join(h for _, h in columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    for row in rows:
+        cells = []
+        for key, _ in columns:
+            v = row.get(key)
+            if isinstance(v, float) and ("acc" in key or "err" in key):
+                cells.append(f"{100 * v:.1f}")
+            else:
+                cells.append(fmt(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_results(
+    out_dir: Path, name: str, settings: dict[str, Any], rows: list[dict[str, Any]], table: str, seconds: float
+) -> Path:
+    """Write ``<name>.json`` ({"experiment", "settings", "rows", "seconds"}) and ``<name>.md`` (the table)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}.json"
+    record = {"experiment": name, "settings": settings, "rows": rows, "seconds": seconds}
+    path.write_text(json.dumps(record, indent=2, default=_jsonable))
+    (out_dir / f"{name}.md").write_text(table + "\n")
+    return path
+
+
+def write_partial(out_dir: Path, name: str, rows: list[dict[str, Any]]) -> Path:
+    """Write the rows finished so far to ``<name>.partial.json`` (so an interrupted run leaves its numbers)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}.partial.json"
+    path.write_text(json.dumps({"experiment": name, "rows": rows}, indent=2, default=_jsonable))
+    return path
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.generic | np.ndarray | jax.Array):
+        return np.asarray(value).tolist()
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
