@@ -1,1 +1,248 @@
-"""(being written)"""
+"""Exact (MILP) and triangle-LP references for tiny networks, one example at a time, via scipy's HiGHS.
+
+The network is first turned into dense affine blocks between ReLUs (Conv, Normalize, BatchNorm and
+Flatten layers become matrices: the Jacobian of each block's linear part, i.e. the linear part applied
+to the unit vectors, and the block at 0 as offset):
+
+    z_1 = W_1 x + b_1,   h_k = ReLU(z_k),   z_{k+1} = W_{k+1} h_k + b_{k+1},   out = C (W_L h + b_L).
+
+Both problems minimise (and maximise) every row of ``C out`` over the box ``lower ≤ x ≤ upper`` with
+the pre-activation bounds ``l ≤ z_k ≤ u``. Stable neurons are exact (``h = z`` if ``l ≥ 0``, ``h = 0`` if
+``u ≤ 0``); a crossing neuron (``l < 0 < u``) is encoded
+
+    MILP (big-M, exact):  h ≥ 0,  h ≥ z,  h ≤ u δ,  h ≤ z - l (1 - δ),  δ ∈ {0, 1}
+    LP (triangle/planet): h ≥ 0,  h ≥ z,  (u - l) h ≤ u (z - l)
+
+The MILP value is the exact range for any valid ``[l, u]``; by default these come from interval
+arithmetic on the dense blocks (float64); given ones are widened by ``WIDEN`` (relative 1e-6) so that
+float32 rounding cannot cut off feasible points. The LP is the convex relaxation that CROWN-type bounds with
+the same pre-activation bounds are feasible duals of, so it is at least as tight as them.
+
+Everything here is numpy/scipy on concrete values (not jittable); it is a reference for tests and
+analysis. Networks with more than ``max_neurons`` ReLUs are refused.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy.optimize import Bounds, LinearConstraint, milp
+from scipy.sparse import coo_array, csr_array
+
+from jaxcert.nets.layers import Arch
+from jaxcert.nets.network import LayerParams, check_params, shapes
+
+#: Default limit on the number of ReLU neurons of a network given to the exact references.
+MAX_NEURONS = 300
+
+#: Given pre-activation bounds are widened by this relative amount, to absorb float32 rounding.
+WIDEN = 1e-6
+
+Block = tuple[np.ndarray, np.ndarray]  # (W (n_out, n_in), b (n_out,))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def _block_matrix(layers: Arch, params: list, shape_in: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
+    """``(W, b)`` of the affine block ``layers``: ``W`` = its linear part applied to the unit vectors."""
+    n = math.prod(shape_in)
+    unit = jnp.eye(n, dtype=jnp.float32).reshape(n, *shape_in)
+    h, b = unit, jnp.zeros((1, *shape_in), jnp.float32)
+    for spec, p in zip(layers, params, strict=True):
+        h, b = spec.linear(p, h), spec.apply(p, b)
+    return h.reshape(n, -1).T, b.reshape(-1)
+
+
+def dense_blocks(arch: Arch, params: LayerParams, in_shape: Sequence[int]) -> list[Block]:
+    """The affine blocks between ReLUs as dense float64 ``(W, b)``: ``len(ReLUs) + 1`` blocks."""
+    check_params(arch, params)
+    layer_shapes = shapes(arch, tuple(in_shape))
+    cuts = [-1] + [i for i, s in enumerate(arch) if not s.is_affine] + [len(arch)]
+    blocks = []
+    for start, stop in itertools.pairwise(cuts):
+        W, b = _block_matrix(tuple(arch[start + 1 : stop]), list(params[start + 1 : stop]), layer_shapes[start + 1])
+        blocks.append((np.asarray(W, np.float64), np.asarray(b, np.float64)))
+    return blocks
+
+
+def interval_bounds(blocks: list[Block], lower: np.ndarray, upper: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Float64 interval bounds of every pre-activation ``z_k`` (one pair per ReLU block)."""
+    out = []
+    lo, hi = lower, upper
+    for W, b in blocks[:-1]:
+        c, r = W @ ((hi + lo) / 2) + b, np.abs(W) @ ((hi - lo) / 2)
+        out.append((c - r, c + r))
+        lo, hi = np.maximum(c - r, 0.0), np.maximum(c + r, 0.0)
+    return out
+
+
+class _Program:
+    """Variables ``[x, h_1, δ_1, h_2, δ_2, ...]`` and the ReLU constraints of one example."""
+
+    def __init__(self, blocks: list[Block], lower: np.ndarray, upper: np.ndarray, pre: list, integral: bool):
+        self.rows: list[tuple[dict[int, np.ndarray], float, float]] = []
+        n0 = lower.size
+        self.lb, self.ub, self.integrality = list(lower), list(upper), [0] * n0
+        prev = np.arange(n0)  # indices of the variables feeding the next block
+        for (W, b), (z_lo, z_hi) in zip(blocks[:-1], pre, strict=True):
+            n = b.size
+            h = np.arange(len(self.lb), len(self.lb) + n)
+            d = h + n
+            self.lb += list(np.maximum(z_lo, 0.0)) + [0.0] * n
+            self.ub += list(np.maximum(z_hi, 0.0)) + [1.0] * n
+            self.integrality += [0] * n + [1 if integral else 0] * n
+            for j in range(n):
+                self._relu(W[j], b[j], float(z_lo[j]), float(z_hi[j]), prev, int(h[j]), int(d[j]), integral)
+            prev = h
+        self.last = prev
+        self.n = len(self.lb)
+
+    def _add(self, coefs: dict[int, float] | list, lo: float, hi: float) -> None:
+        self.rows.append((coefs, lo, hi))
+
+    def _relu(
+        self, w: np.ndarray, b: float, lo: float, hi: float, prev: np.ndarray, h: int, d: int, integral: bool
+    ) -> None:
+        """Constraints of ``h = ReLU(z)``, ``z = w·prev + b ∈ [lo, hi]``; ``d`` is the neuron's binary."""
+        z = [(int(i), -float(c)) for i, c in zip(prev, w, strict=True) if c != 0.0]  # -w·prev
+        if hi <= 0:  # inactive: h = 0 (set by the variable bounds)
+            self.ub[h] = 0.0
+            self.ub[d] = 0.0
+        elif lo >= 0:  # active: h = z
+            self._add([(h, 1.0), *z], b, b)
+            self.ub[d] = 0.0
+        else:
+            self._add([(h, 1.0), *z], b, np.inf)  # h ≥ z
+            if integral:
+                self._add([(h, 1.0), (d, -hi)], -np.inf, 0.0)  # h ≤ u δ
+                self._add([(h, 1.0), *z, (d, -lo)], -np.inf, b - lo)  # h ≤ z - l (1 - δ)
+            else:
+                self.ub[d] = 0.0
+                scaled = [(i, hi * c) for i, c in z]
+                self._add([(h, hi - lo), *scaled], -np.inf, hi * (b - lo))  # (u - l) h ≤ u (z - l)
+
+    def constraint(self) -> LinearConstraint | None:
+        if not self.rows:
+            return None
+        r, c, v, lo, hi = [], [], [], [], []
+        for k, (coefs, a, bnd) in enumerate(self.rows):
+            for i, val in coefs:
+                r.append(k)
+                c.append(i)
+                v.append(val)
+            lo.append(a)
+            hi.append(bnd)
+        A = csr_array(coo_array((v, (r, c)), shape=(len(self.rows), self.n)))
+        return LinearConstraint(A, lo, hi)
+
+    def minimise(self, cost_last: np.ndarray, constraint: LinearConstraint | None) -> float:
+        cost = np.zeros(self.n)
+        np.add.at(cost, self.last, cost_last)
+        res = milp(
+            cost,
+            constraints=[constraint] if constraint is not None else [],
+            integrality=np.asarray(self.integrality),
+            bounds=Bounds(np.asarray(self.lb), np.asarray(self.ub)),
+            options={"mip_rel_gap": 1e-9, "presolve": True},
+        )
+        if res.status != 0 or res.fun is None:
+            raise RuntimeError(f"HiGHS failed: {res.message}")
+        return float(res.fun)
+
+
+def _as_numpy_pre(intermediate: Sequence, b: int, blocks: list[Block]) -> list[tuple[np.ndarray, np.ndarray]]:
+    if len(intermediate) != len(blocks) - 1:
+        raise ValueError(
+            f"intermediate: expected one (lower, upper) pair per ReLU layer ({len(blocks) - 1}), "
+            f"got {len(intermediate)}"
+        )
+    out = []
+    for k, (z_lo, z_hi) in enumerate(intermediate):
+        z_lo, z_hi = np.asarray(z_lo, np.float64)[b].reshape(-1), np.asarray(z_hi, np.float64)[b].reshape(-1)
+        if z_lo.size != blocks[k][1].size:
+            raise ValueError(
+                f"intermediate[{k}] has {z_lo.size} neurons per example, the layer has {blocks[k][1].size}"
+            )
+        if np.any(z_lo > z_hi + WIDEN * (1 + np.abs(z_hi))):
+            raise ValueError(f"intermediate[{k}]: some lower bounds exceed the upper bounds")
+        out.append((z_lo - WIDEN * (1 + np.abs(z_lo)), z_hi + WIDEN * (1 + np.abs(z_hi))))
+    return out
+
+
+def _solve(
+    arch: Arch,
+    params: LayerParams,
+    lower: jax.Array,
+    upper: jax.Array,
+    C: jax.Array | None,
+    intermediate: Sequence | None,
+    integral: bool,
+    max_neurons: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    lower, upper = np.asarray(lower, np.float64), np.asarray(upper, np.float64)
+    if lower.shape != upper.shape or lower.ndim < 2:
+        raise ValueError(f"lower/upper must have the same shape (batch, *input), got {lower.shape}, {upper.shape}")
+    blocks = dense_blocks(arch, params, lower.shape[1:])
+    neurons = sum(b.size for _, b in blocks[:-1])
+    if neurons > max_neurons:
+        raise ValueError(
+            f"network too large for the exact reference: {neurons} ReLU neurons > max_neurons={max_neurons}"
+        )
+    W_last, b_last = blocks[-1]
+    batch = lower.shape[0]
+    specs = np.broadcast_to(np.eye(b_last.size), (batch, b_last.size, b_last.size)) if C is None else np.asarray(C)
+    if specs.ndim != 3 or specs.shape[0] != batch or specs.shape[2] != b_last.size:
+        raise ValueError(f"C must have shape (batch={batch}, K, outputs={b_last.size}), got {specs.shape}")
+    lbs = np.zeros(specs.shape[:2])
+    ubs = np.zeros(specs.shape[:2])
+    for e in range(batch):
+        lo, hi = lower[e].reshape(-1), upper[e].reshape(-1)
+        pre = interval_bounds(blocks, lo, hi) if intermediate is None else _as_numpy_pre(intermediate, e, blocks)
+        program = _Program(blocks, lo, hi, pre, integral)
+        constraint = program.constraint()
+        for k, row in enumerate(specs[e].astype(np.float64)):
+            cost, offset = W_last.T @ row, float(row @ b_last)
+            lbs[e, k] = program.minimise(cost, constraint) + offset
+            ubs[e, k] = -program.minimise(-cost, constraint) + offset
+    return lbs, ubs
+
+
+def exact_bounds(
+    arch: Arch,
+    params: LayerParams,
+    lower: jax.Array,
+    upper: jax.Array,
+    C: jax.Array | None = None,
+    *,
+    intermediate: Sequence | None = None,
+    max_neurons: int = MAX_NEURONS,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact ``(min, max)`` of every row of ``C f(x)`` over the box, by MILP; numpy arrays (B, K).
+
+    ``intermediate`` optionally gives valid pre-activation bounds ``[(l, u), ...]`` (one pair per ReLU
+    layer, each (B, *shape)) for the big-M constants; by default interval arithmetic is used.
+    """
+    return _solve(arch, params, lower, upper, C, intermediate, True, max_neurons)
+
+
+def lp_bounds(
+    arch: Arch,
+    params: LayerParams,
+    lower: jax.Array,
+    upper: jax.Array,
+    C: jax.Array | None = None,
+    *,
+    intermediate: Sequence | None = None,
+    max_neurons: int = MAX_NEURONS,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Triangle-LP bounds of every row of ``C f(x)`` given pre-activation bounds; numpy arrays (B, K).
+
+    ``intermediate``: ``[(l, u), ...]`` one pair per ReLU layer, each (B, *shape) (e.g. the bounds a
+    CROWN variant used); by default interval arithmetic on the dense blocks.
+    """
+    return _solve(arch, params, lower, upper, C, intermediate, False, max_neurons)

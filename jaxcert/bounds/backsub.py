@@ -1,0 +1,150 @@
+"""Back-substitution engine: linear lower bounds carried backwards through the network (CROWN's pass).
+
+A lower bound of each objective row is kept as coefficients ``A`` on the output ``h_k`` of layer ``k``
+plus a constant ``a``,
+
+    objective ≥ ⟨A, h_k⟩ + a,        A: (B, R, *shape_k),  a: (B, R)   (R objective rows per example).
+
+Going back through one layer:
+
+    affine  h_k = L(h_{k-1}) + o :   A ← Lᵀ A,                 a ← a + ⟨A, o⟩
+    ReLU    α z ≤ h_k ≤ s z + t  :   A ← A⁺ α + A⁻ s,          a ← a + ⟨A⁻, t⟩
+
+(a positive coefficient takes the lower line, a negative one the upper line), where ``Lᵀ`` is the
+transpose of ``spec.linear`` (``jax.linear_transpose``, so Conv, Normalize, BatchNorm and Flatten all
+work), applied to the ``B·R`` rows as one batch. At the input box with centre ``c`` and radius ``r``:
+
+    min over the box  =  ⟨A, c⟩ - ⟨|A|, r⟩ + a.
+
+Upper bounds are lower bounds of the negated rows: bound the stacked rows ``[W; -W]`` once.
+
+Cost: one transposed layer application per layer for ``B·R`` rows, memory ``O(B · R · max_k |h_k|)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxcert.bounds.relu_slopes import ReluLines
+from jaxcert.nets.layers import Arch, LayerSpec, Params
+from jaxcert.nets.network import LayerParams, shapes
+
+
+def reject_options(unknown: Mapping[str, Any], relaxation: str) -> None:
+    """Raise ``ValueError`` naming options that ``relaxation`` does not take."""
+    if unknown:
+        raise ValueError(f"{relaxation}: unknown option(s) {', '.join(sorted(unknown))}")
+
+
+def _sum_trailing(x: jax.Array) -> jax.Array:
+    """Sum over every axis after (batch, row)."""
+    return jnp.sum(x, axis=tuple(range(2, x.ndim)))
+
+
+def transpose_linear(spec: LayerSpec, p: Params, A: jax.Array, in_shape: tuple[int, ...]) -> jax.Array:
+    """``Lᵀ A`` row by row: ``A`` (B, R, *out_shape) -> (B, R, *in_shape) for ``L = spec.linear(p, ·)``."""
+    B, R = A.shape[:2]
+    rows = A.reshape(B * R, *A.shape[2:])
+    primal = jax.ShapeDtypeStruct((B * R, *in_shape), A.dtype)
+    (back,) = jax.linear_transpose(lambda x: spec.linear(p, x), primal)(rows)
+    return back.reshape(B, R, *in_shape)
+
+
+def backward_affine(
+    spec: LayerSpec, p: Params, A: jax.Array, const: jax.Array, in_shape: tuple[int, ...]
+) -> tuple[jax.Array, jax.Array]:
+    """``(Lᵀ A, a + ⟨A, o⟩)`` through the affine layer ``h = L(h_prev) + o``."""
+    offset = jnp.asarray(spec.offset(p), A.dtype)
+    const = const + _sum_trailing(A * offset)
+    return transpose_linear(spec, p, A, in_shape), const
+
+
+def _rows(x: jax.Array, A: jax.Array) -> jax.Array:
+    """Insert the row axis into a per-example relaxation field unless it already has one."""
+    return x if x.ndim == A.ndim else x[:, None]
+
+
+def backward_relu(A: jax.Array, const: jax.Array, lines: ReluLines) -> tuple[jax.Array, jax.Array]:
+    """``(A⁺ α + A⁻ s, a + ⟨A⁻, t⟩)``: lower line for positive coefficients, upper line for negative ones.
+
+    ``lines.lower_slope`` is (B, *shape) (one slope per neuron) or (B, R, *shape) (one per row).
+    """
+    alpha = _rows(lines.lower_slope, A)
+    slope, intercept = _rows(lines.upper_slope, A), _rows(lines.upper_intercept, A)
+    negative = A < 0
+    const = const + _sum_trailing(jnp.where(negative, A * intercept, 0.0))
+    return A * jnp.where(negative, slope, alpha), const
+
+
+def concretize(A: jax.Array, const: jax.Array, lower: jax.Array, upper: jax.Array) -> jax.Array:
+    """``min_{x ∈ [lower, upper]} ⟨A, x⟩ + a = ⟨A, c⟩ - ⟨|A|, r⟩ + a``, shape (B, R)."""
+    centre, radius = (upper + lower) / 2, (upper - lower) / 2
+    return const + _sum_trailing(A * centre[:, None] - jnp.abs(A) * radius[:, None])
+
+
+def backsubstitute(
+    arch: Arch,
+    params: LayerParams,
+    A: jax.Array,
+    const: jax.Array,
+    lines: Mapping[int, ReluLines],
+    lower: jax.Array,
+    upper: jax.Array,
+) -> jax.Array:
+    """Lower bounds (B, R) of ``⟨A, f(x)⟩ + a`` over the box, ``f`` = ``arch``, ``A`` on its output.
+
+    ``lines[i]`` is the relaxation of the ReLU at index ``i`` of ``arch`` (every ReLU needs one).
+    """
+    layer_shapes = shapes(arch, lower.shape[1:])
+    for i in reversed(range(len(arch))):
+        spec, p = arch[i], params[i]
+        if spec.is_affine:
+            A, const = backward_affine(spec, p, A, const, layer_shapes[i])
+        else:
+            A, const = backward_relu(A, const, lines[i])
+    return concretize(A, const, lower, upper)
+
+
+def two_sided_rows(W: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Rows ``[W; -W]``: from the folded final layer ``W`` (B, h, K), ``b`` (B, K) to ``A`` (B, 2K, h), ``a``."""
+    A = jnp.swapaxes(W, 1, 2)
+    return jnp.concatenate([A, -A], axis=1), jnp.concatenate([b, -b], axis=1)
+
+
+def identity_rows(batch: int, shape: tuple[int, ...], dtype: Any) -> tuple[jax.Array, jax.Array]:
+    """Rows ``[I; -I]`` for bounding every neuron of a layer of shape ``shape``: (B, 2N, *shape), zeros."""
+    n = 1
+    for d in shape:
+        n *= d
+    eye = jnp.eye(n, dtype=dtype).reshape(n, *shape)
+    A = jnp.broadcast_to(jnp.concatenate([eye, -eye])[None], (batch, 2 * n, *shape))
+    return A, jnp.zeros((batch, 2 * n), dtype)
+
+
+def neuron_rows(
+    arch: Arch, params: LayerParams, index: int, in_shape: tuple[int, ...], batch: int, dtype: Any
+) -> tuple[int, jax.Array, jax.Array]:
+    """Rows ``[I; -I]`` for the output of layer ``index - 1`` (the input of layer ``index``), carried back
+    through the affine layers directly below it, down to the last ReLU (or the input).
+
+    These layers are the same for every example, so the rows are built once (a batch of one) and then
+    broadcast: this saves a factor ``B`` on the widest transposed layer of each intermediate pass.
+    Returns ``(start, A, a)``: continue with :func:`backsubstitute` on ``arch[:start]``.
+    """
+    layer_shapes = shapes(arch, in_shape)
+    A, a = identity_rows(1, layer_shapes[index], dtype)
+    start = index
+    while start > 0 and arch[start - 1].is_affine:
+        start -= 1
+        A, a = backward_affine(arch[start], params[start], A, a, layer_shapes[start])
+    return start, jnp.broadcast_to(A, (batch, *A.shape[1:])), jnp.broadcast_to(a, (batch, a.shape[1]))
+
+
+def split_two_sided(lbs: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(lb, ub)`` from the lower bounds of rows ``[W; -W]``: ``lb = first half``, ``ub = -second half``."""
+    k = lbs.shape[1] // 2
+    return lbs[:, :k], -lbs[:, k:]

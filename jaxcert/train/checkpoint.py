@@ -1,0 +1,63 @@
+"""Checkpoints with orbax-checkpoint: the whole ``TrainState`` (params, BatchNorm statistics, optax or
+PGPE state, step) plus JSON metadata (config, seed, base RNG key) every ``every`` steps and at the end,
+keeping the last ``keep``.
+
+Together with batches that are a function of ``(seed, epoch)`` and step keys
+``fold_in(key(seed), step)``, restoring the latest finished checkpoint continues a killed run exactly:
+orbax writes each step to a temporary directory and renames it when complete, so a checkpoint
+interrupted by the kill is never restored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from jaxcert.train.state import TrainState
+
+
+class Checkpoints:
+    """Save/restore ``TrainState`` + metadata under ``directory`` (one sub-directory per step)."""
+
+    def __init__(self, directory: str | Path, *, every: int, keep: int = 3):
+        if every < 1:
+            raise ValueError(f"checkpoint interval must be >= 1 step, got {every}")
+        if keep < 1:
+            raise ValueError(f"must keep at least one checkpoint, got keep={keep}")
+        self.every = every
+        self.directory = Path(directory).absolute()
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def due(self, step: int) -> bool:
+        return step % self.every == 0
+
+    def save(self, state: TrainState, meta: dict[str, Any]) -> int:
+        """Save at ``state.step`` (no-op if that step is already saved); returns the step."""
+        step = int(state.step)
+        if step not in self.manager.all_steps():
+            args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+            self.manager.save(step, args=args, force=True)
+            self.manager.wait_until_finished()
+        return step
+
+    def restore(self, template: TrainState, step: int | None = None) -> tuple[TrainState, dict[str, Any]] | None:
+        """``(state, meta)`` of checkpoint ``step`` (default: the latest) shaped like ``template``; ``None``
+        when there is no checkpoint."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            return None
+        abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
+        restored = self.manager.restore(step, args=args)
+        return restored["state"], dict(restored["meta"])
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()

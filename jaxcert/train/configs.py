@@ -1,0 +1,191 @@
+"""Named training configurations (the recipes) and command-line style overrides.
+
+A :class:`TrainConfig` is a frozen, JSON-serialisable record of everything that determines a run.
+Schedules are given as fractions of ``steps``: clean warm-up ``warmup_frac``, then the ε/κ/β ramp over
+``ramp_frac``; the learning rate is multiplied by 0.1 at each fraction in ``lr_decay_fracs``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+METHODS = ("standard", "pgd", "certified", "rgs", "pgpe")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    name: str = "custom"
+    method: str = "certified"
+    # data and network
+    dataset: str = "fashion_mnist"
+    data_dir: str | None = None
+    train_limit: int | None = None
+    arch: str = "cnn3"
+    init: str = "ibp"  # "ibp" (Shi et al.) or "default"
+    # loss / recipe
+    relaxation: str = "ibp"
+    eps: float = 0.1
+    eps_ramp: str = "linear"  # or "smooth"
+    warmup_frac: float = 0.05
+    ramp_frac: float = 0.5
+    kappa_final: float = 0.0
+    beta_final: float = 0.0
+    l1: float = 0.0
+    bn_momentum: float = 0.1
+    # optimisation
+    steps: int = 1000
+    batch_size: int = 128
+    lr: float = 5e-4
+    lr_decay_fracs: tuple[float, ...] = (0.8, 0.9)
+    grad_clip: float = 10.0
+    # PGD training
+    attack_norm: str = "linf"
+    attack_steps: int = 5
+    # Gaussian loss smoothing
+    sigma: float = 0.01
+    samples: int = 4  # RGS
+    population: int = 16  # PGPE
+    std_lr: float = 0.0  # PGPE σ learning rate (0: fixed σ)
+    antithetic: bool = False  # RGS
+    devices: int = 1  # shard the sample/population (GLS) or batch axis over this many devices (0: all)
+    # bookkeeping
+    seed: int = 0
+    out: str = "runs/custom"
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    log_every: int = 10
+    # final evaluation (on the test split)
+    test_limit: int | None = 1000
+    eval_eps: float | None = None  # default: eps
+    eval_relaxations: tuple[str, ...] = ("ibp",)
+    eval_pgd_steps: int = 10
+    eval_batch_size: int = 250
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; known: {', '.join(METHODS)}")
+        positive = ("steps", "batch_size", "checkpoint_every", "keep_checkpoints", "log_every", "samples")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.eps < 0:
+            raise ValueError(f"eps must be >= 0, got {self.eps}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.init not in ("ibp", "default"):
+            raise ValueError(f"unknown init {self.init!r}; expected 'ibp' or 'default'")
+        for name in ("warmup_frac", "ramp_frac"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.warmup_frac + self.ramp_frac > 1.0:
+            raise ValueError("warmup_frac + ramp_frac must be <= 1")
+
+    @property
+    def warmup_steps(self) -> int:
+        return round(self.warmup_frac * self.steps)
+
+    @property
+    def ramp_steps(self) -> int:
+        return round(self.ramp_frac * self.steps)
+
+    @property
+    def lr_decay_steps(self) -> tuple[int, ...]:
+        return tuple(round(f * self.steps) for f in self.lr_decay_fracs)
+
+    @property
+    def test_eps(self) -> float:
+        return self.eps if self.eval_eps is None else self.eval_eps
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown config fields: {', '.join(sorted(unknown))}")
+        tuples = {k: tuple(v) for k, v in d.items() if isinstance(v, list)}
+        return cls(**{**d, **tuples})
+
+
+_BASE = TrainConfig()
+
+CONFIGS: dict[str, TrainConfig] = {
+    # README quickstart: CNN3 on offline Fashion-MNIST, IBP at ε = 0.1, a few CPU minutes.
+    "quickstart": dataclasses.replace(
+        _BASE,
+        name="quickstart",
+        steps=1200,
+        batch_size=128,
+        lr=1e-3,
+        warmup_frac=0.05,
+        ramp_frac=0.4,
+        train_limit=None,
+        test_limit=1000,
+        checkpoint_every=400,
+        out="runs/quickstart",
+    ),
+    "standard": dataclasses.replace(_BASE, name="standard", method="standard", init="default", out="runs/standard"),
+    "pgd": dataclasses.replace(_BASE, name="pgd", method="pgd", init="default", out="runs/pgd"),
+    "ibp": dataclasses.replace(_BASE, name="ibp", steps=6000, eps_ramp="smooth", out="runs/ibp"),
+    "crown-ibp": dataclasses.replace(
+        _BASE,
+        name="crown-ibp",
+        relaxation="crown-ibp",
+        steps=6000,
+        eps_ramp="smooth",
+        beta_final=0.0,
+        out="runs/crown-ibp",
+    ),
+    "rgs": dataclasses.replace(
+        _BASE, name="rgs", method="rgs", relaxation="deeppoly", sigma=0.01, samples=4, steps=3000, out="runs/rgs"
+    ),
+    "pgpe": dataclasses.replace(
+        _BASE,
+        name="pgpe",
+        method="pgpe",
+        relaxation="deeppoly",
+        sigma=0.005,
+        population=32,
+        lr=1e-3,
+        steps=3000,
+        out="runs/pgpe",
+    ),
+    # Seconds-long smoke run on synthetic concentric spheres (tests, CI).
+    "tiny": dataclasses.replace(
+        _BASE,
+        name="tiny",
+        dataset="spheres",
+        arch="mlp_small",
+        init="default",
+        eps=0.02,
+        steps=60,
+        batch_size=32,
+        lr=1e-2,
+        train_limit=256,
+        test_limit=64,
+        checkpoint_every=20,
+        log_every=5,
+        eval_pgd_steps=3,
+        eval_batch_size=64,
+        out="runs/tiny",
+    ),
+}
+
+
+def get_config(name: str) -> TrainConfig:
+    if name not in CONFIGS:
+        raise ValueError(f"unknown config {name!r}; known: {', '.join(sorted(CONFIGS))}")
+    return CONFIGS[name]
+
+
+def override(config: TrainConfig, **changes: Any) -> TrainConfig:
+    """``config`` with the given fields replaced (``None`` values are ignored); unknown field -> ValueError."""
+    changes = {k: v for k, v in changes.items() if v is not None}
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = set(changes) - known
+    if unknown:
+        raise ValueError(f"unknown config fields: {', '.join(sorted(unknown))}")
+    return dataclasses.replace(config, **changes)

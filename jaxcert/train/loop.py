@@ -1,0 +1,225 @@
+"""The training loop: data → trainer → steps with logging and checkpoints → final evaluation.
+
+Step ``t`` (0-based) trains on batch ``t mod B`` of epoch ``t div B`` (``B`` batches per epoch, order a
+function of ``(seed, epoch)``) with key ``fold_in(key(seed), t)``, so a run restored from a checkpoint
+at step ``s`` continues exactly as the uninterrupted run would have. A non-finite loss stops the run
+with :class:`NonFiniteLossError`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+import optax
+from tqdm import tqdm
+
+from jaxcert.bounds import get_relaxation
+from jaxcert.data import Dataset, batches, concentric_spheres, load_dataset, num_batches
+from jaxcert.nets import get_architecture, init_params
+from jaxcert.nets.layers import Arch
+from jaxcert.nets.network import LayerParams
+from jaxcert.train.adversarial import adversarial_trainer
+from jaxcert.train.certified import certified_trainer
+from jaxcert.train.checkpoint import Checkpoints
+from jaxcert.train.configs import TrainConfig
+from jaxcert.train.init import ibp_init
+from jaxcert.train.logging import MetricsLog, plot_metrics, read_metrics
+from jaxcert.train.losses import certified_objective
+from jaxcert.train.pgpe import pgpe_trainer
+from jaxcert.train.rgs import rgs_trainer
+from jaxcert.train.schedules import recipe_schedule, step_decay
+from jaxcert.train.sharding import SAMPLES, device_mesh, shard_batch
+from jaxcert.train.standard import standard_trainer
+from jaxcert.train.state import Trainer, TrainState
+
+#: Config fields that may differ between a run and its resumption (they do not change the trajectory).
+RESUME_FREE_FIELDS = frozenset(
+    {"out", "data_dir", "checkpoint_every", "keep_checkpoints", "log_every", "test_limit", "eval_eps",
+     "eval_relaxations", "eval_pgd_steps", "eval_batch_size", "devices"}
+)  # fmt: skip
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+def load_data(config: TrainConfig) -> tuple[Dataset, Dataset]:
+    """Train and test splits; ``"spheres"`` is the synthetic concentric-spheres problem (d = 10)."""
+    if config.dataset == "spheres":
+        n_train, n_test = config.train_limit or 512, config.test_limit or 512
+        return (
+            concentric_spheres(n_train, 10, seed=config.seed),
+            concentric_spheres(n_test, 10, seed=config.seed + 1),
+        )
+    train = load_dataset(config.dataset, "train", data_dir=config.data_dir, limit=config.train_limit)
+    test = load_dataset(config.dataset, "test", data_dir=config.data_dir, limit=config.test_limit)
+    return train, test
+
+
+def initial_params(config: TrainConfig, arch: Arch, in_shape: tuple[int, ...]) -> LayerParams:
+    """flax's default initialisation (jitted: one compile instead of one per eager op), then optionally
+    Shi et al.'s IBP initialisation."""
+    params = jax.jit(init_params, static_argnums=(0, 1, 2))(arch, tuple(in_shape), config.seed)
+    if config.init == "ibp":
+        params = ibp_init(arch, params, seed=config.seed)
+    return params
+
+
+def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    """Adam with the step-decayed learning rate, after global-norm gradient clipping (if > 0)."""
+    adam = optax.adam(step_decay(config.lr, config.lr_decay_steps))
+    return optax.chain(optax.clip_by_global_norm(config.grad_clip), adam) if config.grad_clip > 0 else adam
+
+
+def make_trainer(
+    config: TrainConfig, arch: Arch, params: LayerParams, input_range: tuple[float, float], mesh: Any = None
+) -> Trainer:
+    lo, hi = input_range
+    schedule = recipe_schedule(
+        config.eps,
+        warmup=config.warmup_steps,
+        ramp=config.ramp_steps,
+        kappa_final=config.kappa_final,
+        beta_final=config.beta_final,
+        eps_ramp=config.eps_ramp,
+    )
+    optimizer = make_optimizer(config)
+    common = {"bn_momentum": config.bn_momentum}
+    if config.method == "standard":
+        return standard_trainer(arch, optimizer, l1=config.l1, **common)
+    if config.method == "pgd":
+        return adversarial_trainer(
+            arch, optimizer, schedule, norm=config.attack_norm, attack_steps=config.attack_steps, l1=config.l1,
+            lo=lo, hi=hi, **common,
+        )  # fmt: skip
+    if config.method == "certified":
+        return certified_trainer(arch, config.relaxation, optimizer, schedule, l1=config.l1, lo=lo, hi=hi, **common)
+    objective = certified_objective(arch, config.relaxation, schedule, l1=config.l1, lo=lo, hi=hi)
+    if config.method == "rgs":
+        return rgs_trainer(
+            arch, objective, optimizer, sigma=config.sigma, samples=config.samples, antithetic=config.antithetic,
+            mesh=mesh, **common,
+        )  # fmt: skip
+    return pgpe_trainer(
+        arch, objective, params, optimizer, sigma=config.sigma, population=config.population, std_lr=config.std_lr,
+        mesh=mesh, **common,
+    )  # fmt: skip
+
+
+def _mesh(config: TrainConfig):  # type: ignore[no-untyped-def]
+    n = len(jax.devices()) if config.devices == 0 else config.devices
+    return None if n == 1 else device_mesh(SAMPLES, n)
+
+
+def _check_resumable(saved: dict[str, Any], config: TrainConfig) -> None:
+    current = json.loads(json.dumps(config.to_dict()))
+    changed = sorted(k for k in current if k not in RESUME_FREE_FIELDS and saved.get(k) != current[k])
+    if changed:
+        details = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed)
+        raise ValueError(f"cannot resume: the config differs from the checkpointed run in {details}")
+
+
+class Setup(NamedTuple):
+    train_ds: Dataset
+    test_ds: Dataset
+    arch: Arch
+    params: LayerParams
+    trainer: Trainer
+    mesh: Any
+
+
+def setup(config: TrainConfig) -> Setup:
+    """Data, architecture, initial params and trainer of ``config`` (everything but the loop)."""
+    if config.method in ("certified", "rgs", "pgpe"):
+        get_relaxation(config.relaxation)  # unknown relaxation: clear error before loading anything
+    train_ds, test_ds = load_data(config)
+    arch = get_architecture(config.arch, train_ds.num_classes, train_ds.normalization)
+    params = initial_params(config, arch, train_ds.in_shape)
+    mesh = _mesh(config)
+    trainer = make_trainer(config, arch, params, train_ds.input_range, mesh)
+    return Setup(train_ds, test_ds, arch, params, trainer, mesh)
+
+
+def train(config: TrainConfig, *, resume: bool = False, progress: bool = True, evaluate: bool = True) -> dict:
+    """Run ``config`` end to end; returns ``{"state", "arch", "metrics", "eval", "out"}``."""
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    train_ds, test_ds, arch, params, trainer, mesh = setup(config)
+    shard_data = mesh is not None and config.method in ("standard", "pgd", "certified")
+    state: TrainState = trainer.init(params)
+    meta = {"config": config.to_dict(), "seed": config.seed, "rng": jax.random.key_data(jax.random.key(config.seed))}
+    meta["rng"] = np.asarray(meta["rng"]).tolist()
+
+    checkpoints = Checkpoints(out / "checkpoints", every=config.checkpoint_every, keep=config.keep_checkpoints)
+    resume_step = None
+    if resume and checkpoints.latest_step() is not None:
+        state, saved = checkpoints.restore(state)
+        _check_resumable(saved["config"], config)
+        resume_step = int(state.step)
+        print(f"resumed from step {resume_step} ({checkpoints.directory})", flush=True)
+    elif resume:
+        print(f"no checkpoint in {checkpoints.directory}: starting from step 0", flush=True)
+    log = MetricsLog(out / "metrics.jsonl", resume_step=resume_step)
+    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+
+    key = jax.random.wrap_key_data(np.asarray(meta["rng"], dtype=np.uint32))
+    per_epoch = num_batches(train_ds, config.batch_size)
+    if per_epoch == 0:
+        raise ValueError(f"batch_size {config.batch_size} exceeds the training set ({len(train_ds)} examples)")
+    step = int(state.step)
+    window: dict[str, list[float]] = {}
+    start_time = time.time()
+    bar = tqdm(total=config.steps, initial=step, disable=not progress, desc=config.name, dynamic_ncols=True)
+    while step < config.steps:
+        epoch, first = divmod(step, per_epoch)
+        for xb, yb in batches(train_ds, config.batch_size, seed=config.seed, epoch=epoch, start=first):
+            if shard_data:
+                xb, yb = shard_batch(mesh, xb, yb)
+            state, metrics = trainer.step(state, xb, yb, jax.random.fold_in(key, step))
+            step += 1
+            host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            if not np.isfinite(host["loss"]):
+                raise NonFiniteLossError(
+                    f"non-finite training loss {host['loss']} at step {step} (epoch {epoch}); metrics: {host}. "
+                    "Lower the learning rate, eps or sigma, or enable gradient clipping."
+                )
+            for k, v in host.items():
+                window.setdefault(k, []).append(v)
+            bar.update(1)
+            if step % config.log_every == 0 or step == config.steps:
+                record = {"step": step, "epoch": epoch, **{k: float(np.mean(v)) for k, v in window.items()}}
+                record["time"] = time.time() - start_time
+                log.write(record)
+                bar.set_postfix(loss=f"{record['loss']:.3f}", eps=f"{host.get('eps', 0.0):.3f}")
+                window = {}
+            if checkpoints.due(step) or step == config.steps:
+                checkpoints.save(state, meta)
+                print(f"checkpoint saved at step {step}", flush=True)
+            if step >= config.steps:
+                break
+    bar.close()
+    checkpoints.close()
+    train_time = time.time() - start_time
+
+    records = read_metrics(out / "metrics.jsonl")
+    if records:
+        plot_metrics(records, out / "curves.png", title=f"{config.name}: {config.method}/{config.relaxation}")
+    result: dict[str, Any] = {"state": state, "arch": arch, "metrics": records, "out": out}
+    if evaluate:
+        from jaxcert.evaluate import evaluate as evaluate_fn
+
+        scores = evaluate_fn(
+            arch, state.full_params, test_ds, config.test_eps, relaxations=config.eval_relaxations,
+            pgd_steps=config.eval_pgd_steps, batch_size=config.eval_batch_size, limit=config.test_limit,
+            seed=config.seed,
+        )  # fmt: skip
+        result["eval"] = scores
+        summary = {"eps": config.test_eps, "test_examples": min(len(test_ds), config.test_limit or len(test_ds))}
+        summary |= {"train_seconds": train_time, "steps": config.steps, **scores}
+        (out / "results.json").write_text(json.dumps(summary, indent=2))
+    return result

@@ -1,0 +1,52 @@
+"""``experiments/bench_gls.py --quick`` runs end to end and writes a consistent table and JSON."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "experiments" / "bench_gls.py"
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench_gls", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quick_benchmark_writes_json_and_markdown(tmp_path):
+    bench = load_bench()
+    result = bench.run(["--quick", "--relaxations", "ibp", "no-such-bound", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "bench_gls.json").read_text())
+    assert saved["settings"]["relaxations"] == ["ibp", "no-such-bound"]
+    assert "no-such-bound: not registered, skipped" in saved["notes"]
+    (pgpe,) = saved["pgpe"]
+    assert pgpe["relaxation"] == "ibp" and pgpe["population"] == 4
+    assert pgpe["vmap_s"] > 0 and pgpe["loop_s"] > 0 and pgpe["loop_extrapolated"]  # 2 of 4 members timed
+    assert abs(pgpe["speedup"] - pgpe["loop_s"] / pgpe["vmap_s"]) < 1e-9
+    (rgs,) = saved["rgs"]
+    assert rgs["samples"] == 2 and rgs["rgs_s"] > 0 and abs(rgs["ratio"] - rgs["rgs_s"] / rgs["plain_s"]) < 1e-9
+    table = (tmp_path / "bench_gls.md").read_text()
+    assert "| ibp | 4 |" in table and "| ibp | 2 |" in table and "no-such-bound" in table
+    assert result["pgpe"][0]["population"] == 4
+
+
+def test_a_program_larger_than_the_memory_budget_is_reported_and_shown_as_skipped():
+    import jax
+    import jax.numpy as jnp
+
+    bench = load_bench()
+    double = jax.jit(lambda a: 2 * a)
+    _, why = bench.check_memory(double, (jnp.ones(1024),), budget=100.0)
+    assert "GiB budget" in why
+    _, why = bench.check_memory(double, (jnp.ones(1024),), budget=1e9)
+    assert why == ""
+    skipped = {"relaxation": "deeppoly", "population": 256, "skipped": f"vmapped generation {why or 'too large'}"}
+    result = {
+        "settings": {"arch": "cnn3", "in_shape": [28, 28, 1], "batch": 128, "repeats": 3},
+        "environment": {"device": "cpu", "cpu_count": 2, "load_average": 0.0},
+        "pgpe": [skipped], "rgs": [], "notes": ["deeppoly, population 256: skipped (too large)"],
+    }  # fmt: skip
+    table = bench.markdown(result)
+    assert "| deeppoly | 256 | skipped: vmapped generation too large |" in table
+    assert "- deeppoly, population 256: skipped (too large)" in table
