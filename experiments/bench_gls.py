@@ -1,16 +1,19 @@
 """Benchmark of Gaussian Loss Smoothing on CNN3: one vmapped call versus a Python loop.
 
 PGPE: seconds per generation (ask → certified loss of every member → tell) for several population
-sizes, with the population's losses computed by ONE vmapped, jitted call (the whole generation is one
-jitted step), against a Python loop that evaluates the members one by one with a jitted single-member
-loss (ask and tell jitted too). RGS: seconds per step with ``k`` perturbed gradients (one vmapped call)
-against one plain certified-training step.
+sizes, the whole generation one jitted step whose member axis is scheduled either as ONE ``vmap`` over
+the population or as ``lax.map`` over chunks of ``--chunk`` members (``jaxcert.train.members``), against
+a Python loop that evaluates the members one by one with a jitted single-member loss (ask and tell jitted
+too). RGS: seconds per step with ``k`` perturbed gradients (both schedules) against one plain
+certified-training step.
 
-Inputs are random images (timing does not depend on the data). Times are medians over ``--repeats``
-calls after a first, compiling call (reported separately). A configuration whose compiled program needs
-more memory than ``--memory-fraction`` of this machine's RAM is skipped with a note, as is a relaxation
-that is not registered. For large populations the loop is timed on ``--loop-members`` members and
-extrapolated linearly (marked in the table).
+Inputs are random images (timing does not depend on the data). Programs are compiled ahead of time
+(compile seconds reported separately); times are medians over ``--repeats`` calls. The default batch
+is 32 (not 128) so that the full CPU run stays within about ten minutes on two cores. A configuration
+whose compiled program needs more memory than ``--memory-fraction`` of this machine's RAM is skipped
+with a note, as is one whose call is estimated (from the loop, or k plain steps) to take longer than
+``--max-call-s``, and a relaxation that is not registered. For large populations the loop is timed on
+``--loop-members`` members and extrapolated linearly (marked in the table).
 
     python experiments/bench_gls.py            # the real benchmark (CPU: several minutes)
     python experiments/bench_gls.py --quick    # seconds: smoke test
@@ -41,12 +44,14 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 NAME = "bench_gls"
 
 FULL = {
-    "arch": "cnn3", "in_shape": (28, 28, 1), "batch": 128, "populations": (16, 64, 256),
-    "relaxations": ("crown-ibp", "deeppoly"), "samples": (4, 16), "repeats": 3, "loop_members": 16,
+    "arch": "cnn3", "in_shape": (28, 28, 1), "batch": 32, "populations": (16, 64, 256),
+    "relaxations": ("crown-ibp", "deeppoly"), "samples": (4, 16), "repeats": 2, "loop_members": 16,
+    "chunk": 1, "max_call_s": 60.0,
 }  # fmt: skip
 QUICK = {
     "arch": "mlp_small", "in_shape": (4, 4, 1), "batch": 4, "populations": (4,), "relaxations": ("ibp",),
     "samples": (2,), "repeats": 1, "loop_members": 2,
+    "chunk": 2, "max_call_s": 60.0,
 }  # fmt: skip
 
 
@@ -57,25 +62,28 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--relaxations", nargs="+", help="relaxations to time (default: crown-ibp deeppoly)")
     p.add_argument("--populations", nargs="+", type=int, help="PGPE population sizes (default: 16 64 256)")
     p.add_argument("--samples", nargs="+", type=int, help="RGS sample counts k (default: 4 16)")
-    p.add_argument("--batch", type=int, help="data batch size (default: 128)")
-    p.add_argument("--repeats", type=int, help="timed calls after the compiling one (default: 3)")
+    p.add_argument("--batch", type=int, help="data batch size (default: 32)")
+    p.add_argument("--repeats", type=int, help="timed calls (default: 2)")
     p.add_argument("--loop-members", type=int, help="members the Python loop is timed on (default: 16)")
+    p.add_argument("--chunk", type=int, help="members per lax.map step of the chunked schedule (default: 1)")
+    p.add_argument("--max-call-s", type=float, help="skip a program estimated to take longer per call (default: 60)")
     p.add_argument("--memory-fraction", type=float, default=0.6, help="skip programs needing more of the RAM")
     return p.parse_args(argv)
 
 
 def settings(args: argparse.Namespace) -> dict[str, Any]:
     s = dict(QUICK if args.quick else FULL)
-    for key in ("relaxations", "populations", "samples", "batch", "repeats", "loop_members"):
+    for key in ("relaxations", "populations", "samples", "batch", "repeats", "loop_members", "chunk", "max_call_s"):
         value = getattr(args, key)
         if value is not None:
             s[key] = tuple(value) if isinstance(value, list) else value
     return s
 
 
-def timed(fn: Callable[[], Any], repeats: int) -> float:
-    """Median seconds of ``repeats`` calls after a first (warm-up) call."""
-    jax.block_until_ready(fn())
+def timed(fn: Callable[[], Any], repeats: int, *, warmup: bool = True) -> float:
+    """Median seconds of ``repeats`` calls (after a first, compiling call when ``warmup``)."""
+    if warmup:
+        jax.block_until_ready(fn())
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -84,28 +92,38 @@ def timed(fn: Callable[[], Any], repeats: int) -> float:
     return statistics.median(times)
 
 
-def compile_program(jitted: Any, *args: Any) -> tuple[float, int | None]:
-    """Compile ``jitted`` for ``args`` ahead of the timed calls: ``(seconds, bytes needed)``, the bytes
-    (arguments, outputs, temporaries) as XLA reports them, or ``None`` if it does not."""
+def compile_program(jitted: Any, *args: Any) -> tuple[Any, float, int | None]:
+    """Compile ``jitted`` for ``args`` ahead of the timed calls: ``(executable, seconds, bytes needed)``, the
+    bytes (arguments, outputs, temporaries) as XLA reports them, or ``None`` if it does not."""
     start = time.perf_counter()
     compiled = jitted.lower(*args).compile()
     seconds = time.perf_counter() - start
     stats = compiled.memory_analysis()
     if stats is None:
-        return seconds, None
-    return seconds, int(stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes)
+        return compiled, seconds, None
+    return compiled, seconds, int(stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes)
 
 
 def check_memory(jitted: Any, args: Sequence[Any], budget: float) -> tuple[float, str]:
     """``(compile seconds, "")``, or ``(seconds, why)`` when the program needs more than ``budget`` bytes."""
-    seconds, need = compile_program(jitted, *args)
+    _, seconds, why = compile_checked(jitted, args, budget)
+    return seconds, why
+
+
+def compile_checked(jitted: Any, args: Sequence[Any], budget: float) -> tuple[Any, float, str]:
+    """``(executable, compile seconds, "")``, or ``(None, seconds, why)`` when it needs more than ``budget``."""
+    compiled, seconds, need = compile_program(jitted, *args)
     if need is not None and need > budget:
-        return seconds, f"needs {need / 2**30:.3g} GiB > {budget / 2**30:.3g} GiB budget"
-    return seconds, ""
+        return None, seconds, f"needs {need / 2**30:.3g} GiB > {budget / 2**30:.3g} GiB budget"
+    return compiled, seconds, ""
 
 
 def ram_bytes() -> int:
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+#: The two schedules of the member axis that are timed: one vmap, and lax.map over chunks of ``chunk``.
+SCHEDULES = ("vmap", "chunked")
 
 
 class Bench:
@@ -123,26 +141,35 @@ class Bench:
         self.budget = memory_fraction * ram_bytes()
         self.key = jax.random.key(1)
 
-    def fits(self, jitted: Any, *args: Any) -> tuple[float, str]:
-        return check_memory(jitted, args, self.budget)
+    def time_step(self, row: dict[str, Any], name: str, trainer: Any, estimate_s: float) -> None:
+        """Time ``trainer.step`` into ``row[name + "_s"]`` (compile seconds into ``name + "_compile_s"``), or
+        record why it was skipped: too much memory, or an estimated call longer than ``max_call_s``."""
+        if estimate_s > self.s["max_call_s"]:
+            row[f"{name}_skipped"] = f"estimated {estimate_s:.0f} s per call > {self.s['max_call_s']:.0f} s limit"
+            return
+        state = trainer.init(self.params)
+        compiled, row[f"{name}_compile_s"], why = compile_checked(
+            trainer.step, (state, self.x, self.y, self.key), self.budget
+        )
+        if why:
+            row[f"{name}_skipped"] = why
+            return
+        row[f"{name}_s"] = timed(lambda: compiled(state, self.x, self.y, self.key)[1]["loss"], self.s["repeats"])
 
     def pgpe_rows(self, relaxation: str) -> list[dict[str, Any]]:
         s, rows = self.s, []
         objective = certified_objective(self.arch, relaxation, self.schedule)
         single = jax.jit(objective)
         for pop in s["populations"]:
-            row: dict[str, Any] = {"relaxation": relaxation, "population": pop}
-            trainer = pgpe_trainer(self.arch, objective, self.params, optax.adam(1e-3), sigma=0.01, population=pop)
-            state = trainer.init(self.params)
-            row["vmap_compile_s"], why = self.fits(trainer.step, state, self.x, self.y, self.key)
-            if why:
-                rows.append({**row, "skipped": f"vmapped generation {why}"})
-                continue
-            row["vmap_s"] = timed(
-                lambda t=trainer, st=state: t.step(st, self.x, self.y, self.key)[1]["loss"], s["repeats"]
-            )
+            row: dict[str, Any] = {"relaxation": relaxation, "population": pop, "chunk": s["chunk"]}
             row.update(self.loop_generation(single, pop, s["loop_members"], s["repeats"]))
-            row["speedup"] = row["loop_s"] / row["vmap_s"]
+            for name, chunk in zip(SCHEDULES, (0, s["chunk"]), strict=True):
+                trainer = pgpe_trainer(
+                    self.arch, objective, self.params, optax.adam(1e-3), sigma=0.01, population=pop, chunk=chunk
+                )
+                self.time_step(row, name, trainer, row["loop_s"])
+                if f"{name}_s" in row:
+                    row[f"{name}_speedup"] = row["loop_s"] / row[f"{name}_s"]
             rows.append(row)
             print(format_pgpe(row), flush=True)
         return rows
@@ -156,10 +183,12 @@ class Bench:
         members, _ = es.ask(self.key, es_state, es_params)
         fitness = jnp.zeros(pop)
         m = min(pop, loop_members)
+        ask = jax.jit(es.ask)
+        tell = jax.jit(es.tell)
 
         def ask_tell():  # type: ignore[no-untyped-def]
-            population, state = es.ask(self.key, es_state, es_params)
-            return es.tell(self.key, population, fitness, state, es_params)[0].mean
+            population, state = ask(self.key, es_state, es_params)
+            return tell(self.key, population, fitness, state, es_params)[0].mean
 
         def loop():  # type: ignore[no-untyped-def]
             out = []
@@ -176,42 +205,52 @@ class Bench:
         s, rows = self.s, []
         optimizer = optax.adam(1e-3)
         plain = certified_trainer(self.arch, relaxation, optimizer, self.schedule)
-        state = plain.init(self.params)
-        _, why = self.fits(plain.step, state, self.x, self.y, self.key)
-        if why:
-            return [{"relaxation": relaxation, "samples": k, "skipped": f"plain step {why}"} for k in s["samples"]]
-        plain_s = timed(lambda: plain.step(state, self.x, self.y, self.key)[1]["loss"], s["repeats"])
+        probe: dict[str, Any] = {}
+        self.time_step(probe, "plain", plain, 0.0)
+        if "plain_skipped" in probe:
+            return [{"relaxation": relaxation, "samples": k, **probe} for k in s["samples"]]
         objective = certified_objective(self.arch, relaxation, self.schedule)
         for k in s["samples"]:
-            row: dict[str, Any] = {"relaxation": relaxation, "samples": k, "plain_s": plain_s}
-            trainer = rgs_trainer(self.arch, objective, optimizer, sigma=0.01, samples=k)
-            rstate = trainer.init(self.params)
-            row["rgs_compile_s"], why = self.fits(trainer.step, rstate, self.x, self.y, self.key)
-            if why:
-                rows.append({**row, "skipped": f"RGS step {why}"})
-                continue
-            row["rgs_s"] = timed(
-                lambda t=trainer, st=rstate: t.step(st, self.x, self.y, self.key)[1]["loss"], s["repeats"]
-            )
-            row["ratio"] = row["rgs_s"] / plain_s
+            row: dict[str, Any] = {"relaxation": relaxation, "samples": k, "chunk": s["chunk"], **probe}
+            for name, chunk in zip(SCHEDULES, (0, s["chunk"]), strict=True):
+                trainer = rgs_trainer(self.arch, objective, optimizer, sigma=0.01, samples=k, chunk=chunk)
+                self.time_step(row, name, trainer, k * probe["plain_s"])
+                if f"{name}_s" in row:
+                    row[f"{name}_ratio"] = row[f"{name}_s"] / row["plain_s"]
             rows.append(row)
             print(format_rgs(row), flush=True)
         return rows
 
 
+def cell(r: dict[str, Any], key: str, fmt: str = "{:.3f}") -> str:
+    """A table cell: ``r[key]`` formatted; for a missing time (``<schedule>_s``) why it was skipped, else "–"."""
+    if key in r:
+        return fmt.format(r[key])
+    name, _, kind = key.partition("_")
+    return f"skipped: {r[name + '_skipped']}" if kind == "s" and f"{name}_skipped" in r else "–"
+
+
 def format_pgpe(r: dict[str, Any]) -> str:
-    head = f"| {r['relaxation']} | {r['population']} "
-    if "skipped" in r:
-        return head + f"| skipped: {r['skipped']} | | | |"
+    if "loop_s" not in r:  # an old-style row that was skipped as a whole
+        return f"| {r['relaxation']} | {r['population']} | skipped: {r.get('skipped', '')} | | | | | |"
     mark = " (extrapolated)" if r["loop_extrapolated"] else ""
-    return head + f"| {r['vmap_s']:.3f} | {r['loop_s']:.3f}{mark} | {r['speedup']:.2f}x | {r['vmap_compile_s']:.1f} |"
+    compile_s = " / ".join(cell(r, f"{n}_compile_s", "{:.1f}") for n in SCHEDULES)
+    return (
+        f"| {r['relaxation']} | {r['population']} | {cell(r, 'vmap_s')} | {cell(r, 'chunked_s')} | "
+        f"{r['loop_s']:.3f}{mark} | {cell(r, 'vmap_speedup', '{:.2f}x')} | "
+        f"{cell(r, 'chunked_speedup', '{:.2f}x')} | {compile_s} |"
+    )
 
 
 def format_rgs(r: dict[str, Any]) -> str:
     head = f"| {r['relaxation']} | {r['samples']} "
-    if "skipped" in r:
-        return head + f"| skipped: {r['skipped']} | | | |"
-    return head + f"| {r['rgs_s']:.3f} | {r['plain_s']:.3f} | {r['ratio']:.2f} | {r['rgs_compile_s']:.1f} |"
+    if "plain_s" not in r:
+        return head + f"| skipped: plain step {r.get('plain_skipped', '')} | | | | | |"
+    compile_s = " / ".join(cell(r, f"{n}_compile_s", "{:.1f}") for n in SCHEDULES)
+    return (
+        head + f"| {cell(r, 'vmap_s')} | {cell(r, 'chunked_s')} | {r['plain_s']:.3f} | "
+        f"{cell(r, 'vmap_ratio', '{:.2f}')} | {cell(r, 'chunked_ratio', '{:.2f}')} | {compile_s} |"
+    )
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -221,18 +260,24 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"{s['arch'].upper()} on inputs {tuple(s['in_shape'])}, batch {s['batch']}, ε = 0.1; "
         f"device: {env['device']} ({env['cpu_count']} CPUs visible, load average {env['load_average']:.1f} "
-        f"at the start); medians of {s['repeats']} timed calls after a compiling call.",
+        f"at the start); medians of {s['repeats']} timed calls of programs compiled ahead of time.",
         "",
         "## PGPE: seconds per generation",
         "",
-        "| relaxation | population | vmapped step (s) | Python loop (s) | speed-up | compile (s) |",
-        "|---|---|---|---|---|---|",
+        f"Schedules of the member axis inside the one jitted generation: one `vmap` over the population, and "
+        f"`lax.map` over chunks of {s['chunk']} members (`chunk={s['chunk']}`, `jaxcert.train.members`); both "
+        f"against a Python loop over members.",
+        "",
+        "| relaxation | population | one vmap (s) | chunked (s) | Python loop (s) | vmap speed-up | chunked speed-up "
+        "| compile vmap / chunked (s) |",
+        "|---|---|---|---|---|---|---|---|",
         *(format_pgpe(r) for r in result["pgpe"]),
         "",
-        "## RGS: seconds per step with k perturbed gradients (one vmapped call) vs a plain certified step",
+        "## RGS: seconds per step with k perturbed gradients vs a plain certified step (ideal ratio: k)",
         "",
-        "| relaxation | k | RGS step (s) | plain step (s) | ratio | compile (s) |",
-        "|---|---|---|---|---|---|",
+        "| relaxation | k | RGS one vmap (s) | RGS chunked (s) | plain step (s) | vmap ratio | chunked ratio "
+        "| compile vmap / chunked (s) |",
+        "|---|---|---|---|---|---|---|---|",
         *(format_rgs(r) for r in result["rgs"]),
     ]
     if result["notes"]:
@@ -267,9 +312,17 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         result["pgpe"] += bench.pgpe_rows(relaxation)
         result["rgs"] += bench.rgs_rows(relaxation)
     for row in result["pgpe"] + result["rgs"]:
-        if "skipped" in row:
-            size = f"population {row['population']}" if "population" in row else f"k = {row['samples']}"
-            result["notes"].append(f"{row['relaxation']}, {size}: skipped ({row['skipped']})")
+        size = f"population {row['population']}" if "population" in row else f"k = {row['samples']}"
+        for name in ("plain", *SCHEDULES):
+            if f"{name}_skipped" in row:
+                result["notes"].append(f"{row['relaxation']}, {size}, {name}: skipped ({row[f'{name}_skipped']})")
+    if device.platform == "cpu":
+        result["notes"].append(
+            "XLA:CPU: a convolution vmapped over per-member kernels (activations and kernels both carry the "
+            "member axis) lowers to a grouped convolution, which XLA:CPU runs several times slower per member "
+            "than one ordinary convolution; chunking the member axis (`member_chunk`) avoids most of it and bounds "
+            "the memory by the chunk instead of the population."
+        )
     result["total_seconds"] = time.time() - start
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{NAME}.json").write_text(json.dumps(result, indent=2, default=float))

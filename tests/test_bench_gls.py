@@ -22,12 +22,17 @@ def test_quick_benchmark_writes_json_and_markdown(tmp_path):
     assert "no-such-bound: not registered, skipped" in saved["notes"]
     (pgpe,) = saved["pgpe"]
     assert pgpe["relaxation"] == "ibp" and pgpe["population"] == 4
-    assert pgpe["vmap_s"] > 0 and pgpe["loop_s"] > 0 and pgpe["loop_extrapolated"]  # 2 of 4 members timed
-    assert abs(pgpe["speedup"] - pgpe["loop_s"] / pgpe["vmap_s"]) < 1e-9
+    assert pgpe["loop_s"] > 0 and pgpe["loop_extrapolated"]  # 2 of 4 members timed
+    for schedule in ("vmap", "chunked"):  # one vmap, and lax.map over chunks of 2
+        assert pgpe[f"{schedule}_s"] > 0
+        assert abs(pgpe[f"{schedule}_speedup"] - pgpe["loop_s"] / pgpe[f"{schedule}_s"]) < 1e-9
     (rgs,) = saved["rgs"]
-    assert rgs["samples"] == 2 and rgs["rgs_s"] > 0 and abs(rgs["ratio"] - rgs["rgs_s"] / rgs["plain_s"]) < 1e-9
+    assert rgs["samples"] == 2 and rgs["chunk"] == 2
+    for schedule in ("vmap", "chunked"):
+        assert abs(rgs[f"{schedule}_ratio"] - rgs[f"{schedule}_s"] / rgs["plain_s"]) < 1e-9
     table = (tmp_path / "bench_gls.md").read_text()
     assert "| ibp | 4 |" in table and "| ibp | 2 |" in table and "no-such-bound" in table
+    assert "skipped" not in table.split("## Notes")[0]
     assert result["pgpe"][0]["population"] == 4
 
 
@@ -41,12 +46,17 @@ def test_a_program_larger_than_the_memory_budget_is_reported_and_shown_as_skippe
     assert "GiB budget" in why
     _, why = bench.check_memory(double, (jnp.ones(1024),), budget=1e9)
     assert why == ""
-    skipped = {"relaxation": "deeppoly", "population": 256, "skipped": f"vmapped generation {why or 'too large'}"}
+    row = {
+        "relaxation": "deeppoly", "population": 256, "chunk": 1, "loop_s": 30.0, "loop_extrapolated": True,
+        "vmap_skipped": why or "needs 977 GiB > 14 GiB budget", "vmap_compile_s": 2.0,
+        "chunked_s": 20.0, "chunked_speedup": 1.5, "chunked_compile_s": 3.0,
+    }  # fmt: skip
     result = {
-        "settings": {"arch": "cnn3", "in_shape": [28, 28, 1], "batch": 128, "repeats": 3},
+        "settings": {"arch": "cnn3", "in_shape": [28, 28, 1], "batch": 128, "repeats": 3, "chunk": 1},
         "environment": {"device": "cpu", "cpu_count": 2, "load_average": 0.0},
-        "pgpe": [skipped], "rgs": [], "notes": ["deeppoly, population 256: skipped (too large)"],
+        "pgpe": [row], "rgs": [], "notes": ["deeppoly, population 256, vmap: skipped (too large)"],
     }  # fmt: skip
     table = bench.markdown(result)
-    assert "| deeppoly | 256 | skipped: vmapped generation too large |" in table
-    assert "- deeppoly, population 256: skipped (too large)" in table
+    assert "| deeppoly | 256 | skipped: needs 977 GiB > 14 GiB budget | 20.000 | 30.000 (extrapolated) |" in table
+    assert "| – | 1.50x | 2.0 / 3.0 |" in table
+    assert "- deeppoly, population 256, vmap: skipped (too large)" in table

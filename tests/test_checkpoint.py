@@ -93,4 +93,6 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_with_nothing_lost(tmp_pat
     # resuming with settings that change the trajectory is refused (before any step is compiled)
     with pytest.raises(ValueError, match="eps"):
         train(dataclasses.replace(config, eps=0.05), resume=True, progress=False, evaluate=False)
+    with pytest.raises(ValueError, match="arch"):  # a clear error, not a failed restore into other shapes
+        train(dataclasses.replace(config, arch="paradox_fc"), resume=True, progress=False, evaluate=False)
     assert json.loads((clean_dir / "config.json").read_text())["eps"] == config.eps

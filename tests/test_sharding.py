@@ -1,4 +1,5 @@
-"""Sharded == unsharded: RGS samples, the PGPE population and the data batch split over 4 host devices.
+"""Sharded == unsharded: RGS samples, the PGPE population (whole, or in chunks of 4) and the data batch split
+over 4 host devices.
 
 The device count must be fixed before jax is imported, so the comparison runs in a subprocess."""
 
@@ -51,6 +52,8 @@ SCRIPT = textwrap.dedent(
     out["rgs"] = max_diff(plain.params, sharded.params)
     hlo = sharded_trainer.step.lower(sharded_trainer.init(params), x, y, jax.random.key(0)).as_text()
     out["rgs_constrained"] = "sdy.sharding_constraint" in hlo and '{"samples"}' in hlo
+    chunked, _ = run(rgs_trainer(arch, objective, optax.adam(1e-2), mesh=mesh, chunk=4, **kw))
+    out["rgs_chunked"] = max_diff(plain.params, chunked.params)
     kw = dict(sigma=0.05, population=8)
     plain, _ = run(pgpe_trainer(arch, objective, params, optax.adam(1e-2), **kw))
     sharded_trainer = pgpe_trainer(arch, objective, params, optax.adam(1e-2), mesh=mesh, **kw)
@@ -58,6 +61,8 @@ SCRIPT = textwrap.dedent(
     out["pgpe"] = max_diff(plain.params, sharded.params)
     hlo = sharded_trainer.step.lower(sharded_trainer.init(params), x, y, jax.random.key(0)).as_text()
     out["pgpe_constrained"] = "sdy.sharding_constraint" in hlo and '{"samples"}' in hlo
+    chunked, _ = run(pgpe_trainer(arch, objective, params, optax.adam(1e-2), mesh=mesh, chunk=4, **kw))
+    out["pgpe_chunked"] = max_diff(plain.params, chunked.params)
     out["pgpe_moved"] = max_diff(plain.params, [{k: v for k, v in p.items()} for p in params])
     trainer = certified_trainer(arch, "ibp", optax.adam(1e-2), schedule)
     plain, _ = run(trainer)
@@ -80,7 +85,7 @@ def test_sharded_gls_and_batch_equal_unsharded():
     diffs = json.loads(line[len("RESULT ") :])
     assert diffs["pgpe_moved"] > 1e-4  # the comparison is not vacuous
     assert diffs["rgs_constrained"] and diffs["pgpe_constrained"]  # the sample axis is split over the devices
-    for name in ("rgs", "pgpe", "batch"):
+    for name in ("rgs", "rgs_chunked", "pgpe", "pgpe_chunked", "batch"):
         assert diffs[name] < 1e-5, (name, diffs)
 
 

@@ -25,6 +25,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sigma", type=float, help="GLS standard deviation")
     p.add_argument("--population", type=int, help="PGPE population size")
     p.add_argument("--samples", type=int, help="RGS samples per step")
+    p.add_argument("--member-chunk", type=int, help="GLS: evaluate samples/members N at a time (0: all, vmap)")
     p.add_argument("--devices", type=int, help="shard GLS samples / the batch over N devices (0: all)")
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument("--out")
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         result = train(config, resume=args.resume, progress=not args.no_progress, evaluate=not args.no_eval)
-    except ValueError as e:
+    except (ValueError, FileNotFoundError) as e:  # bad settings, or no offline copy of the data set
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.no_eval:

@@ -47,6 +47,14 @@ class Checkpoints:
             self.manager.wait_until_finished()
         return step
 
+    def read_meta(self, step: int | None = None) -> dict[str, Any] | None:
+        """The JSON metadata of checkpoint ``step`` (default: the latest) without touching the state."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            return None
+        restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return dict(restored["meta"])
+
     def restore(self, template: TrainState, step: int | None = None) -> tuple[TrainState, dict[str, Any]] | None:
         """``(state, meta)`` of checkpoint ``step`` (default: the latest) shaped like ``template``; ``None``
         when there is no checkpoint."""

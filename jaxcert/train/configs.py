@@ -48,6 +48,7 @@ class TrainConfig:
     population: int = 16  # PGPE
     std_lr: float = 0.0  # PGPE σ learning rate (0: fixed σ)
     antithetic: bool = False  # RGS
+    member_chunk: int = 0  # GLS samples/members evaluated at once (0: all, one vmap; k: lax.map over groups of k)
     devices: int = 1  # shard the sample/population (GLS) or batch axis over this many devices (0: all)
     # bookkeeping
     seed: int = 0
@@ -69,6 +70,12 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.member_chunk < 0:
+            raise ValueError(f"member_chunk must be >= 0 (0: all members at once), got {self.member_chunk}")
+        size = {"rgs": self.samples, "pgpe": self.population}.get(self.method)
+        if size is not None and self.member_chunk and size % self.member_chunk:
+            what = "samples" if self.method == "rgs" else "population"
+            raise ValueError(f"{what} ({size}) must be a multiple of member_chunk ({self.member_chunk})")
         if self.eps < 0:
             raise ValueError(f"eps must be >= 0, got {self.eps}")
         if self.lr <= 0:

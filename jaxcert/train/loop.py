@@ -9,6 +9,7 @@ with :class:`NonFiniteLossError`.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -40,7 +41,7 @@ from jaxcert.train.state import Trainer, TrainState
 #: Config fields that may differ between a run and its resumption (they do not change the trajectory).
 RESUME_FREE_FIELDS = frozenset(
     {"out", "data_dir", "checkpoint_every", "keep_checkpoints", "log_every", "test_limit", "eval_eps",
-     "eval_relaxations", "eval_pgd_steps", "eval_batch_size", "devices"}
+     "eval_relaxations", "eval_pgd_steps", "eval_batch_size", "devices", "member_chunk"}
 )  # fmt: skip
 
 
@@ -103,17 +104,23 @@ def make_trainer(
     if config.method == "rgs":
         return rgs_trainer(
             arch, objective, optimizer, sigma=config.sigma, samples=config.samples, antithetic=config.antithetic,
-            mesh=mesh, **common,
+            chunk=config.member_chunk, mesh=mesh, **common,
         )  # fmt: skip
     return pgpe_trainer(
         arch, objective, params, optimizer, sigma=config.sigma, population=config.population, std_lr=config.std_lr,
-        mesh=mesh, **common,
+        chunk=config.member_chunk, mesh=mesh, **common,
     )  # fmt: skip
 
 
 def _mesh(config: TrainConfig):  # type: ignore[no-untyped-def]
     n = len(jax.devices()) if config.devices == 0 else config.devices
     return None if n == 1 else device_mesh(SAMPLES, n)
+
+
+def _say(message: str) -> None:
+    """A line on stdout that does not break the progress bar (on stderr)."""
+    tqdm.write(message, file=sys.stdout)
+    sys.stdout.flush()
 
 
 def _check_resumable(saved: dict[str, Any], config: TrainConfig) -> None:
@@ -158,12 +165,12 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True, e
     checkpoints = Checkpoints(out / "checkpoints", every=config.checkpoint_every, keep=config.keep_checkpoints)
     resume_step = None
     if resume and checkpoints.latest_step() is not None:
-        state, saved = checkpoints.restore(state)
-        _check_resumable(saved["config"], config)
+        _check_resumable(checkpoints.read_meta()["config"], config)  # before restoring into a mismatched state
+        state, _ = checkpoints.restore(state)
         resume_step = int(state.step)
-        print(f"resumed from step {resume_step} ({checkpoints.directory})", flush=True)
+        _say(f"resumed from step {resume_step} ({checkpoints.directory})")
     elif resume:
-        print(f"no checkpoint in {checkpoints.directory}: starting from step 0", flush=True)
+        _say(f"no checkpoint in {checkpoints.directory}: starting from step 0")
     log = MetricsLog(out / "metrics.jsonl", resume_step=resume_step)
     (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
 
@@ -199,7 +206,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True, e
                 window = {}
             if checkpoints.due(step) or step == config.steps:
                 checkpoints.save(state, meta)
-                print(f"checkpoint saved at step {step}", flush=True)
+                _say(f"checkpoint saved at step {step}")
             if step >= config.steps:
                 break
     bar.close()

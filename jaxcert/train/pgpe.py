@@ -4,6 +4,7 @@ The search distribution is ``N(μ, diag(σ²))`` over the flattened trainable we
 
     ask:      z_i ~ N(0, I), population = [μ + σ z; μ - σ z]            (antithetic)
     evaluate: f_j = L(θ_j) for every member, by ONE vmapped call          (fitness is minimised)
+              (or ``chunk`` members at a time, :mod:`jaxcert.train.members`)
     tell:     shaped f̃ = centred ranks in [-1/2, 1/2],
               g_μ = Σ_i (f̃⁺_i - f̃⁻_i) σ z_i / N,  μ ← optax optimiser step on g_μ,
               g_σ = Σ_i (f̃⁺_i + f̃⁻_i - 2 mean f̃)(σ²z_i² - σ²)/σ / N,
@@ -25,18 +26,14 @@ from jaxcert.nets.layers import Arch
 from jaxcert.nets.network import LayerParams, split_trainable
 from jaxcert.train.batch_norm import update_running_stats
 from jaxcert.train.losses import Objective
-from jaxcert.train.sharding import check_divisible, constrain_leading
+from jaxcert.train.members import check_chunk, map_members
+from jaxcert.train.sharding import check_divisible
 from jaxcert.train.state import Trainer, TrainState
 
 
-def population_fitness(objective: Objective, mesh: Mesh | None = None):  # type: ignore[no-untyped-def]
-    """``(population, frozen, x, y, step) -> (fitness (N,), aux)``: ``objective`` vmapped over members."""
-    per_member = jax.vmap(objective, in_axes=(0, None, None, None, None))
-
-    def evaluate(population, frozen, x, y, step):  # type: ignore[no-untyped-def]
-        return per_member(constrain_leading(population, mesh), frozen, x, y, step)
-
-    return evaluate
+def population_fitness(objective: Objective, chunk: int = 0, mesh: Mesh | None = None):  # type: ignore[no-untyped-def]
+    """``(population, frozen, x, y, step) -> (fitness (N,), aux)``: ``objective`` mapped over the members."""
+    return map_members(objective, chunk, mesh)
 
 
 def pgpe_trainer(
@@ -49,6 +46,7 @@ def pgpe_trainer(
     population: int,
     std_lr: float = 0.0,
     std_max_change: float = 0.2,
+    chunk: int = 0,
     mesh: Mesh | None = None,
     bn_momentum: float = 0.1,
 ) -> Trainer:
@@ -60,10 +58,11 @@ def pgpe_trainer(
     if std_lr < 0:
         raise ValueError(f"std_lr must be >= 0, got {std_lr}")
     check_divisible(population, mesh, "PGPE population")
+    check_chunk(population, chunk, "PGPE population")
     template, _ = split_trainable(params)
     es = PGPE(population, solution=template, optimizer=optimizer)
     es_params = es.default_params.replace(std_init=sigma, std_lr=std_lr, std_max_change=std_max_change)
-    fitness_fn = population_fitness(objective, mesh)
+    fitness_fn = population_fitness(objective, chunk, mesh)
 
     def init(params: LayerParams) -> TrainState:
         trainable, frozen = split_trainable(params)

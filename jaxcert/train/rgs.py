@@ -6,7 +6,8 @@ estimated with ``k`` samples,
     ĝ = (1/k) Σ_i ∇L(θ + σ z_i),
 
 where the ``k`` perturbed gradients are computed by ONE ``jax.vmap``-ped call (the sample axis can be
-sharded over devices), and ``ĝ`` is fed to any optax optimiser. Only trainable leaves are perturbed.
+sharded over devices, or evaluated ``chunk`` samples at a time: :mod:`jaxcert.train.members`), and ``ĝ``
+is fed to any optax optimiser. Only trainable leaves are perturbed.
 With ``antithetic=True`` the samples come in pairs ``±z_i`` (``k`` even).
 """
 
@@ -22,7 +23,8 @@ from jaxcert.nets.layers import Arch
 from jaxcert.nets.network import LayerParams
 from jaxcert.train.gradient import GradientEstimator, gradient_trainer
 from jaxcert.train.losses import Objective
-from jaxcert.train.sharding import check_divisible, constrain_leading
+from jaxcert.train.members import check_chunk, map_members
+from jaxcert.train.sharding import check_divisible
 from jaxcert.train.state import Trainer
 
 
@@ -46,7 +48,13 @@ def perturb(trainable: LayerParams, noise: LayerParams, sigma: float | jax.Array
 
 
 def smoothed_gradient(
-    objective: Objective, *, sigma: float | jax.Array, samples: int, antithetic: bool = False, mesh: Mesh | None = None
+    objective: Objective,
+    *,
+    sigma: float | jax.Array,
+    samples: int,
+    antithetic: bool = False,
+    chunk: int = 0,
+    mesh: Mesh | None = None,
 ) -> GradientEstimator:
     """The RGS estimator ``(trainable, frozen, x, y, step, key) -> (mean loss, ĝ, mean aux)``."""
     if samples < 1:
@@ -56,12 +64,12 @@ def smoothed_gradient(
     if not isinstance(sigma, jax.core.Tracer) and sigma < 0:  # σ may be traced (e.g. a schedule value)
         raise ValueError(f"sigma must be >= 0, got {sigma}")
     check_divisible(samples, mesh, "RGS samples")
-    per_sample = jax.vmap(jax.value_and_grad(objective, has_aux=True), in_axes=(0, None, None, None, None))
+    check_chunk(samples, chunk, "RGS samples")
+    per_sample = map_members(jax.value_and_grad(objective, has_aux=True), chunk, mesh)
 
     def estimate(trainable, frozen, x, y, step, key):  # type: ignore[no-untyped-def]
         noise = gaussian_noise(key, trainable, samples, antithetic=antithetic)
-        thetas = constrain_leading(perturb(trainable, noise, sigma), mesh)
-        (losses, aux), grads = per_sample(thetas, frozen, x, y, step)
+        (losses, aux), grads = per_sample(perturb(trainable, noise, sigma), frozen, x, y, step)
         mean = lambda t: jax.tree_util.tree_map(lambda a: jnp.mean(a, axis=0), t)
         return jnp.mean(losses), mean(grads), {**mean(aux), "loss_std": jnp.std(losses)}
 
@@ -76,9 +84,12 @@ def rgs_trainer(
     sigma: float,
     samples: int,
     antithetic: bool = False,
+    chunk: int = 0,
     mesh: Mesh | None = None,
     bn_momentum: float = 0.1,
 ) -> Trainer:
     """RGS: any optax ``optimizer`` on the smoothed gradient of ``objective``."""
-    estimator = smoothed_gradient(objective, sigma=sigma, samples=samples, antithetic=antithetic, mesh=mesh)
+    estimator = smoothed_gradient(
+        objective, sigma=sigma, samples=samples, antithetic=antithetic, chunk=chunk, mesh=mesh
+    )
     return gradient_trainer(arch, estimator, optimizer, bn_momentum=bn_momentum)
