@@ -19,9 +19,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcert.attacks.pgd import NORMS, pgd
+from jaxcert.attacks.pgd import check_norm, pgd
 from jaxcert.bounds import get_relaxation, is_certified, margin_lower_bounds
 from jaxcert.bounds.box import check_eps
+from jaxcert.bounds.checks import check_labels
 from jaxcert.data.dataset import Dataset
 from jaxcert.nets.layers import Arch
 from jaxcert.nets.network import LayerParams, forward
@@ -45,8 +46,7 @@ def accuracy(arch: Arch, params: LayerParams, x: np.ndarray, y: np.ndarray, *, b
     x, y = np.asarray(x), np.asarray(y)
     if len(x) == 0:
         raise ValueError("accuracy of an empty data set is undefined")
-    if y.shape != x.shape[:1]:
-        raise ValueError(f"labels shape {y.shape} does not match batch size {x.shape[0]}")
+    check_labels(x, y)
     size = min(batch_size, len(x))
     hits = 0
     for idx, n in _padded_chunks(len(x), size):
@@ -99,8 +99,7 @@ def evaluate_per_example(
     relaxations = (relaxations,) if isinstance(relaxations, str) else tuple(relaxations)
     for name in relaxations:
         get_relaxation(name)  # unknown names fail here, with the list of known ones
-    if norm not in NORMS:
-        raise ValueError(f"unknown norm {norm!r}; expected one of {NORMS}")
+    check_norm(norm)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     check_eps(eps)

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcert.bounds import certified_cross_entropy, check_eps, get_relaxation, input_box, margin_spec, output_bounds
-from jaxcert.bounds.spec import num_outputs
+from jaxcert.bounds.spec import batch_margin_spec, num_outputs
 from jaxcert.nets.layers import Arch
 from jaxcert.nets.network import LayerParams, forward
 
@@ -92,9 +92,7 @@ def margin_bounds(
     """``(lb, ub)`` of the margins over the clipped ε-ball, shape (B, n-1). ``relaxation`` may be a
     registered name (jitted once per architecture, relaxation and options; traceable, e.g. under
     ``vmap`` over weight samples) or one of :data:`EXACT_REFERENCES` (numpy, concrete values only)."""
-    if y.shape != x.shape[:1]:
-        raise ValueError(f"labels shape {y.shape} does not match batch size {x.shape[0]}")
-    C = margin_spec(y, num_outputs(arch, params))
+    C = batch_margin_spec(arch, params, x, y)
     if relaxation in EXACT_REFERENCES:
         from jaxcert.bounds import exact
 

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxcert.bounds.box import check_eps
+from jaxcert.bounds.checks import check_labels
 from jaxcert.bounds.loss import cross_entropy
 from jaxcert.nets.layers import Arch
 from jaxcert.nets.network import LayerParams, forward
@@ -81,9 +82,16 @@ def ascent_direction(grad: jax.Array, norm: str) -> jax.Array:
     return grad / jnp.maximum(_l2_norm(grad), _TINY)
 
 
-def check_attack_args(norm: str, loss: str, steps: int, restarts: int) -> None:
+def check_norm(norm: str) -> None:
+    """Raise ``ValueError`` unless ``norm`` is one of the threat models :data:`NORMS`."""
     if norm not in NORMS:
         raise ValueError(f"unknown norm {norm!r}; expected one of {NORMS}")
+
+
+def check_attack_args(norm: str, loss: str, steps: int, restarts: int, eps: float | jax.Array) -> None:
+    """Raise ``ValueError`` for an unknown ``norm`` or ``loss``, or (when concrete) ``steps < 0``,
+    ``restarts < 1`` or a negative or non-finite ``eps``."""
+    check_norm(norm)
     if loss not in LOSSES:
         raise ValueError(f"unknown attack loss {loss!r}; expected one of {LOSSES}")
     # steps and restarts may be traced (one compiled attack for every budget): check them when concrete
@@ -91,6 +99,7 @@ def check_attack_args(norm: str, loss: str, steps: int, restarts: int) -> None:
         raise ValueError(f"steps must be >= 0, got {steps}")
     if not isinstance(restarts, jax.core.Tracer) and restarts < 1:
         raise ValueError(f"restarts must be >= 1, got {restarts}")
+    check_eps(eps)
 
 
 def pgd(
@@ -111,12 +120,10 @@ def pgd(
     """The worst point found by PGD in the ``norm``-ball of radius ``eps`` (scalar or per example)
     around ``x``, within ``[lo, hi]``. ``step_size`` defaults to ``2.5 ε / steps``. Pure and jittable
     (``norm`` and ``loss`` must be static; ``steps`` and ``restarts`` may be traced)."""
-    check_attack_args(norm, loss, steps, restarts)
-    check_eps(eps)
+    check_attack_args(norm, loss, steps, restarts, eps)
     x = jnp.asarray(x, dtype=jnp.float32)
     y = jnp.asarray(y)
-    if y.shape != x.shape[:1]:
-        raise ValueError(f"labels shape {y.shape} does not match batch size {x.shape[0]}")
+    check_labels(x, y)
     eps = _per_example(eps, x)
     alpha = 2.5 * eps / jnp.maximum(steps, 1) if step_size is None else _per_example(step_size, x)
 
@@ -200,8 +207,7 @@ def pgd_attack(
 ) -> jax.Array:
     """:func:`pgd` against ``forward(arch, params, ·)``, jitted: compiled once per (arch, norm, loss,
     shapes); ``eps``, ``steps``, ``restarts``, ``step_size``, ``lo``, ``hi`` are traced."""
-    check_attack_args(norm, loss, steps, restarts)
-    check_eps(eps)
+    check_attack_args(norm, loss, steps, restarts, eps)
     as_float = lambda v: jnp.asarray(v, jnp.float32)
     return _jitted_pgd(
         arch,

@@ -25,7 +25,7 @@ cross-entropy of the margin lower bounds when a spec ``C`` is given, else the to
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -82,6 +82,14 @@ def bounds_with_slopes(
     """Row lower bounds (B, R) with the crossing neurons' lower slopes replaced by ``slopes``."""
     new_lines = {i: with_lower_slope(lines[i], slopes[i], *bounds[i]) for i in lines}
     return backsubstitute(body, body_params, A, a, new_lines, lower, upper)
+
+
+def frozen_bounds_fn(body: Arch, *fixed: Any) -> Callable[[Slopes], jax.Array]:
+    """``slopes ↦ bounds_with_slopes(body, body_params, slopes, bounds, lines, A, a, lower, upper)`` for
+    ``fixed = (body_params, bounds, lines, A, a, lower, upper)``, all ``stop_gradient``-ed: a function of
+    the slopes alone, to differentiate or optimise without tracing gradients into the network."""
+    body_params, *rest = jax.lax.stop_gradient(fixed)
+    return lambda slopes: bounds_with_slopes(body, body_params, slopes, *rest)
 
 
 def _check_steps(steps: Any, lr: Any) -> None:
@@ -146,12 +154,7 @@ def alpha_crown_bounds(
         i: jnp.broadcast_to(ln.lower_slope[:, None], (ln.lower_slope.shape[0], rows, *ln.lower_slope.shape[1:]))
         for i, ln in lines.items()
     }
-    frozen = jax.lax.stop_gradient((body_params, bounds, lines, A, a, lower, upper))
-    f_params, f_bounds, f_lines, f_A, f_a, f_lower, f_upper = frozen
-
-    def objective(slopes: Slopes) -> jax.Array:
-        return bounds_with_slopes(body, f_params, slopes, f_bounds, f_lines, f_A, f_a, f_lower, f_upper)
-
+    objective = frozen_bounds_fn(body, body_params, bounds, lines, A, a, lower, upper)
     best = jax.lax.stop_gradient(optimise_slopes(objective, jax.lax.stop_gradient(init_slopes), steps, lr))
     lbs = bounds_with_slopes(body, body_params, best, bounds, lines, A, a, lower, upper)
     return split_two_sided(lbs)
@@ -169,15 +172,13 @@ def lee_slopes(
     use_certified_loss: bool,
 ) -> Slopes:
     """Lee et al. slopes: ``α = 1`` where the loss gradient at the current slopes is negative, else 0."""
-    frozen = jax.lax.stop_gradient((body_params, bounds, lines, A, a, lower, upper))
-    f_params, f_bounds, f_lines, f_A, f_a, f_lower, f_upper = frozen
+    row_bounds = frozen_bounds_fn(body, body_params, bounds, lines, A, a, lower, upper)
 
     def loss(slopes: Slopes) -> jax.Array:
-        lbs = bounds_with_slopes(body, f_params, slopes, f_bounds, f_lines, f_A, f_a, f_lower, f_upper)
-        lb, ub = split_two_sided(lbs)
+        lb, ub = split_two_sided(row_bounds(slopes))
         return jnp.sum(certified_cross_entropy(lb)) if use_certified_loss else jnp.sum(ub - lb)
 
-    grads = jax.grad(loss)({i: ln.lower_slope for i, ln in f_lines.items()})
+    grads = jax.grad(loss)(jax.lax.stop_gradient({i: ln.lower_slope for i, ln in lines.items()}))
     return {i: (g < 0).astype(g.dtype) for i, g in grads.items()}
 
 

@@ -8,6 +8,12 @@ from jaxcert.nets.layers import Arch, BatchNorm, Conv, Dense
 from jaxcert.nets.network import LayerParams
 
 
+def check_labels(x: jax.Array, y: jax.Array) -> None:
+    """Raise ``ValueError`` unless ``y`` holds exactly one label per example of the batch ``x``."""
+    if y.shape != x.shape[:1]:
+        raise ValueError(f"labels shape {y.shape} does not match batch size {x.shape[0]}")
+
+
 def check_input(arch: Arch, params: LayerParams, x: jax.Array) -> None:
     """Raise ``ValueError`` if ``x`` (batched) or ``params`` do not fit ``arch``."""
     if len(params) != len(arch):

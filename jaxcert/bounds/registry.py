@@ -14,7 +14,7 @@ import jax
 from jaxcert.bounds.box import input_box
 from jaxcert.bounds.checks import check_input
 from jaxcert.bounds.ibp import ibp_bounds
-from jaxcert.bounds.spec import margin_spec, num_outputs
+from jaxcert.bounds.spec import batch_margin_spec
 from jaxcert.nets.layers import Arch
 from jaxcert.nets.network import LayerParams
 
@@ -85,9 +85,7 @@ def margin_lower_bounds(
     **options: Any,
 ) -> jax.Array:
     """Lower bounds of the margins ``z_y - z_j`` (j ≠ y), shape (B, n-1)."""
-    if y.shape != x.shape[:1]:
-        raise ValueError(f"labels shape {y.shape} does not match batch size {x.shape[0]}")
-    C = margin_spec(y, num_outputs(arch, params))
+    C = batch_margin_spec(arch, params, x, y)
     return output_bounds(arch, params, x, eps, relaxation=relaxation, C=C, **options)[0]
 
 

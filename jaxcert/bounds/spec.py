@@ -13,6 +13,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxcert.bounds.checks import check_labels
 from jaxcert.nets.layers import Arch, Dense
 from jaxcert.nets.network import LayerParams
 
@@ -34,6 +35,13 @@ def num_outputs(arch: Arch, params: LayerParams) -> int:
     if isinstance(last, Dense):
         return last.features
     raise ValueError("the network must end with a Dense layer")
+
+
+def batch_margin_spec(arch: Arch, params: LayerParams, x: jax.Array, y: jax.Array) -> jax.Array:
+    """:func:`margin_spec` of ``y`` for the outputs of ``arch``, after checking that ``y`` labels every
+    example of the batch ``x``; shape (B, n-1, n)."""
+    check_labels(x, y)
+    return margin_spec(y, num_outputs(arch, params))
 
 
 def fold_spec(

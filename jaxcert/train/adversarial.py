@@ -13,15 +13,14 @@ import jax.numpy as jnp
 import optax
 
 from jaxcert.attacks import pgd
+from jaxcert.attacks.pgd import check_norm
 from jaxcert.bounds import cross_entropy
 from jaxcert.nets.layers import Arch
 from jaxcert.nets.network import forward, merge
 from jaxcert.train.gradient import gradient_trainer
-from jaxcert.train.losses import l1_penalty
+from jaxcert.train.losses import batch_accuracy, mixed_loss
 from jaxcert.train.schedules import RecipeSchedule
 from jaxcert.train.state import Trainer
-
-NORMS = ("linf", "l2")
 
 
 def adversarial_trainer(
@@ -38,8 +37,7 @@ def adversarial_trainer(
     hi: float = 1.0,
     bn_momentum: float = 0.1,
 ) -> Trainer:
-    if norm not in NORMS:
-        raise ValueError(f"unknown norm {norm!r}; expected one of {NORMS}")
+    check_norm(norm)
     if attack_steps < 1:
         raise ValueError(f"attack_steps must be >= 1, got {attack_steps}")
 
@@ -47,14 +45,12 @@ def adversarial_trainer(
         params = merge(trainable, frozen)
         logits, logits_adv = forward(arch, params, x), forward(arch, params, x_adv)
         ce, ce_adv = jnp.mean(cross_entropy(logits, y)), jnp.mean(cross_entropy(logits_adv, y))
-        loss = kappa * ce + (1.0 - kappa) * ce_adv
-        if l1:
-            loss = loss + l1 * l1_penalty(trainable)
+        loss = mixed_loss(kappa, ce, ce_adv, l1, trainable)
         aux = {
             "clean_loss": ce,
             "adv_loss": ce_adv,
-            "clean_acc": jnp.mean((jnp.argmax(logits, -1) == y).astype(jnp.float32)),
-            "adv_acc": jnp.mean((jnp.argmax(logits_adv, -1) == y).astype(jnp.float32)),
+            "clean_acc": batch_accuracy(logits, y),
+            "adv_acc": batch_accuracy(logits_adv, y),
         }
         return loss, aux
 

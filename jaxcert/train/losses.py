@@ -34,6 +34,21 @@ def l1_penalty(trainable: LayerParams) -> jax.Array:
     return sum((jnp.sum(jnp.abs(p["kernel"])) for p in trainable if "kernel" in p), jnp.zeros(()))
 
 
+def mixed_loss(
+    kappa: float | jax.Array, clean: jax.Array, robust: jax.Array, l1: float, trainable: LayerParams
+) -> jax.Array:
+    """``κ · clean + (1 - κ) · robust``, plus ``λ Σ|W|`` (:func:`l1_penalty`) when ``l1`` is non-zero."""
+    loss = kappa * clean + (1.0 - kappa) * robust
+    if l1:
+        loss = loss + l1 * l1_penalty(trainable)
+    return loss
+
+
+def batch_accuracy(logits: jax.Array, y: jax.Array) -> jax.Array:
+    """Fraction (float32) of the rows of ``logits`` whose argmax is the label ``y``."""
+    return jnp.mean((jnp.argmax(logits, -1) == y).astype(jnp.float32))
+
+
 def clean_objective(arch: Arch, *, l1: float = 0.0) -> Objective:
     """Standard training: ``CE(f_θ(x), y) + λ Σ|W|``."""
 
@@ -78,13 +93,11 @@ def certified_objective(
         lb = margin_lower_bounds(arch, params, x, y, eps, relaxation=relaxation, lo=lo, hi=hi, **opts)
         cert_ce = jnp.mean(certified_cross_entropy(lb))
         cert_acc = jnp.mean(is_certified(lb).astype(jnp.float32))
-        loss = kappa * ce + (1.0 - kappa) * cert_ce
-        if l1:
-            loss = loss + l1 * l1_penalty(trainable)
+        loss = mixed_loss(kappa, ce, cert_ce, l1, trainable)
         aux = {
             "clean_loss": ce,
             "cert_loss": cert_ce,
-            "clean_acc": jnp.mean((jnp.argmax(logits, -1) == y).astype(jnp.float32)),
+            "clean_acc": batch_accuracy(logits, y),
             "cert_acc": cert_acc,
             **values,
         }
