@@ -9,6 +9,11 @@ Per example, with ``z = f(x)``:
 Certification always bounds the ℓ∞ box of radius ε clipped to ``ds.input_range``; for ``norm="l2"``
 that box contains the ℓ2 ball, so the certificate is sound (if loose) there too. A certified example
 is correct at every point of the region, hence ``cert ⇒ pgd ⇒ clean`` example by example.
+
+Evaluation is traced at matmul precision ``"highest"``: full float32 products on GPUs and TPUs, which
+by default may compute float32 matmuls and convolutions with TF32 or bfloat16 passes (relative errors
+~1e-3) and so could certify an example that exact arithmetic would not. Training keeps the default.
+(Bounds are float32 and, like auto_LiRPA's, not outward-rounded: sound up to float32 rounding.)
 """
 
 from __future__ import annotations
@@ -70,14 +75,15 @@ def batch_results(
     lo: float,
     hi: float,
 ) -> dict[str, jax.Array]:
-    """Per-example booleans ``clean_acc``, ``pgd_acc``, ``cert_acc/<r>`` for one batch."""
-    logits_fn = lambda v: forward(arch, params, v)
-    clean = jnp.argmax(logits_fn(x), axis=-1) == y
-    x_adv = pgd(logits_fn, x, y, eps, key=key, norm=norm, steps=steps, restarts=restarts, lo=lo, hi=hi)
-    out = {"clean_acc": clean, "pgd_acc": clean & (jnp.argmax(logits_fn(x_adv), axis=-1) == y)}
-    for name in relaxations:
-        lb = margin_lower_bounds(arch, params, x, y, eps, relaxation=name, lo=lo, hi=hi)
-        out[f"cert_acc/{name}"] = is_certified(lb)
+    """Per-example booleans ``clean_acc``, ``pgd_acc``, ``cert_acc/<r>`` for one batch (full-precision matmuls)."""
+    with jax.default_matmul_precision("highest"):
+        logits_fn = lambda v: forward(arch, params, v)
+        clean = jnp.argmax(logits_fn(x), axis=-1) == y
+        x_adv = pgd(logits_fn, x, y, eps, key=key, norm=norm, steps=steps, restarts=restarts, lo=lo, hi=hi)
+        out = {"clean_acc": clean, "pgd_acc": clean & (jnp.argmax(logits_fn(x_adv), axis=-1) == y)}
+        for name in relaxations:
+            lb = margin_lower_bounds(arch, params, x, y, eps, relaxation=name, lo=lo, hi=hi)
+            out[f"cert_acc/{name}"] = is_certified(lb)
     return out
 
 

@@ -128,3 +128,18 @@ def test_evaluate_rejects_bad_arguments(kwargs, message):
     eps = kwargs.pop("eps", 0.1)
     with pytest.raises(ValueError, match=message):
         evaluate(arch, params, ds, eps, **kwargs)
+
+
+def test_evaluation_traces_every_matmul_and_convolution_at_highest_precision():
+    """Certificates must not rest on TF32/bf16 products (the GPU/TPU default for float32 matmuls)."""
+    import jax.numpy as jnp
+
+    from jaxcert.evaluate import batch_results
+
+    arch, params, ds = image_net()
+    options = {"relaxations": ("ibp", "crown"), "norm": "linf", "steps": 1, "restarts": 1, "lo": 0.0, "hi": 1.0}
+    text = batch_results.lower(arch, params, ds.x[:4], ds.y[:4], jnp.float32(0.1), jax.random.key(0), **options)
+    text = text.as_text()
+    products = [ln for ln in text.splitlines() if "dot_general" in ln or "convolution" in ln]
+    assert len(products) >= 4  # forward, PGD gradient, bounds: the check is not vacuous
+    assert all("HIGHEST" in ln for ln in products), [ln for ln in products if "HIGHEST" not in ln][:2]

@@ -1,6 +1,6 @@
 """The research experiment scripts run end to end in their ``--quick`` setting and write consistent results.
 
-The three scripts run concurrently in subprocesses (one module-scoped fixture), each writing
+The four scripts run concurrently in subprocesses (one module-scoped fixture), each writing
 ``<name>.json`` and ``<name>.md`` into a temporary directory.
 """
 
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
-SCRIPTS = ("paradox", "gls_vs_ibp", "robust_vs_certified")
+SCRIPTS = ("paradox", "gls_vs_ibp", "robust_vs_certified", "tune_pgpe")
 TOL = 1e-9
 
 
@@ -101,6 +101,32 @@ def test_robust_vs_certified_rows(results: dict[str, dict]) -> None:
     assert all(r["eps"] == 0.02 for r in spheres)
     assert record["settings"]["spheres_l2_margin"] == pytest.approx(0.15)
     check_table(record)
+
+
+def test_tune_pgpe_rows(results: dict[str, dict]) -> None:
+    record = results["tune_pgpe"]
+    rows, settings = record["rows"], record["settings"]
+    assert [(r["lr"], r["sigma"]) for r in rows] == [(lr, s) for lr in settings["lr"] for s in settings["sigma"]]
+    for row in rows:
+        check_accuracy_chain(row, ("ibp",))
+    best = max(rows, key=lambda r: (r["cert_acc/ibp"], r["clean_acc"]))
+    assert settings["best"] == {"lr": best["lr"], "sigma": best["sigma"]}
+    assert settings["relaxation"] == "ibp" and settings["validation"] > 0
+    check_table(record)
+
+
+def test_validation_images_follow_the_training_subset() -> None:
+    sys.path.insert(0, str(EXPERIMENTS))
+    from tune_pgpe import train_validation_split
+
+    from jaxcert.data import load_dataset
+
+    train, val = train_validation_split(20, 10, factor=1)
+    full = load_dataset("fashion_mnist", "train", limit=30)
+    np.testing.assert_array_equal(train.x, full.x[:20])
+    np.testing.assert_array_equal(val.x, full.x[20:])  # disjoint from the training images
+    with pytest.raises(ValueError, match="need"):
+        train_validation_split(60_000, 10, factor=1)
 
 
 def test_downsample_keeps_the_data_range_and_rejects_bad_factors() -> None:
