@@ -1,10 +1,11 @@
 """Benchmark of Gaussian Loss Smoothing on CNN3: one vmapped call versus a Python loop.
 
 PGPE: seconds per generation (ask → certified loss of every member → tell) for several population
-sizes, the whole generation one jitted step whose member axis is scheduled either as ONE ``vmap`` over
-the population or as ``lax.map`` over chunks of ``--chunk`` members (``jaxcert.train.members``), against
+sizes, the whole generation one jitted step whose member axis is scheduled as ONE ``vmap`` over the
+population, as ``lax.map`` over chunks of ``--chunk`` members, or as those chunks unrolled into the
+program (``jaxcert.train.members``), against
 a Python loop that evaluates the members one by one with a jitted single-member loss (ask and tell jitted
-too). RGS: seconds per step with ``k`` perturbed gradients (both schedules) against one plain
+too). RGS: seconds per step with ``k`` perturbed gradients (all three schedules) against one plain
 certified-training step.
 
 Inputs are random images (timing does not depend on the data). Programs are compiled ahead of time
@@ -12,7 +13,8 @@ Inputs are random images (timing does not depend on the data). Programs are comp
 is 32 (not 128) so that the full CPU run stays within about ten minutes on two cores. A configuration
 whose compiled program needs more memory than ``--memory-fraction`` of this machine's RAM is skipped
 with a note, as is one whose call is estimated (from the loop, or k plain steps) to take longer than
-``--max-call-s``, and a relaxation that is not registered. For large populations the loop is timed on
+``--max-call-s``, an unrolled program of more than ``--max-copies`` copies, and a relaxation that is not
+registered. For large populations the loop is timed on
 ``--loop-members`` members and extrapolated linearly (marked in the table).
 
     python experiments/bench_gls.py            # the real benchmark (CPU: several minutes)
@@ -46,12 +48,12 @@ NAME = "bench_gls"
 FULL = {
     "arch": "cnn3", "in_shape": (28, 28, 1), "batch": 32, "populations": (16, 64, 256),
     "relaxations": ("crown-ibp", "deeppoly"), "samples": (4, 16), "repeats": 2, "loop_members": 16,
-    "chunk": 1, "max_call_s": 60.0,
+    "chunk": 1, "max_call_s": 60.0, "max_copies": 64,
 }  # fmt: skip
 QUICK = {
     "arch": "mlp_small", "in_shape": (4, 4, 1), "batch": 4, "populations": (4,), "relaxations": ("ibp",),
     "samples": (2,), "repeats": 1, "loop_members": 2,
-    "chunk": 2, "max_call_s": 60.0,
+    "chunk": 2, "max_call_s": 60.0, "max_copies": 64,
 }  # fmt: skip
 
 
@@ -67,13 +69,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--loop-members", type=int, help="members the Python loop is timed on (default: 16)")
     p.add_argument("--chunk", type=int, help="members per lax.map step of the chunked schedule (default: 1)")
     p.add_argument("--max-call-s", type=float, help="skip a program estimated to take longer per call (default: 60)")
+    p.add_argument("--max-copies", type=int, help="skip unrolled programs with more copies (default: 64)")
     p.add_argument("--memory-fraction", type=float, default=0.6, help="skip programs needing more of the RAM")
     return p.parse_args(argv)
 
 
 def settings(args: argparse.Namespace) -> dict[str, Any]:
     s = dict(QUICK if args.quick else FULL)
-    for key in ("relaxations", "populations", "samples", "batch", "repeats", "loop_members", "chunk", "max_call_s"):
+    for key in (
+        "relaxations",
+        "populations",
+        "samples",
+        "batch",
+        "repeats",
+        "loop_members",
+        "chunk",
+        "max_call_s",
+        "max_copies",
+    ):
         value = getattr(args, key)
         if value is not None:
             s[key] = tuple(value) if isinstance(value, list) else value
@@ -122,8 +135,14 @@ def ram_bytes() -> int:
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
-#: The two schedules of the member axis that are timed: one vmap, and lax.map over chunks of ``chunk``.
-SCHEDULES = ("vmap", "chunked")
+#: The schedules of the member axis that are timed: one vmap, lax.map over chunks of ``chunk``, and the
+#: chunks unrolled into the program.
+SCHEDULES = ("vmap", "chunked", "unrolled")
+
+
+def schedule_options(name: str, chunk: int) -> dict[str, Any]:
+    """``chunk``/``unroll`` keyword arguments of the GLS trainers for schedule ``name``."""
+    return {"vmap": {"chunk": 0}, "chunked": {"chunk": chunk}, "unrolled": {"chunk": chunk, "unroll": True}}[name]
 
 
 class Bench:
@@ -141,11 +160,15 @@ class Bench:
         self.budget = memory_fraction * ram_bytes()
         self.key = jax.random.key(1)
 
-    def time_step(self, row: dict[str, Any], name: str, trainer: Any, estimate_s: float) -> None:
+    def time_step(self, row: dict[str, Any], name: str, trainer: Any, estimate_s: float, copies: int = 1) -> None:
         """Time ``trainer.step`` into ``row[name + "_s"]`` (compile seconds into ``name + "_compile_s"``), or
-        record why it was skipped: too much memory, or an estimated call longer than ``max_call_s``."""
+        record why it was skipped: too much memory, an estimated call longer than ``max_call_s``, or more
+        unrolled copies than ``max_copies``."""
         if estimate_s > self.s["max_call_s"]:
             row[f"{name}_skipped"] = f"estimated {estimate_s:.0f} s per call > {self.s['max_call_s']:.0f} s limit"
+            return
+        if copies > self.s["max_copies"]:
+            row[f"{name}_skipped"] = f"{copies} unrolled copies > {self.s['max_copies']} limit"
             return
         state = trainer.init(self.params)
         compiled, row[f"{name}_compile_s"], why = compile_checked(
@@ -163,11 +186,13 @@ class Bench:
         for pop in s["populations"]:
             row: dict[str, Any] = {"relaxation": relaxation, "population": pop, "chunk": s["chunk"]}
             row.update(self.loop_generation(single, pop, s["loop_members"], s["repeats"]))
-            for name, chunk in zip(SCHEDULES, (0, s["chunk"]), strict=True):
+            for name in SCHEDULES:
+                options = schedule_options(name, s["chunk"])
                 trainer = pgpe_trainer(
-                    self.arch, objective, self.params, optax.adam(1e-3), sigma=0.01, population=pop, chunk=chunk
+                    self.arch, objective, self.params, optax.adam(1e-3), sigma=0.01, population=pop, **options
                 )
-                self.time_step(row, name, trainer, row["loop_s"])
+                copies = pop // s["chunk"] if options.get("unroll") else 1
+                self.time_step(row, name, trainer, row["loop_s"], copies)
                 if f"{name}_s" in row:
                     row[f"{name}_speedup"] = row["loop_s"] / row[f"{name}_s"]
             rows.append(row)
@@ -212,9 +237,11 @@ class Bench:
         objective = certified_objective(self.arch, relaxation, self.schedule)
         for k in s["samples"]:
             row: dict[str, Any] = {"relaxation": relaxation, "samples": k, "chunk": s["chunk"], **probe}
-            for name, chunk in zip(SCHEDULES, (0, s["chunk"]), strict=True):
-                trainer = rgs_trainer(self.arch, objective, optimizer, sigma=0.01, samples=k, chunk=chunk)
-                self.time_step(row, name, trainer, k * probe["plain_s"])
+            for name in SCHEDULES:
+                options = schedule_options(name, s["chunk"])
+                trainer = rgs_trainer(self.arch, objective, optimizer, sigma=0.01, samples=k, **options)
+                copies = k // s["chunk"] if options.get("unroll") else 1
+                self.time_step(row, name, trainer, k * probe["plain_s"], copies)
                 if f"{name}_s" in row:
                     row[f"{name}_ratio"] = row[f"{name}_s"] / row["plain_s"]
             rows.append(row)
@@ -232,25 +259,22 @@ def cell(r: dict[str, Any], key: str, fmt: str = "{:.3f}") -> str:
 
 def format_pgpe(r: dict[str, Any]) -> str:
     if "loop_s" not in r:  # an old-style row that was skipped as a whole
-        return f"| {r['relaxation']} | {r['population']} | skipped: {r.get('skipped', '')} | | | | | |"
+        return f"| {r['relaxation']} | {r['population']} | skipped: {r.get('skipped', '')} | | | | | | | | |"
     mark = " (extrapolated)" if r["loop_extrapolated"] else ""
     compile_s = " / ".join(cell(r, f"{n}_compile_s", "{:.1f}") for n in SCHEDULES)
-    return (
-        f"| {r['relaxation']} | {r['population']} | {cell(r, 'vmap_s')} | {cell(r, 'chunked_s')} | "
-        f"{r['loop_s']:.3f}{mark} | {cell(r, 'vmap_speedup', '{:.2f}x')} | "
-        f"{cell(r, 'chunked_speedup', '{:.2f}x')} | {compile_s} |"
-    )
+    times = " | ".join(cell(r, f"{n}_s") for n in SCHEDULES)
+    speedups = " | ".join(cell(r, f"{n}_speedup", "{:.2f}x") for n in SCHEDULES)
+    return f"| {r['relaxation']} | {r['population']} | {times} | {r['loop_s']:.3f}{mark} | {speedups} | {compile_s} |"
 
 
 def format_rgs(r: dict[str, Any]) -> str:
     head = f"| {r['relaxation']} | {r['samples']} "
     if "plain_s" not in r:
-        return head + f"| skipped: plain step {r.get('plain_skipped', '')} | | | | | |"
+        return head + f"| skipped: plain step {r.get('plain_skipped', '')} | | | | | | | | |"
     compile_s = " / ".join(cell(r, f"{n}_compile_s", "{:.1f}") for n in SCHEDULES)
-    return (
-        head + f"| {cell(r, 'vmap_s')} | {cell(r, 'chunked_s')} | {r['plain_s']:.3f} | "
-        f"{cell(r, 'vmap_ratio', '{:.2f}')} | {cell(r, 'chunked_ratio', '{:.2f}')} | {compile_s} |"
-    )
+    times = " | ".join(cell(r, f"{n}_s") for n in SCHEDULES)
+    ratios = " | ".join(cell(r, f"{n}_ratio", "{:.2f}") for n in SCHEDULES)
+    return head + f"| {times} | {r['plain_s']:.3f} | {ratios} | {compile_s} |"
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -264,20 +288,21 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         "## PGPE: seconds per generation",
         "",
-        f"Schedules of the member axis inside the one jitted generation: one `vmap` over the population, and "
-        f"`lax.map` over chunks of {s['chunk']} members (`chunk={s['chunk']}`, `jaxcert.train.members`); both "
-        f"against a Python loop over members.",
+        f"Schedules of the member axis inside the one jitted generation (`jaxcert.train.members`): one `vmap` "
+        f"over the population; `lax.map` over chunks of {s['chunk']} members (`chunk={s['chunk']}`); the same "
+        f"chunks unrolled into the program (`chunk={s['chunk']}, unroll=True`); all against a Python loop over "
+        f"jitted members.",
         "",
-        "| relaxation | population | one vmap (s) | chunked (s) | Python loop (s) | vmap speed-up | chunked speed-up "
-        "| compile vmap / chunked (s) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| relaxation | population | one vmap (s) | chunked (s) | unrolled (s) | Python loop (s) | vmap speed-up "
+        "| chunked speed-up | unrolled speed-up | compile vmap / chunked / unrolled (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
         *(format_pgpe(r) for r in result["pgpe"]),
         "",
         "## RGS: seconds per step with k perturbed gradients vs a plain certified step (ideal ratio: k)",
         "",
-        "| relaxation | k | RGS one vmap (s) | RGS chunked (s) | plain step (s) | vmap ratio | chunked ratio "
-        "| compile vmap / chunked (s) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| relaxation | k | RGS one vmap (s) | RGS chunked (s) | RGS unrolled (s) | plain step (s) | vmap ratio "
+        "| chunked ratio | unrolled ratio | compile vmap / chunked / unrolled (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
         *(format_rgs(r) for r in result["rgs"]),
     ]
     if result["notes"]:

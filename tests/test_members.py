@@ -28,11 +28,12 @@ def problem():
     return params, trainable, frozen, x, y, members
 
 
-@pytest.mark.parametrize("chunk", [0, 1, 2, 4, 8, 16])
-def test_every_chunking_equals_a_python_loop_over_members(problem, chunk):
+@pytest.mark.parametrize(("chunk", "unroll"), [(0, False), (1, False), (2, False), (4, False), (8, False), (16, False),
+                                               (1, True), (4, True)])  # fmt: skip
+def test_every_chunking_equals_a_python_loop_over_members(problem, chunk, unroll):
     _, _, frozen, x, y, members = problem
     fn = jax.value_and_grad(OBJECTIVE, has_aux=True)
-    (losses, aux), grads = jax.jit(map_members(fn, chunk))(members, frozen, x, y, 7)
+    (losses, aux), grads = jax.jit(map_members(fn, chunk, unroll=unroll))(members, frozen, x, y, 7)
     assert losses.shape == (POPULATION,)
     single = jax.jit(fn)
     for i in range(POPULATION):
@@ -44,26 +45,34 @@ def test_every_chunking_equals_a_python_loop_over_members(problem, chunk):
     assert float(jnp.std(losses)) > 0  # the members differ: a broadcast bug would not pass
 
 
-def test_chunked_program_is_a_loop_over_groups(problem):
+def test_chunked_program_is_a_loop_over_groups_unless_unrolled(problem):
     _, _, frozen, x, y, members = problem
     hlo = jax.jit(map_members(OBJECTIVE, 2)).lower(members, frozen, x, y, 0).as_text()
     assert "while" in hlo  # lax.map over the 4 groups, not an unrolled or fully vmapped program
     assert "while" not in jax.jit(map_members(OBJECTIVE, 0)).lower(members, frozen, x, y, 0).as_text()
+    unrolled = jax.jit(map_members(OBJECTIVE, 2, unroll=True)).lower(members, frozen, x, y, 0).as_text()
+    assert "while" not in unrolled  # four copies of the group's program instead of a loop
+    assert unrolled.count("dot_general") == 4 * jax.jit(map_members(OBJECTIVE, 8)).lower(
+        members, frozen, x, y, 0
+    ).as_text().count("dot_general")
 
 
 def test_chunked_rgs_and_pgpe_steps_equal_the_full_vmap(problem):
     params, _, _, x, y, _ = problem
     key = jax.random.key(3)
     for make in (
-        lambda c: rgs_trainer(ARCH, OBJECTIVE, optax.adam(1e-2), sigma=0.05, samples=4, chunk=c),
-        lambda c: pgpe_trainer(ARCH, OBJECTIVE, params, optax.adam(1e-2), sigma=0.05, population=8, chunk=c),
+        lambda c, u: rgs_trainer(ARCH, OBJECTIVE, optax.adam(1e-2), sigma=0.05, samples=4, chunk=c, unroll=u),
+        lambda c, u: pgpe_trainer(
+            ARCH, OBJECTIVE, params, optax.adam(1e-2), sigma=0.05, population=8, chunk=c, unroll=u
+        ),
     ):
-        full, chunked = make(0), make(2)
+        full = make(0, False)
         a, ma = full.step(full.init(params), x, y, key)
-        b, mb = chunked.step(chunked.init(params), x, y, key)
-        np.testing.assert_allclose(ma["loss"], mb["loss"], rtol=1e-5)
-        for u, v in zip(jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(b.params), strict=True):
-            np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-6)
+        for chunked in (make(2, False), make(2, True)):
+            b, mb = chunked.step(chunked.init(params), x, y, key)
+            np.testing.assert_allclose(ma["loss"], mb["loss"], rtol=1e-5)
+            for u, v in zip(jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(b.params), strict=True):
+                np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-6)
 
 
 def test_bad_chunks_are_rejected_clearly(problem):

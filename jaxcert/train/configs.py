@@ -49,6 +49,7 @@ class TrainConfig:
     std_lr: float = 0.0  # PGPE σ learning rate (0: fixed σ)
     antithetic: bool = False  # RGS
     member_chunk: int = 0  # GLS samples/members evaluated at once (0: all, one vmap; k: lax.map over groups of k)
+    member_unroll: bool = False  # GLS: the groups of member_chunk as copies in the program, not an XLA loop (CPU)
     devices: int = 1  # shard the sample/population (GLS) or batch axis over this many devices (0: all)
     # bookkeeping
     seed: int = 0

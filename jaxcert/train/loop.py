@@ -41,7 +41,8 @@ from jaxcert.train.state import Trainer, TrainState
 #: Config fields that may differ between a run and its resumption (they do not change the trajectory).
 RESUME_FREE_FIELDS = frozenset(
     {"out", "data_dir", "checkpoint_every", "keep_checkpoints", "log_every", "test_limit", "eval_eps",
-     "eval_relaxations", "eval_pgd_steps", "eval_batch_size", "devices", "member_chunk"}
+     "eval_relaxations", "eval_pgd_steps", "eval_batch_size", "devices", "member_chunk",
+     "member_unroll"}
 )  # fmt: skip
 
 
@@ -104,11 +105,11 @@ def make_trainer(
     if config.method == "rgs":
         return rgs_trainer(
             arch, objective, optimizer, sigma=config.sigma, samples=config.samples, antithetic=config.antithetic,
-            chunk=config.member_chunk, mesh=mesh, **common,
+            chunk=config.member_chunk, unroll=config.member_unroll, mesh=mesh, **common,
         )  # fmt: skip
     return pgpe_trainer(
         arch, objective, params, optimizer, sigma=config.sigma, population=config.population, std_lr=config.std_lr,
-        chunk=config.member_chunk, mesh=mesh, **common,
+        chunk=config.member_chunk, unroll=config.member_unroll, mesh=mesh, **common,
     )  # fmt: skip
 
 

@@ -1,16 +1,20 @@
 """Evaluating one function of the parameters over a population of parameter samples, in one XLA program.
 
-    map_members(f, chunk, mesh)(members, *shared)[i] = f(members[i], *shared)
+    map_members(f, chunk, mesh, unroll=...)(members, *shared)[i] = f(members[i], *shared)
 
 for every member ``i`` (leading axis of every leaf of ``members``), with the ``shared`` arguments (frozen
-statistics, data, step) the same for all. Two schedules of the same program:
+statistics, data, step) the same for all. Three schedules of the same computation:
 
 - ``chunk=0`` (default): one ``jax.vmap`` over the whole population, the vectorised program meant for
   accelerators; memory grows with the population size N.
 - ``chunk=k``: ``lax.map`` over the N/k groups of ``k`` members, vmapped within a group. Peak memory
   grows with ``k`` instead of N, so tight relaxations (full CROWN on CNNs) fit at large N; and on
   XLA:CPU, where a convolution vmapped over per-member kernels lowers to a slow *grouped* convolution,
-  small ``k`` is faster than the full vmap (see ``experiments/bench_gls.py``).
+  small ``k`` is faster than the full vmap.
+- ``chunk=k, unroll=True``: the N/k groups as N/k copies of the group's program in the one jitted step
+  (no XLA loop). XLA:CPU runs convolutions inside a loop body several times slower than at top level,
+  so on CPU this is the fastest schedule (faster than a Python loop over jitted members, which it
+  replaces); compile time and program size grow with N/k. See ``experiments/bench_gls.py``.
 
 With a ``mesh`` the member axis of each group (of the whole population when ``chunk=0``) is sharded
 over the devices, so ``k`` must be a multiple of the number of devices. Results are the same up to
@@ -23,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from jaxcert.train.sharding import check_divisible, constrain_leading
@@ -44,8 +49,11 @@ def check_chunk(size: int, chunk: int, what: str) -> None:
         raise ValueError(f"{what} ({size}) must be a multiple of the member chunk ({chunk})")
 
 
-def map_members(fn: Callable[..., Any], chunk: int = 0, mesh: Mesh | None = None) -> Callable[..., Any]:
-    """``(members, *shared) -> stacked fn(member, *shared)``, all at once (``chunk=0``) or ``chunk`` at a time."""
+def map_members(
+    fn: Callable[..., Any], chunk: int = 0, mesh: Mesh | None = None, *, unroll: bool = False
+) -> Callable[..., Any]:
+    """``(members, *shared) -> stacked fn(member, *shared)``, all at once (``chunk=0``) or ``chunk`` at a time
+    (in an XLA loop, or in ``n / chunk`` copies of the group's program when ``unroll``)."""
     check_chunk(chunk, chunk, "the member chunk")
     if chunk:
         check_divisible(chunk, mesh, "member chunk")
@@ -56,6 +64,12 @@ def map_members(fn: Callable[..., Any], chunk: int = 0, mesh: Mesh | None = None
         if not chunk or chunk >= n:
             return group(constrain_leading(members, mesh))
         check_chunk(n, chunk, "the population")
+        if unroll:
+            outs = [
+                group(constrain_leading(jax.tree_util.tree_map(lambda a, i=i: a[i : i + chunk], members), mesh))
+                for i in range(0, n, chunk)
+            ]
+            return jax.tree_util.tree_map(lambda *parts: jnp.concatenate(parts), *outs)
         split = jax.tree_util.tree_map(lambda a: a.reshape(n // chunk, chunk, *a.shape[1:]), members)
         out = jax.lax.map(lambda g: group(constrain_leading(g, mesh)), split)
         return jax.tree_util.tree_map(lambda a: a.reshape(n, *a.shape[2:]), out)

@@ -31,9 +31,11 @@ from jaxcert.train.sharding import check_divisible
 from jaxcert.train.state import Trainer, TrainState
 
 
-def population_fitness(objective: Objective, chunk: int = 0, mesh: Mesh | None = None):  # type: ignore[no-untyped-def]
+def population_fitness(  # type: ignore[no-untyped-def]
+    objective: Objective, chunk: int = 0, mesh: Mesh | None = None, *, unroll: bool = False
+):
     """``(population, frozen, x, y, step) -> (fitness (N,), aux)``: ``objective`` mapped over the members."""
-    return map_members(objective, chunk, mesh)
+    return map_members(objective, chunk, mesh, unroll=unroll)
 
 
 def pgpe_trainer(
@@ -47,6 +49,7 @@ def pgpe_trainer(
     std_lr: float = 0.0,
     std_max_change: float = 0.2,
     chunk: int = 0,
+    unroll: bool = False,
     mesh: Mesh | None = None,
     bn_momentum: float = 0.1,
 ) -> Trainer:
@@ -62,7 +65,7 @@ def pgpe_trainer(
     template, _ = split_trainable(params)
     es = PGPE(population, solution=template, optimizer=optimizer)
     es_params = es.default_params.replace(std_init=sigma, std_lr=std_lr, std_max_change=std_max_change)
-    fitness_fn = population_fitness(objective, chunk, mesh)
+    fitness_fn = population_fitness(objective, chunk, mesh, unroll=unroll)
 
     def init(params: LayerParams) -> TrainState:
         trainable, frozen = split_trainable(params)

@@ -54,6 +54,7 @@ def smoothed_gradient(
     samples: int,
     antithetic: bool = False,
     chunk: int = 0,
+    unroll: bool = False,
     mesh: Mesh | None = None,
 ) -> GradientEstimator:
     """The RGS estimator ``(trainable, frozen, x, y, step, key) -> (mean loss, ĝ, mean aux)``."""
@@ -65,7 +66,7 @@ def smoothed_gradient(
         raise ValueError(f"sigma must be >= 0, got {sigma}")
     check_divisible(samples, mesh, "RGS samples")
     check_chunk(samples, chunk, "RGS samples")
-    per_sample = map_members(jax.value_and_grad(objective, has_aux=True), chunk, mesh)
+    per_sample = map_members(jax.value_and_grad(objective, has_aux=True), chunk, mesh, unroll=unroll)
 
     def estimate(trainable, frozen, x, y, step, key):  # type: ignore[no-untyped-def]
         noise = gaussian_noise(key, trainable, samples, antithetic=antithetic)
@@ -85,11 +86,12 @@ def rgs_trainer(
     samples: int,
     antithetic: bool = False,
     chunk: int = 0,
+    unroll: bool = False,
     mesh: Mesh | None = None,
     bn_momentum: float = 0.1,
 ) -> Trainer:
     """RGS: any optax ``optimizer`` on the smoothed gradient of ``objective``."""
     estimator = smoothed_gradient(
-        objective, sigma=sigma, samples=samples, antithetic=antithetic, chunk=chunk, mesh=mesh
+        objective, sigma=sigma, samples=samples, antithetic=antithetic, chunk=chunk, unroll=unroll, mesh=mesh
     )
     return gradient_trainer(arch, estimator, optimizer, bn_momentum=bn_momentum)
