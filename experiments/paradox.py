@@ -44,7 +44,7 @@ RELAXATIONS = ("ibp", "hbox", "deepz", "crown", "crown-ibp")
 
 SETTINGS = {
     "default": {
-        "widths": (100, 100), "factor": 1, "train_limit": 5000, "test_limit": 500, "steps": 300, "batch_size": 64,
+        "widths": (100, 100), "factor": 1, "train_limit": 5000, "test_limit": 500, "steps": 1200, "batch_size": 64,
         "analysis_batch": 64, "sweep_range": 0.05, "sens_samples": 16, "reference": "alpha-crown",
         "relaxations": RELAXATIONS, "grids": (101, 401), "landscape_points": 6,
     },

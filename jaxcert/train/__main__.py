@@ -26,9 +26,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--population", type=int, help="PGPE population size")
     p.add_argument("--samples", type=int, help="RGS samples per step")
     p.add_argument("--member-chunk", type=int, help="GLS: evaluate samples/members N at a time (0: all, vmap)")
-    p.add_argument(
-        "--member-unroll", action="store_true", default=None, help="GLS: unroll the member chunks (fastest on CPU)"
-    )
+    p.add_argument("--member-unroll", action="store_true", default=None, help="GLS: unroll the member chunks (CPU)")
     p.add_argument("--devices", type=int, help="shard GLS samples / the batch over N devices (0: all)")
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument("--out")

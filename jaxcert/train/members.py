@@ -12,9 +12,10 @@ statistics, data, step) the same for all. Three schedules of the same computatio
   XLA:CPU, where a convolution vmapped over per-member kernels lowers to a slow *grouped* convolution,
   small ``k`` is faster than the full vmap.
 - ``chunk=k, unroll=True``: the N/k groups as N/k copies of the group's program in the one jitted step
-  (no XLA loop). XLA:CPU runs convolutions inside a loop body several times slower than at top level,
-  so on CPU this is the fastest schedule (faster than a Python loop over jitted members, which it
-  replaces); compile time and program size grow with N/k. See ``experiments/bench_gls.py``.
+  (no XLA loop). XLA:CPU runs the convolutions of a loop body (and vmapped ones) several times slower
+  than top-level ones, so on CPU this is the fastest of the three, on a par with a Python loop over
+  jitted members while staying one program; compile time and program size grow with N/k. Measured in
+  ``experiments/bench_gls.py``.
 
 With a ``mesh`` the member axis of each group (of the whole population when ``chunk=0``) is sharded
 over the devices, so ``k`` must be a multiple of the number of devices. Results are the same up to
