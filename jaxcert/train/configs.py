@@ -120,6 +120,12 @@ class TrainConfig:
 
 _BASE = TrainConfig()
 
+#: GLS with full CROWN/DeepPoly on CNN3. Back-substitution through the convolutions is memory-hungry: one
+#: member's value-and-gradient at batch 32 needs ~9.5 GiB (XLA's estimate; ~38 GiB at batch 128), one
+#: member's loss ~3.8 GiB (a whole PGPE population of 32 at once: ~120 GiB), so the members are evaluated
+#: one at a time (member_chunk=1); raise it on large accelerators, add member_unroll=True on CPUs.
+_GLS = dataclasses.replace(_BASE, relaxation="deeppoly", batch_size=32, member_chunk=1, steps=3000)
+
 CONFIGS: dict[str, TrainConfig] = {
     # README quickstart: CNN3 on offline Fashion-MNIST, IBP at ε = 0.1, a few CPU minutes.
     "quickstart": dataclasses.replace(
@@ -147,34 +153,8 @@ CONFIGS: dict[str, TrainConfig] = {
         beta_final=0.0,
         out="runs/crown-ibp",
     ),
-    # GLS with full CROWN/DeepPoly on CNN3. Back-substitution through the convolutions is memory-hungry:
-    # one member's value-and-gradient at batch 32 needs ~9.5 GiB (XLA's estimate; ~38 GiB at batch 128),
-    # so the members are evaluated one at a time (member_chunk=1); raise it on large accelerators.
-    "rgs": dataclasses.replace(
-        _BASE,
-        name="rgs",
-        method="rgs",
-        relaxation="deeppoly",
-        sigma=0.01,
-        samples=4,
-        batch_size=32,
-        member_chunk=1,
-        steps=3000,
-        out="runs/rgs",
-    ),
-    "pgpe": dataclasses.replace(
-        _BASE,
-        name="pgpe",
-        method="pgpe",
-        relaxation="deeppoly",
-        sigma=0.005,
-        population=32,
-        lr=1e-3,
-        batch_size=32,
-        member_chunk=1,  # ~3.8 GiB per member at batch 32 (the full population at once: ~120 GiB)
-        steps=3000,
-        out="runs/pgpe",
-    ),
+    "rgs": dataclasses.replace(_GLS, name="rgs", method="rgs", sigma=0.01, samples=4, out="runs/rgs"),
+    "pgpe": dataclasses.replace(_GLS, name="pgpe", method="pgpe", sigma=0.005, population=32, lr=1e-3, out="runs/pgpe"),
     # Seconds-long smoke run on synthetic concentric spheres (tests, CI).
     "tiny": dataclasses.replace(
         _BASE,
