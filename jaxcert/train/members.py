@@ -55,7 +55,7 @@ def map_members(
 ) -> Callable[..., Any]:
     """``(members, *shared) -> stacked fn(member, *shared)``, all at once (``chunk=0``) or ``chunk`` at a time
     (in an XLA loop, or in ``n / chunk`` copies of the group's program when ``unroll``)."""
-    check_chunk(chunk, chunk, "the member chunk")
+    check_chunk(chunk, chunk, "the member chunk")  # any chunk divides itself: this checks chunk >= 0
     if chunk:
         check_divisible(chunk, mesh, "member chunk")
 
