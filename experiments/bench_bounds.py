@@ -1,13 +1,19 @@
 """Throughput of the bound propagators: examples/s of each relaxation on CNN3 and CNN7.
 
-For every (architecture, relaxation) pair it times the jitted margin bounds ``C f(x)`` (labels random,
-``C`` the margin spec) in the modes
+For every (architecture, relaxation) pair it times the jitted margin lower bounds (labels random; what
+certification and the certified loss use, :func:`jaxcert.bounds.margin_lower_bounds`) in the modes
 
 * ``single``: one parameter set, throughput = batch / time;
+* ``grad``:   a training step's work: the certified cross-entropy of the margin lower bounds and its
+  gradient in the parameters, throughput = batch / time;
 * ``vmap``:   ``jax.vmap`` over S parameter samples (as in Gaussian Loss Smoothing),
   throughput = batch * S / time (examples·samples/s);
 * ``map``:    (optional, ``--modes``) ``jax.lax.map`` over the same S samples, one after the other: the
   sequential baseline for ``vmap`` (on CPU, vmapping convolutions over their kernels is slow).
+
+A relaxation may carry options, ``name[key=value;...]`` (values parsed as Python literals), so that
+alternatives run side by side in one call, e.g. ``crown,crown[patches=False],crown[unstable_budget=64]``
+or ``crown-ibp,crown-ibp[bound_upper=True]`` (both sides back-substituted, as before one-sided margins).
 
 Each program is compiled first (compile time reported, warm-up excluded from the timings); if XLA's
 memory estimate (``compiled.memory_analysis()``) exceeds the memory limit, or anything raises, the pair is
@@ -21,6 +27,7 @@ recorded as skipped with the reason. Timings are the median of ``--repeats`` cal
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import platform
@@ -34,7 +41,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxcert.bounds import make_bound_fn, margin_spec, relaxation_names
+from jaxcert.bounds import certified_cross_entropy, margin_lower_bounds, relaxation_names
 from jaxcert.nets import Conv, Dense, Flatten, Normalize, ReLU, get_architecture, init_params
 from jaxcert.nets.layers import Arch
 from jaxcert.nets.network import LayerParams, merge, split_trainable
@@ -63,7 +70,7 @@ DEFAULTS = {
     "repeats": 3,
     "max_seconds": 60.0,
 }
-MODES = ("single", "vmap", "map")
+MODES = ("single", "grad", "vmap", "map")
 QUICK = {"archs": "tiny", "batch": 4, "samples": 2, "repeats": 2, "max_seconds": 10.0}
 
 
@@ -90,11 +97,38 @@ def parameter_samples(params: LayerParams, samples: int, sigma: float, key: jax.
     return merge(jax.tree.unflatten(treedef, noisy), stacked_frozen)
 
 
+def parse_relaxation(entry: str) -> tuple[str, dict[str, Any]]:
+    """``"name[key=value;...]"`` -> ``(name, {key: literal value})``; a plain name has no options."""
+    name, _, rest = entry.partition("[")
+    options: dict[str, Any] = {}
+    if rest:
+        if not rest.endswith("]"):
+            raise ValueError(f"bad relaxation entry {entry!r}: expected name[key=value;...]")
+        for item in filter(None, rest[:-1].split(";")):
+            key, _, value = item.partition("=")
+            options[key.strip()] = ast.literal_eval(value.strip())
+    return name, options
+
+
+def margin_fn(arch: Arch, entry: str, *, grad: bool = False) -> Callable[..., Any]:
+    """``(params, x, eps, y) ->`` margin lower bounds by ``entry`` (see :func:`parse_relaxation`), or with
+    ``grad`` the mean certified cross-entropy of them and its gradient in the parameters."""
+    name, options = parse_relaxation(entry)
+
+    def bounds(params: LayerParams, x: jax.Array, eps: Any, y: jax.Array) -> jax.Array:
+        return margin_lower_bounds(arch, params, x, y, eps, relaxation=name, **options)
+
+    if not grad:
+        return bounds
+    loss = lambda params, x, eps, y: jnp.mean(certified_cross_entropy(bounds(params, x, eps, y)))
+    return jax.value_and_grad(loss)
+
+
 def batched_over_samples(fn: Callable[..., Any], mode: str) -> Callable[..., Any]:
-    """``fn(params, x, eps, C)`` over a leading axis of parameter samples: ``jax.vmap`` or ``jax.lax.map``."""
+    """``fn(params, x, eps, y)`` over a leading axis of parameter samples: ``jax.vmap`` or ``jax.lax.map``."""
     if mode == "vmap":
         return jax.vmap(fn, in_axes=(0, None, None, None))
-    return lambda params, x, eps, C: jax.lax.map(lambda p: fn(p, x, eps, C), params)
+    return lambda params, x, eps, y: jax.lax.map(lambda p: fn(p, x, eps, y), params)
 
 
 def estimated_bytes(compiled: Any) -> float | None:
@@ -137,13 +171,13 @@ def bench_one(
 ) -> dict[str, Any]:
     """Benchmark one (architecture, relaxation, mode) triple; never raises (errors become 'skipped')."""
     build, in_shape, eps = BENCH_ARCHS[arch_name]
-    n = batch * (1 if mode == "single" else samples)
+    n = batch * (samples if mode in ("vmap", "map") else 1)
     row: dict[str, Any] = {
         "arch": arch_name,
         "relaxation": relaxation,
         "mode": mode,
         "batch": batch,
-        "samples": 1 if mode == "single" else samples,
+        "samples": samples if mode in ("vmap", "map") else 1,
         "eps": eps,
         "status": "skipped",
         "reason": None,
@@ -153,20 +187,20 @@ def bench_one(
         params = init_params(arch, in_shape, seed=seed)
         kx, ky, kp = jax.random.split(jax.random.key(seed), 3)
         x = jax.random.uniform(kx, (batch, *in_shape))
-        C = margin_spec(jax.random.randint(ky, (batch,), 0, arch[-1].features), arch[-1].features)
-        fn = make_bound_fn(arch, relaxation)
-        if mode != "single":
+        y = jax.random.randint(ky, (batch,), 0, arch[-1].features)
+        fn = margin_fn(arch, relaxation, grad=mode == "grad")
+        if mode in ("vmap", "map"):
             params = parameter_samples(params, samples, 1e-2, kp)
             fn = batched_over_samples(fn, mode)
         start = time.perf_counter()
-        compiled = jax.jit(fn).lower(params, x, eps, C).compile()
+        compiled = jax.jit(fn).lower(params, x, eps, y).compile()
         row["compile_s"] = time.perf_counter() - start
         needed = estimated_bytes(compiled)
         row["memory_gib"] = None if needed is None else needed / GiB
         if needed is not None and needed > memory_limit:
             row["reason"] = f"estimated memory {needed / GiB:.1f} GiB > limit {memory_limit / GiB:.1f} GiB"
             return row
-        times, warmup = time_calls(lambda: compiled(params, x, eps, C), repeats, max_seconds)
+        times, warmup = time_calls(lambda: compiled(params, x, eps, y), repeats, max_seconds)
     except Exception as err:  # a relaxation that fails is reported, not fatal
         row["reason"] = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
         return row
@@ -230,18 +264,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     registered = set(relaxation_names())
     rows, notes = [], []
     for relaxation in args.relaxations.split(","):
-        if relaxation not in registered:
+        if parse_relaxation(relaxation)[0] not in registered:
             notes.append(f"{relaxation}: not registered (known: {', '.join(sorted(registered))})")
     for arch_name in args.archs.split(","):
         for relaxation in args.relaxations.split(","):
             for mode in args.modes.split(","):
-                if relaxation not in registered:
+                if parse_relaxation(relaxation)[0] not in registered:
                     row = {
                         "arch": arch_name,
                         "relaxation": relaxation,
                         "mode": mode,
                         "batch": args.batch,
-                        "samples": 1 if mode == "single" else args.samples,
+                        "samples": args.samples if mode in ("vmap", "map") else 1,
                         "status": "skipped",
                         "reason": "not registered",
                     }

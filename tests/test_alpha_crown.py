@@ -125,7 +125,7 @@ def lee_setup(arch, params, lo, hi, C):
     """The pieces of "crown-lee": fixed bounds and relaxation, chosen slopes, bounds with them, registered
     "crown-lee" and "crown" bounds."""
     body, body_params, W, b = fold_spec(arch, params, C, lo.shape[0])
-    bounds, lines = fixed_intermediate(body, body_params, lo, hi, "crown")
+    bounds, lines, _ = fixed_intermediate(body, body_params, lo, hi, "crown")
     A, a = two_sided_rows(W, b)
     slopes = lee_slopes(body, body_params, bounds, lines, A, a, lo, hi, use_certified_loss=True)
     direct = split_two_sided(bounds_with_slopes(body, body_params, slopes, bounds, lines, A, a, lo, hi))

@@ -34,8 +34,9 @@ import numpy as np
 import optax
 
 from jaxcert.bounds.backsub import backsubstitute, reject_options, split_two_sided, two_sided_rows
-from jaxcert.bounds.crown import Interval, crown_intermediate, make_line_fn
+from jaxcert.bounds.crown import Interval, check_bound_upper, crown_intermediate, make_line_fn, output_rows
 from jaxcert.bounds.crown_ibp import ibp_intermediate
+from jaxcert.bounds.ibp import interval_layers
 from jaxcert.bounds.loss import certified_cross_entropy
 from jaxcert.bounds.registry import register
 from jaxcert.bounds.relu_slopes import ReluLines, with_lower_slope
@@ -55,16 +56,20 @@ def fixed_intermediate(
     init: str = "adaptive",
     tau: float | jax.Array = 0.1,
     gamma: float | jax.Array = 1.0,
-) -> tuple[dict[int, Interval], dict[int, ReluLines]]:
-    """Pre-activation bounds by ``intermediate`` ("crown" | "ibp") and the ``init`` relaxation on them."""
+    **crown_options: Any,
+) -> tuple[dict[int, Interval], dict[int, ReluLines], Interval]:
+    """Pre-activation bounds by ``intermediate`` ("crown" | "ibp"), the ``init`` relaxation on them, and
+    the interval of the output of ``arch``. ``crown_options`` (``unstable_budget``, ``patches``) go to
+    :func:`jaxcert.bounds.crown.crown_intermediate`."""
     line_fn = make_line_fn(arch, init, None, tau, gamma)
     if intermediate == "crown":
         # the intermediate CROWN passes always use the min-area slope
         crown_lines = make_line_fn(arch, "adaptive")
-        bounds, _ = crown_intermediate(arch, params, lower, upper, crown_lines)
-        return bounds, {i: line_fn(i, *b) for i, b in bounds.items()}
+        bounds, _, out = crown_intermediate(arch, params, lower, upper, crown_lines, **crown_options)
+        return bounds, {i: line_fn(i, *b) for i, b in bounds.items()}, out
     if intermediate == "ibp":
-        return ibp_intermediate(arch, params, lower, upper, line_fn)
+        bounds, lines = ibp_intermediate(arch, params, lower, upper, line_fn)
+        return bounds, lines, interval_layers(arch, params, lower, upper)[-1]
     raise ValueError(f"intermediate must be 'crown' or 'ibp', got {intermediate!r}")
 
 
@@ -141,14 +146,25 @@ def alpha_crown_bounds(
     init: str = "adaptive",
     tau: float | jax.Array = 0.1,
     gamma: float | jax.Array = 1.0,
+    bound_upper: bool = True,
+    unstable_budget: int | None = None,
+    patches: bool | str = "auto",
     **unknown: Any,
 ) -> tuple[jax.Array, jax.Array]:
-    """alpha-CROWN bounds ``(lb, ub)`` of ``C f(x)`` over ``[lower, upper]`` (see the module doc)."""
+    """alpha-CROWN bounds ``(lb, ub)`` of ``C f(x)`` over ``[lower, upper]`` (see the module doc).
+
+    ``bound_upper=False`` optimises and back-substitutes the lower rows only (the upper bound is the
+    interval one); ``unstable_budget`` and ``patches`` are the options of the intermediate CROWN passes.
+    """
     reject_options(unknown, "alpha-crown")
     _check_steps(steps, lr)
+    check_bound_upper(bound_upper)
     body, body_params, W, b = fold_spec(arch, params, C, lower.shape[0])
-    bounds, lines = fixed_intermediate(body, body_params, lower, upper, intermediate, init, tau, gamma)
-    A, a = two_sided_rows(W, b)
+    bounds, lines, out = fixed_intermediate(
+        body, body_params, lower, upper, intermediate, init, tau, gamma, unstable_budget=unstable_budget,
+        patches=patches,
+    )  # fmt: skip
+    A, a, finish = output_rows(W, b, bound_upper, out)
     rows = A.shape[1]
     init_slopes = {
         i: jnp.broadcast_to(ln.lower_slope[:, None], (ln.lower_slope.shape[0], rows, *ln.lower_slope.shape[1:]))
@@ -156,8 +172,7 @@ def alpha_crown_bounds(
     }
     objective = frozen_bounds_fn(body, body_params, bounds, lines, A, a, lower, upper)
     best = jax.lax.stop_gradient(optimise_slopes(objective, jax.lax.stop_gradient(init_slopes), steps, lr))
-    lbs = bounds_with_slopes(body, body_params, best, bounds, lines, A, a, lower, upper)
-    return split_two_sided(lbs)
+    return finish(bounds_with_slopes(body, body_params, best, bounds, lines, A, a, lower, upper))
 
 
 def lee_slopes(
@@ -195,12 +210,12 @@ def lee_bounds(
     """CROWN bounds with the Lee et al. (2021) slope choice (see the module doc)."""
     reject_options(unknown, "crown-lee")
     body, body_params, W, b = fold_spec(arch, params, C, lower.shape[0])
-    bounds, lines = fixed_intermediate(body, body_params, lower, upper, intermediate)
+    bounds, lines, _ = fixed_intermediate(body, body_params, lower, upper, intermediate)
     A, a = two_sided_rows(W, b)
     slopes = lee_slopes(body, body_params, bounds, lines, A, a, lower, upper, use_certified_loss=C is not None)
     lbs = bounds_with_slopes(body, body_params, slopes, bounds, lines, A, a, lower, upper)
     return split_two_sided(lbs)
 
 
-register("alpha-crown", alpha_crown_bounds, steps=20, lr=0.1, intermediate="crown")
+register("alpha-crown", alpha_crown_bounds, one_sided=True, steps=20, lr=0.1, intermediate="crown")
 register("crown-lee", lee_bounds, intermediate="crown")

@@ -28,18 +28,22 @@ Registered: "crown" and "deeppoly" (min-area slope), "crown-zero", "crown-one", 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from jaxcert.bounds.backsub import backsubstitute, neuron_rows, reject_options, split_two_sided, two_sided_rows
+from jaxcert.bounds.ibp import affine_interval as folded_interval
+from jaxcert.bounds.neuron_rows import check_budget, rows_needed, scatter_refined, select_unstable
+from jaxcert.bounds.patches import Window, backsubstitute_windows, supports_windows
 from jaxcert.bounds.registry import register
 from jaxcert.bounds.relu_slopes import ReluLines, check_rule, check_rule_options, relu_lines
 from jaxcert.bounds.spec import fold_spec
 from jaxcert.nets.layers import Arch, Conv, Dense, LayerSpec, Params
-from jaxcert.nets.network import LayerParams
+from jaxcert.nets.network import LayerParams, shapes
 
 Interval = tuple[jax.Array, jax.Array]
 LineFn = Callable[[int, jax.Array, jax.Array], ReluLines]
@@ -92,6 +96,64 @@ def _interval_is_exact(prefix: Arch) -> bool:
     return all(s.is_affine for s in prefix) and sum(isinstance(s, Dense | Conv) for s in prefix) <= 1
 
 
+def _window_geometry_fits(arch: Arch, in_shape: tuple[int, ...]) -> bool:
+    """Windows pay when, on every layer, the receptive field is no larger than the layer itself."""
+    layer_shapes = shapes(arch, in_shape)
+    window = Window()
+    for i in reversed(range(len(arch))):
+        if isinstance(arch[i], Conv):
+            window = window.through_conv(arch[i])
+            if window.size > max(layer_shapes[i][:2]):
+                return False
+    return True
+
+
+def use_windows(arch: Arch, in_shape: tuple[int, ...], patches: bool | str) -> bool:
+    """Whether the rows of the pre-activation ``arch(x)`` are carried back as windows (patches mode):
+    ``True`` wherever the layers allow it, ``"auto"`` where the windows are also no larger than the layers."""
+    if patches not in (True, False, "auto"):
+        raise ValueError(f"patches must be True, False or 'auto', got {patches!r}")
+    if patches is False:
+        return False
+    return supports_windows(arch, in_shape) and (patches is True or _window_geometry_fits(arch, in_shape))
+
+
+def _window_rows(index: jax.Array, shape: tuple[int, ...], dtype: Any) -> tuple[jax.Array, ...]:
+    """Rows ``[e_j; -e_j]`` of the neurons ``index`` (B', n) of an HWC layer, as 1×1 windows with positions."""
+    _, width, channels = shape
+    c, w, h = index % channels, (index // channels) % width, index // (channels * width)
+    A = jax.nn.one_hot(c, channels, dtype=dtype)[:, :, None, None, :]
+    twice = lambda t: jnp.concatenate([t, t], axis=1)
+    return jnp.concatenate([A, -A], axis=1), jnp.zeros(A.shape[:2], dtype).repeat(2, axis=1), twice(h), twice(w)
+
+
+def neuron_bounds(
+    arch: Arch,
+    params: LayerParams,
+    index: int,
+    neurons: jax.Array | None,
+    lines: Mapping[int, ReluLines],
+    lower: jax.Array,
+    upper: jax.Array,
+    patches: bool | str = "auto",
+) -> tuple[jax.Array, jax.Array]:
+    """CROWN bounds (B, n) of the neurons ``neurons`` (flat indices (B, n); ``None``: every neuron, in
+    order) of the input of layer ``index``, relaxing the earlier ReLUs with ``lines``."""
+    in_shape = lower.shape[1:]
+    shape = shapes(arch, in_shape)[index]
+    if use_windows(arch[:index], in_shape, patches):
+        flat = jnp.arange(math.prod(shape))[None] if neurons is None else neurons
+        A, a, h, w = _window_rows(flat, shape, lower.dtype)
+        lbs = backsubstitute_windows(arch[:index], params[:index], A, a, h, w, lines, lower, upper)
+    else:
+        start, A, a = neuron_rows(arch, params, index, in_shape, 1, lower.dtype)
+        if neurons is not None:
+            rows = jnp.concatenate([neurons, neurons + math.prod(shape)], axis=1)
+            A, a = A[0][rows], a[0][rows]
+        lbs = backsubstitute(arch[:start], params[:start], A, a, lines, lower, upper)
+    return split_two_sided(lbs)
+
+
 def crown_intermediate(
     arch: Arch,
     params: LayerParams,
@@ -100,9 +162,12 @@ def crown_intermediate(
     line_fn: LineFn,
     *,
     intersect_ibp: bool = True,
-) -> tuple[dict[int, Interval], dict[int, ReluLines]]:
-    """Pre-activation bounds and relaxations of every ReLU of ``arch``, by CROWN (see the module doc)."""
-    batch = lower.shape[0]
+    unstable_budget: int | None = None,
+    patches: bool | str = "auto",
+) -> tuple[dict[int, Interval], dict[int, ReluLines], Interval]:
+    """Pre-activation bounds and relaxations of every ReLU of ``arch``, by CROWN (see the module doc), and
+    the forward interval of the output of ``arch``."""
+    check_budget(unstable_budget)
     bounds: dict[int, Interval] = {}
     lines: dict[int, ReluLines] = {}
     lo, hi = lower, upper  # forward interval of the current layer output
@@ -110,17 +175,21 @@ def crown_intermediate(
         if spec.is_affine:
             lo, hi = affine_interval(spec, params[i], lo, hi)
             continue
-        if _interval_is_exact(arch[:i]):
-            z_lo, z_hi = lo, hi
-        else:
-            start, A, a = neuron_rows(arch, params, i, lower.shape[1:], batch, lower.dtype)
-            z_lo, z_hi = split_two_sided(backsubstitute(arch[:start], params[:start], A, a, lines, lower, upper))
-            z_lo, z_hi = z_lo.reshape(lo.shape), z_hi.reshape(hi.shape)
+        if not _interval_is_exact(arch[:i]):
+            k = rows_needed(unstable_budget, math.prod(lo.shape[1:]))
+            neurons = None if k is None else select_unstable(lo, hi, k)
+            z_lo, z_hi = neuron_bounds(arch, params, i, neurons, lines, lower, upper, patches)
             if intersect_ibp:
-                z_lo, z_hi = jnp.maximum(z_lo, lo), jnp.minimum(z_hi, hi)
-        bounds[i], lines[i] = (z_lo, z_hi), line_fn(i, z_lo, z_hi)
-        lo, hi = jax.nn.relu(z_lo), jax.nn.relu(z_hi)
-    return bounds, lines
+                pick = (lambda t: t.reshape(t.shape[0], -1)) if neurons is None else (lambda t: _take(t, neurons))
+                z_lo, z_hi = jnp.maximum(z_lo, pick(lo)), jnp.minimum(z_hi, pick(hi))
+            lo, hi = scatter_refined(lo, hi, neurons, z_lo, z_hi)
+        bounds[i], lines[i] = (lo, hi), line_fn(i, lo, hi)
+        lo, hi = jax.nn.relu(lo), jax.nn.relu(hi)
+    return bounds, lines, (lo, hi)
+
+
+def _take(t: jax.Array, neurons: jax.Array) -> jax.Array:
+    return jnp.take_along_axis(t.reshape(t.shape[0], -1), neurons, axis=1)
 
 
 def crown_preactivation_bounds(
@@ -134,11 +203,34 @@ def crown_preactivation_bounds(
     tau: float | jax.Array = 0.1,
     gamma: float | jax.Array = 1.0,
     intersect_ibp: bool = True,
+    unstable_budget: int | None = None,
+    patches: bool | str = "auto",
 ) -> list[Interval]:
     """CROWN bounds ``(l, u)`` of the input of every ReLU of ``arch`` (in order), each (B, *shape)."""
     line_fn = make_line_fn(arch, lower_slope, lower_slopes, tau, gamma)
-    bounds, _ = crown_intermediate(arch, params, lower, upper, line_fn, intersect_ibp=intersect_ibp)
+    bounds, _, _ = crown_intermediate(
+        arch, params, lower, upper, line_fn, intersect_ibp=intersect_ibp, unstable_budget=unstable_budget,
+        patches=patches,
+    )  # fmt: skip
     return [bounds[i] for i in sorted(bounds)]
+
+
+def output_rows(
+    W: jax.Array, b: jax.Array, bound_upper: bool, body_interval: Interval
+) -> tuple[jax.Array, jax.Array, Any]:
+    """Rows to back-substitute for the folded final layer ``(W, b)`` and a function from their lower
+    bounds to ``(lb, ub)``: ``[W; -W]`` if ``bound_upper``, else ``W`` alone with the interval upper bound
+    of the output (from ``body_interval``, sound and nearly free): half the rows, for margins."""
+    if bound_upper:
+        A, a = two_sided_rows(W, b)
+        return A, a, split_two_sided
+    _, ub = folded_interval(*body_interval, W, b)
+    return jnp.swapaxes(W, 1, 2), b, lambda lbs: (lbs, ub)
+
+
+def check_bound_upper(bound_upper: Any) -> None:
+    if not isinstance(bound_upper, bool):
+        raise ValueError(f"bound_upper must be True or False, got {bound_upper!r}")
 
 
 def crown_with_intermediate(
@@ -153,14 +245,21 @@ def crown_with_intermediate(
     tau: float | jax.Array = 0.1,
     gamma: float | jax.Array = 1.0,
     intersect_ibp: bool = True,
+    unstable_budget: int | None = None,
+    patches: bool | str = "auto",
+    bound_upper: bool = True,
 ) -> tuple[jax.Array, jax.Array, list[Interval]]:
     """``(lb, ub, intermediate)``: CROWN bounds of ``C f(x)`` and the pre-activation bounds of every ReLU
     (in order, each (B, *shape)) that they were computed with."""
+    check_bound_upper(bound_upper)
     line_fn = make_line_fn(arch, lower_slope, lower_slopes, tau, gamma)
     body, body_params, W, b = fold_spec(arch, params, C, lower.shape[0])
-    bounds, lines = crown_intermediate(body, body_params, lower, upper, line_fn, intersect_ibp=intersect_ibp)
-    A, a = two_sided_rows(W, b)
-    lb, ub = split_two_sided(backsubstitute(body, body_params, A, a, lines, lower, upper))
+    bounds, lines, out = crown_intermediate(
+        body, body_params, lower, upper, line_fn, intersect_ibp=intersect_ibp, unstable_budget=unstable_budget,
+        patches=patches,
+    )  # fmt: skip
+    A, a, finish = output_rows(W, b, bound_upper, out)
+    lb, ub = finish(backsubstitute(body, body_params, A, a, lines, lower, upper))
     return lb, ub, [bounds[i] for i in sorted(bounds)]
 
 
@@ -176,36 +275,34 @@ def crown_bounds(
     tau: float | jax.Array = 0.1,
     gamma: float | jax.Array = 1.0,
     intersect_ibp: bool = True,
+    unstable_budget: int | None = None,
+    patches: bool | str = "auto",
+    bound_upper: bool = True,
     **unknown: Any,
 ) -> tuple[jax.Array, jax.Array]:
     """CROWN / DeepPoly bounds ``(lb, ub)`` of ``C f(x)`` over ``[lower, upper]``, shape (B, K).
 
     ``lower_slope`` picks the rule of :mod:`jaxcert.bounds.relu_slopes` for every ReLU (intermediate
-    and output passes); ``lower_slopes`` are the slopes of the "given" rule.
+    and output passes); ``lower_slopes`` are the slopes of the "given" rule. ``unstable_budget``
+    (rows per example and layer, see :mod:`jaxcert.bounds.neuron_rows`), ``patches`` (windows for
+    convolutional layers, :mod:`jaxcert.bounds.patches`) and ``bound_upper`` (False: the upper bound is
+    the interval one, half the work) trade tightness or nothing for cost, see the module doc.
     """
     reject_options(unknown, "crown")
     lb, ub, _ = crown_with_intermediate(
-        arch,
-        params,
-        lower,
-        upper,
-        C,
-        lower_slope=lower_slope,
-        lower_slopes=lower_slopes,
-        tau=tau,
-        gamma=gamma,
-        intersect_ibp=intersect_ibp,
-    )
+        arch, params, lower, upper, C, lower_slope=lower_slope, lower_slopes=lower_slopes, tau=tau, gamma=gamma,
+        intersect_ibp=intersect_ibp, unstable_budget=unstable_budget, patches=patches, bound_upper=bound_upper,
+    )  # fmt: skip
     return lb, ub
 
 
-register("crown", crown_bounds, lower_slope="adaptive")
-register("deeppoly", crown_bounds, lower_slope="adaptive")
-register("crown-zero", crown_bounds, lower_slope="zero")
-register("crown-one", crown_bounds, lower_slope="one")
-register("crown-parallel", crown_bounds, lower_slope="parallel")
-register("crown-zero-c", crown_bounds, lower_slope="zero-c")
-register("crown-one-c", crown_bounds, lower_slope="one-c")
-register("crown-soft", crown_bounds, lower_slope="soft")
+register("crown", crown_bounds, one_sided=True, lower_slope="adaptive")
+register("deeppoly", crown_bounds, one_sided=True, lower_slope="adaptive")
+register("crown-zero", crown_bounds, one_sided=True, lower_slope="zero")
+register("crown-one", crown_bounds, one_sided=True, lower_slope="one")
+register("crown-parallel", crown_bounds, one_sided=True, lower_slope="parallel")
+register("crown-zero-c", crown_bounds, one_sided=True, lower_slope="zero-c")
+register("crown-one-c", crown_bounds, one_sided=True, lower_slope="one-c")
+register("crown-soft", crown_bounds, one_sided=True, lower_slope="soft")
 #: Without ``lower_slopes=`` "crown-given" uses the slope 1/2 for every crossing neuron.
-register("crown-given", crown_bounds, lower_slope="given", lower_slopes=0.5)
+register("crown-given", crown_bounds, one_sided=True, lower_slope="given", lower_slopes=0.5)

@@ -22,8 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcert.bounds.backsub import backsubstitute, reject_options, split_two_sided, two_sided_rows
-from jaxcert.bounds.crown import Interval, LineFn, make_line_fn, relu_indices
+from jaxcert.bounds.backsub import backsubstitute, reject_options
+from jaxcert.bounds.crown import Interval, LineFn, check_bound_upper, make_line_fn, output_rows, relu_indices
 from jaxcert.bounds.ibp import affine_interval, interval_layers
 from jaxcert.bounds.registry import register
 from jaxcert.bounds.relu_slopes import ReluLines
@@ -63,10 +63,13 @@ def crown_ibp_bounds(
     lower_slopes: Sequence[jax.Array] | float | None = None,
     tau: float | jax.Array = 0.1,
     gamma: float | jax.Array = 1.0,
+    bound_upper: bool = True,
     **unknown: Any,
 ) -> tuple[jax.Array, jax.Array]:
-    """CROWN-IBP bounds ``(lb, ub)`` of ``C f(x)`` mixed with IBP by ``beta`` (see the module doc)."""
+    """CROWN-IBP bounds ``(lb, ub)`` of ``C f(x)`` mixed with IBP by ``beta`` (see the module doc);
+    ``bound_upper=False`` back-substitutes the lower rows only (``ub`` is then the IBP bound)."""
     reject_options(unknown, "crown-ibp")
+    check_bound_upper(bound_upper)
     beta_value = _concrete(beta)
     if beta_value is not None and not 0.0 <= beta_value <= 1.0:
         raise ValueError(f"crown-ibp: beta must be in [0, 1] (a convex combination keeps bounds sound), got {beta}")
@@ -77,12 +80,12 @@ def crown_ibp_bounds(
     if beta_value == 0.0:
         return lb_ibp, ub_ibp
     lines = {i: line_fn(i, *layers[i]) for i in relu_indices(body)}
-    A, a = two_sided_rows(W, b)
-    lb, ub = split_two_sided(backsubstitute(body, body_params, A, a, lines, lower, upper))
+    A, a, finish = output_rows(W, b, bound_upper, layers[-1])
+    lb, ub = finish(backsubstitute(body, body_params, A, a, lines, lower, upper))
     if beta_value == 1.0:
         return lb, ub
     beta = jnp.clip(jnp.asarray(beta, lb.dtype), 0.0, 1.0)
     return beta * lb + (1 - beta) * lb_ibp, beta * ub + (1 - beta) * ub_ibp
 
 
-register("crown-ibp", crown_ibp_bounds, beta=1.0)
+register("crown-ibp", crown_ibp_bounds, one_sided=True, beta=1.0)

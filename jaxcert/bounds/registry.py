@@ -32,11 +32,26 @@ class Relaxation(Protocol):
 
 
 _REGISTRY: dict[str, tuple[Relaxation, dict[str, Any]]] = {}
+#: Relaxations with the option ``bound_upper`` (False: only lower bounds are back-substituted).
+_ONE_SIDED: set[str] = set()
 
 
-def register(name: str, fn: Relaxation, **defaults: Any) -> None:
-    """Register ``fn`` under ``name`` with default options (a variant is the same fn, other defaults)."""
+def register(name: str, fn: Relaxation, *, one_sided: bool = False, **defaults: Any) -> None:
+    """Register ``fn`` under ``name`` with default options (a variant is the same fn, other defaults).
+
+    ``one_sided=True`` declares that ``fn`` takes ``bound_upper=False`` (lower bounds only, the upper
+    bound being a cheap sound one), which :func:`margin_lower_bounds` then passes.
+    """
     _REGISTRY[name] = (fn, defaults)
+    if one_sided:
+        _ONE_SIDED.add(name)
+    else:
+        _ONE_SIDED.discard(name)
+
+
+def is_one_sided(name: str) -> bool:
+    """True if the relaxation ``name`` can skip its upper bounds (option ``bound_upper=False``)."""
+    return name in _ONE_SIDED
 
 
 def relaxation_names() -> list[str]:
@@ -84,8 +99,13 @@ def margin_lower_bounds(
     relaxation: str = "ibp",
     **options: Any,
 ) -> jax.Array:
-    """Lower bounds of the margins ``z_y - z_j`` (j ≠ y), shape (B, n-1)."""
+    """Lower bounds of the margins ``z_y - z_j`` (j ≠ y), shape (B, n-1).
+
+    Only lower bounds are needed, so relaxations that can (:func:`is_one_sided`) skip their upper rows.
+    """
     C = batch_margin_spec(arch, params, x, y)
+    if is_one_sided(relaxation):
+        options = {"bound_upper": False, **options}
     return output_bounds(arch, params, x, eps, relaxation=relaxation, C=C, **options)[0]
 
 

@@ -1,0 +1,142 @@
+"""Back-substitution of rows that live on a window of a convolutional layer ("patches mode").
+
+An intermediate row of CROWN bounds one neuron ``(h, w, c)`` of a convolutional pre-activation. Carried
+back through Conv / ReLU / Normalize / BatchNorm layers, its coefficients are non-zero only on the
+neuron's receptive field: a ``K × K`` window (all channels) of each earlier layer's output, whose
+top-left corner is
+
+    top = h · S - P,      left = w · S - P,
+
+where, going back through a convolution of kernel ``k``, stride ``s`` and padding ``p``,
+
+    K ← (K - 1) · s + k,      S ← S · s,      P ← P · s + p          (K = S = 1, P = 0 at the neuron).
+
+So a row is stored as its window ``A`` (B, R, K, K, C) plus the grid position ``(h, w)`` of its neuron,
+instead of a dense map (B, R, H, W, C): memory ``O(B · R · K² · C)`` instead of ``O(B · R · H · W · C)``
+(CNN3's second ReLU: a 4×4×16 window of the first ReLU's 14×14×16 output, 12× smaller; auto_LiRPA's
+"patches mode" is the published example of the idea). The backward rules of :mod:`jaxcert.bounds.backsub`
+become, on windows:
+
+    Conv       A ← (transpose of the VALID convolution with stride s) A,   a ← a + ⟨A, bias⟩,
+               then the coefficients on positions outside the layer's input (its zero padding) are
+               dropped: a padded input is the constant 0.
+    Normalize, BatchNorm (per channel, y = g ⊙ x + o):   A ← g ⊙ A,   a ← a + ⟨A, o⟩.
+    ReLU       the rule of :func:`jaxcert.bounds.backsub.backward_relu`, with the relaxation
+               ``(α, s, t)`` gathered on each row's window.
+    input box  min = ⟨A, c_win⟩ - ⟨|A|, r_win⟩ + a   (the box's centre and radius gathered on the window).
+
+The result equals the dense back-substitution to float tolerance (tested against it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+
+from jaxcert.bounds.backsub import backward_relu
+from jaxcert.bounds.relu_slopes import ReluLines
+from jaxcert.nets.layers import Arch, BatchNorm, Conv, Normalize, ReLU
+from jaxcert.nets.network import LayerParams, shapes
+
+#: Layers a window can be carried back through.
+WINDOW_LAYERS = (Conv, ReLU, Normalize, BatchNorm)
+
+
+def supports_windows(arch: Arch, in_shape: tuple[int, ...]) -> bool:
+    """True if every layer of ``arch`` is a Conv / ReLU / Normalize / BatchNorm on HWC images."""
+    return len(in_shape) == 3 and all(isinstance(spec, WINDOW_LAYERS) for spec in arch)
+
+
+@dataclasses.dataclass(frozen=True)
+class Window:
+    """Static geometry of the rows' windows on one layer: size ``K``, stride ``S``, offset ``P``."""
+
+    size: int = 1
+    stride: int = 1
+    offset: int = 0
+
+    def through_conv(self, conv: Conv) -> Window:
+        """The window on the input of ``conv`` of a window on its output."""
+        size = (self.size - 1) * conv.stride + conv.kernel
+        return Window(size, self.stride * conv.stride, self.offset * conv.stride + conv.padding)
+
+
+def _index(pos: jax.Array, window: Window, extent: int) -> tuple[jax.Array, jax.Array]:
+    """Positions (…, K) covered by the windows of the grid positions ``pos`` (…), and which lie in [0, extent)."""
+    idx = pos[..., None] * window.stride - window.offset + jnp.arange(window.size)
+    return jnp.clip(idx, 0, extent - 1), (idx >= 0) & (idx < extent)
+
+
+def window_mask(h: jax.Array, w: jax.Array, window: Window, height: int, width: int) -> jax.Array:
+    """(B', R, K, K, 1) float mask: 1 where the window lies inside the ``height × width`` image."""
+    _, vh = _index(h, window, height)
+    _, vw = _index(w, window, width)
+    return (vh[..., :, None] & vw[..., None, :])[..., None].astype(jnp.float32)
+
+
+def gather_windows(x: jax.Array, h: jax.Array, w: jax.Array, window: Window) -> jax.Array:
+    """The windows of ``x`` (B, H, W, C) at grid positions ``h``, ``w`` (B' ∈ {1, B}, R): (B, R, K, K, C),
+    zero outside the image."""
+    batch, height, width, _ = x.shape
+    ih, vh = _index(h, window, height)
+    iw, vw = _index(w, window, width)
+    b = jnp.arange(batch)[:, None, None, None]
+    windows = x[b, ih[..., :, None], iw[..., None, :]]
+    inside = (vh[..., :, None] & vw[..., None, :])[..., None]
+    return jnp.where(inside, windows, jnp.zeros((), x.dtype))
+
+
+def transpose_conv_window(conv: Conv, p: dict[str, jax.Array], A: jax.Array) -> jax.Array:
+    """``(B, R, K, K, C_out) -> (B, R, (K-1)s+k, (K-1)s+k, C_in)``: the transpose of ``conv`` without padding."""
+    batch, rows, k, _, _ = A.shape
+    valid = dataclasses.replace(conv, padding=0)
+    size = (k - 1) * conv.stride + conv.kernel
+    primal = jax.ShapeDtypeStruct((batch * rows, size, size, p["kernel"].shape[2]), A.dtype)
+    (back,) = jax.linear_transpose(lambda x: valid.linear(p, x), primal)(A.reshape(batch * rows, *A.shape[2:]))
+    return back.reshape(batch, rows, *back.shape[1:])
+
+
+def _sum_window(x: jax.Array) -> jax.Array:
+    return jnp.sum(x, axis=(2, 3, 4))
+
+
+def backsubstitute_windows(
+    arch: Arch,
+    params: LayerParams,
+    A: jax.Array,
+    const: jax.Array,
+    h: jax.Array,
+    w: jax.Array,
+    lines: Mapping[int, ReluLines],
+    lower: jax.Array,
+    upper: jax.Array,
+    window: Window = Window(),
+) -> jax.Array:
+    """Lower bounds (B, R) of rows given as windows ``A`` (B' ∈ {1, B}, R, K, K, C) on the output of
+    ``arch`` at grid positions ``h``, ``w`` (B', R), with constants ``const`` (B', R); see the module doc.
+
+    ``arch`` must satisfy :func:`supports_windows`; ``lines[i]`` relaxes the ReLU at index ``i``.
+    """
+    layer_shapes = shapes(arch, lower.shape[1:])
+    for i in reversed(range(len(arch))):
+        spec, p = arch[i], params[i]
+        if isinstance(spec, Conv):
+            const = const + _sum_window(A * p["bias"])
+            A = transpose_conv_window(spec, p, A)
+            window = window.through_conv(spec)
+            height, width, _ = layer_shapes[i]
+            A = A * window_mask(h, w, window, height, width).astype(A.dtype)
+        elif isinstance(spec, Normalize | BatchNorm):
+            const = const + _sum_window(A * jnp.asarray(spec.offset(p), A.dtype))
+            A = spec.linear(p, A)
+        elif isinstance(spec, ReLU):
+            fields = ReluLines(*(gather_windows(f, h, w, window) for f in lines[i]))
+            A, const = backward_relu(A, const, fields)
+        else:
+            raise ValueError(f"cannot carry a window back through {spec}; use the dense back-substitution")
+    centre = gather_windows((upper + lower) / 2, h, w, window)
+    radius = gather_windows((upper - lower) / 2, h, w, window)
+    return const + _sum_window(A * centre - jnp.abs(A) * radius)
