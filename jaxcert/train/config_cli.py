@@ -108,7 +108,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         try:
             import yaml
         except ImportError as err:
-            raise ValueError(f"{path}: reading YAML needs PyYAML (pip install pyyaml); or write the file as JSON") from err
+            raise ValueError(f"{path}: reading YAML needs PyYAML (pip install pyyaml); or write it as JSON") from err
         data = yaml.safe_load(text)
     else:
         try:

@@ -154,9 +154,8 @@ def _say(message: str) -> None:
 def config_differences(saved: dict[str, Any], config: TrainConfig) -> dict[str, tuple[Any, Any]]:
     """``{field: (saved value, current value)}`` for the fields that would change the trajectory."""
     current = json.loads(json.dumps(config.to_dict()))
-    return {
-        k: (saved.get(k), current[k]) for k in sorted(current) if k not in RESUME_FREE_FIELDS and saved.get(k) != current[k]
-    }
+    keys = [k for k in sorted(current) if k not in RESUME_FREE_FIELDS and saved.get(k) != current[k]]
+    return {k: (saved.get(k), current[k]) for k in keys}
 
 
 def _check_resumable(saved: dict[str, Any], config: TrainConfig) -> None:
