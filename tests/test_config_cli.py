@@ -100,5 +100,6 @@ def test_help_and_print_config_do_not_import_jax():
 
 def test_eval_cascade_defaults_to_ibp_crown_ibp_and_the_training_relaxation_cheapest_first():
     assert get_config("tiny").eval_cascade == ("ibp", "crown-ibp")
-    assert dataclasses.replace(get_config("tiny"), relaxation="deeppoly").eval_cascade == ("ibp", "crown-ibp", "deeppoly")
+    deeppoly = dataclasses.replace(get_config("tiny"), relaxation="deeppoly")
+    assert deeppoly.eval_cascade == ("ibp", "crown-ibp", "deeppoly")
     assert dataclasses.replace(get_config("tiny"), eval_relaxations=("crown",)).eval_cascade == ("crown",)

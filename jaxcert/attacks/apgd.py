@@ -6,9 +6,9 @@ and a per-example step size ``η`` (initially ``2ε``):
     z^(k+1) = P(x^(k) + η sign(∇f(x^(k))))
     x^(k+1) = P(x^(k) + α (z^(k+1) - x^(k)) + (1 - α)(x^(k) - x^(k-1))),   α = 0.75  (x^(1) = z^(1))
 
-At the checkpoints ``w_j = ⌈p_j N⌉`` with ``p_0 = 0``, ``p_1 = 0.22``,
-``p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)``, the step size is halved and the iterate restarted at
-the best point so far, example by example, when
+At the checkpoints ``w_j ≈ p_j N`` with ``p_0 = 0``, ``p_1 = 0.22``,
+``p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)`` (see :func:`checkpoints`), the step size is halved
+and the iterate restarted at the best point so far, example by example, when
 
     (1) fewer than ρ = 0.75 of the steps since ``w_{j-1}`` increased the loss, or
     (2) η and the best loss are both unchanged since ``w_{j-1}``.
@@ -20,7 +20,6 @@ smallest margin ``z_y - max_{j≠y} z_j`` is returned (a misclassified point whe
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable
 
 import jax
@@ -39,11 +38,17 @@ RHO = 0.75
 
 
 def checkpoints(n_iter: int) -> list[int]:
-    """The iterations ``w_j = ⌈p_j n_iter⌉`` (j ≥ 1, below ``n_iter``) at which the step size may halve."""
-    p = [0.0, 0.22]
-    while p[-1] < 1.0:
-        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
-    return sorted({math.ceil(q * n_iter) for q in p[1:] if 0 < math.ceil(q * n_iter) < n_iter})
+    """The iterations ``w_j`` (j ≥ 1, below ``n_iter``) at which the step size may halve, in the integer form
+    of the reference implementation: ``w_1 = ⌊0.22 N⌋``, then intervals shrinking by ``⌊0.03 N⌋`` down to
+    at least ``⌊0.06 N⌋`` (each at least 1) — i.e. ``p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)``."""
+    first, shortest, shrink = (max(int(f * n_iter), 1) for f in (0.22, 0.06, 0.03))
+    points, length = [first], first
+    while True:
+        length = max(length - shrink, shortest)
+        if points[-1] + length >= n_iter:
+            break
+        points.append(points[-1] + length)
+    return [w for w in points if w < n_iter]
 
 
 def _schedule(n_iter: int) -> tuple[np.ndarray, np.ndarray]:
