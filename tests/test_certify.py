@@ -15,8 +15,7 @@ from jaxcert.bounds import margin_lower_bounds
 from jaxcert.certify import STATES, certify_dataset, main
 from jaxcert.nets import forward
 from jaxcert.runs import load_test_split
-from jaxcert.train.configs import get_config, override
-from jaxcert.train.loop import train
+from jaxcert.train.configs import get_config
 from tests.test_checkpoint import assert_trees_equal
 from tests.test_evaluate import spheres_net
 
@@ -24,16 +23,9 @@ EPS = 0.1  # on the tiny run: some examples certified, some broken by PGD, some 
 CASCADE = ("ibp", "crown-ibp", "crown")
 
 
-@functools.cache
-def tiny_run(root):
-    config = override(get_config("tiny"), out=str(root / "tiny"))
-    result = train(config, progress=False)
-    return root / "tiny", result
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    return tiny_run(tmp_path_factory.mktemp("certify"))
+@pytest.fixture
+def run(tiny_run):
+    return tiny_run
 
 
 @functools.cache
