@@ -154,6 +154,14 @@ def _jitted() -> dict[str, Any]:
     return {"attacks": attacks, "predict": predict, "min_margin": min_margin}
 
 
+def bound_batch_size(relaxation: str, batch_size: int) -> int:
+    """Examples per call of a relaxation: ``batch_size``, divided by 8 for the back-substitution ones
+    (CROWN/DeepPoly variants, alpha-CROWN), whose memory grows with the number of neurons per example."""
+    from jaxcert.train.configs import relaxation_cost
+
+    return batch_size if relaxation_cost(relaxation) < 4 else max(1, batch_size // 8)
+
+
 def _chunks(index: np.ndarray, size: int):
     """``(padded index array of length size, true length)`` covering ``index`` (padding repeats index[0])."""
     for start in range(0, index.size, size):
@@ -258,7 +266,7 @@ def certify_dataset(
         if open_.size == 0:
             break
         bar = tqdm(total=open_.size, desc=name, disable=not progress, leave=False, file=sys.stderr)
-        for idx, k in _chunks(open_, min(size, open_.size)):
+        for idx, k in _chunks(open_, min(bound_batch_size(name, size), open_.size)):
             lb = np.asarray(fns["min_margin"](arch, params, x[idx], y[idx], eps32, relaxation=name, lo=lo, hi=hi))[:k]
             rows = idx[:k]
             margin_lower[rows] = np.fmax(margin_lower[rows], lb)

@@ -72,6 +72,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ninterrupted at step {e.step}: checkpoint saved in {e.checkpoint_dir}.", file=sys.stderr)
         print(f"Rerun the same command to resume (or add --fresh to start over): {_command()}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except KeyboardInterrupt:  # before the first step or during the final evaluation
+        print(
+            f"\ninterrupted; checkpoints (if any) are in {config.out}. Rerun the same command to resume.",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
     if args.no_eval:
         print(f"{config.name}: trained {config.steps} steps; outputs in {result['out']}")
         return 0
