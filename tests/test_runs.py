@@ -129,3 +129,26 @@ def test_a_missing_data_dir_is_a_clear_error(tmp_path, capsys):
         err = capsys.readouterr().err
         assert "does not exist" in err and str(missing) in err
     assert not (tmp_path / "o" / "checkpoints").exists()
+
+
+def test_the_training_plot_draws_the_schedule_with_the_losses_and_the_test_accuracies_at_the_end(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from jaxcert.train.logging import metrics_figure, plot_metrics
+    from jaxcert.train.loop import _schedule_curve
+
+    config = override(get_config("tiny"), relaxation="crown-ibp", steps=100)
+    records = [{"step": s, "loss": 1.0 / s, "cert_loss": 2.0 / s, "clean_acc": 0.5} for s in (10, 50, 100)]
+    records.append({"step": 100, "test_clean_acc": 0.6, "test_cert_acc": 0.3, "test_cert_acc/ibp": 0.2})
+    schedule = _schedule_curve(config)
+    assert schedule["eps"][0] == 0.0 and schedule["eps"][-1] == pytest.approx(config.eps)
+    fig = metrics_figure(records, "t", schedule)
+    ax_loss, ax_acc, ax_schedule = fig.axes
+    labels = [line.get_label() for line in ax_schedule.get_lines()]
+    assert labels == [f"ε / {config.eps:g}", "κ (clean weight)", "β (CROWN-IBP)"]
+    assert [line.get_label() for line in ax_loss.get_lines()] == ["loss", "cert_loss"]
+    markers = {c.get_label(): c.get_offsets().tolist() for c in ax_acc.collections}
+    assert markers == {"test_clean_acc": [[100, 0.6]], "test_cert_acc": [[100, 0.3]], "test_cert_acc/ibp": [[100, 0.2]]}
+    plt.close(fig)
+    assert "beta" not in _schedule_curve(get_config("tiny"))  # IBP training: no β curve
+    assert plot_metrics(records, tmp_path / "c.png").stat().st_size > 0

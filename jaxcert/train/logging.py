@@ -63,10 +63,21 @@ def plot_metrics(
     title: str = "",
     schedule: dict[str, Any] | None = None,
 ) -> Path:
+    """Save :func:`metrics_figure` as a PNG at ``path``."""
+    import matplotlib.pyplot as plt
+
+    fig = metrics_figure(records, title, schedule)
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def metrics_figure(records: Iterable[dict[str, Any]], title: str = "", schedule: dict[str, Any] | None = None) -> Any:
     """Two panels against the step (matplotlib, Agg backend):
 
-    - losses, with the recipe ``schedule`` (``{"step", "eps", "kappa", "beta"}`` arrays) on a second axis:
-      ε as a fraction of its final value, κ and β as they are (all in [0, 1]);
+    - losses, with the recipe ``schedule`` (``{"step", "eps", "kappa"}`` arrays, optionally ``"beta"``) on a
+      second axis: ε as a fraction of its final value, κ and β as they are (all in [0, 1]);
     - training accuracies, and the test accuracies (record keys ``test_*``) as markers at their step.
     """
     import matplotlib
@@ -95,18 +106,16 @@ def plot_metrics(
         eps = [float(v) for v in schedule["eps"]]
         eps_max = max(eps) if eps and max(eps) > 0 else 1.0
         ax_sched.plot(schedule["step"], [v / eps_max for v in eps], "k--", lw=1, label=f"ε / {eps_max:g}")
-        ax_sched.plot(schedule["step"], schedule["kappa"], "k:", lw=1, label="κ (clean weight)")
-        ax_sched.plot(schedule["step"], schedule["beta"], "k-.", lw=1, label="β (CROWN-IBP)")
+        ax_sched.plot(schedule["step"], schedule["kappa"], "k:", lw=1.5, label="κ (clean weight)")
+        if "beta" in schedule:
+            ax_sched.plot(schedule["step"], schedule["beta"], color="grey", ls="-.", lw=1, label="β (CROWN-IBP)")
         ax_sched.set_ylim(-0.05, 1.05)
         ax_sched.set_ylabel("schedule")
         ax_sched.legend(loc="center right", fontsize="small")
     for ax in (ax_loss, ax_acc):
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(loc="upper left" if ax is ax_loss else "lower right", fontsize="small")
+            ax.legend(loc="upper right" if ax is ax_loss else "lower right", fontsize="small")
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return fig

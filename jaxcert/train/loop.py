@@ -299,15 +299,20 @@ def train(config: TrainConfig, *, resume: bool = True, progress: bool = True, ev
         records = [*records, {"step": config.steps, **{f"test_{k}": v for k, v in scores.items()}}]
     if records:
         title = f"{out.name}: {config.method}/{config.relaxation}"
-        plot_metrics(records, out / "curves.png", title=title, schedule=_schedule_curve(config))
+        schedule = None if config.method == "standard" else _schedule_curve(config)
+        plot_metrics(records, out / "curves.png", title=title, schedule=schedule)
     return result
 
 
 def _schedule_curve(config: TrainConfig) -> dict[str, np.ndarray]:
-    """``{"step", "eps", "kappa", "beta"}`` of the recipe at up to 200 steps (for the plot)."""
+    """``{"step", "eps", "kappa"[, "beta"]}`` of the recipe at up to 200 steps (for the plot; β only where
+    the relaxation uses it)."""
     schedule = recipe_schedule(
         config.eps, warmup=config.warmup_steps, ramp=config.ramp_steps, kappa_final=config.kappa_final,
         beta_final=config.beta_final, eps_ramp=config.eps_ramp,
     )  # fmt: skip
     steps = np.unique(np.linspace(0, config.steps, min(config.steps + 1, 200)).astype(int))
-    return {"step": steps, **{k: np.asarray(v) for k, v in schedule(steps).items()}}
+    curves = {"step": steps, **{k: np.asarray(v) for k, v in schedule(steps).items()}}
+    if config.relaxation != "crown-ibp":
+        del curves["beta"]
+    return curves
