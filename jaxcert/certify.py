@@ -151,7 +151,14 @@ def _jitted() -> dict[str, Any]:
             lb = margin_lower_bounds(arch, params, x, y, eps, relaxation=relaxation, lo=lo, hi=hi)
         return jnp.min(lb, axis=-1)
 
-    return {"attacks": attacks, "predict": predict, "min_margin": min_margin}
+    from jaxcert.bounds.crown import crown_preactivation_bounds
+
+    @functools.partial(jax.jit, static_argnames=("arch",))
+    def preactivation(arch, params, lower, upper):  # type: ignore[no-untyped-def]
+        with jax.default_matmul_precision("highest"):
+            return crown_preactivation_bounds(arch, params, lower, upper)
+
+    return {"attacks": attacks, "predict": predict, "min_margin": min_margin, "preactivation": preactivation}
 
 
 def bound_batch_size(relaxation: str, batch_size: int) -> int:
@@ -309,7 +316,6 @@ def _milp_stage(arch, params, x, y, eps, lo, hi, states, by, margin_lower, adver
     """The exact MILP on the examples still ``unknown`` (updates the arrays in place)."""
     from tqdm import tqdm
 
-    from jaxcert.bounds.crown import crown_preactivation_bounds
     from jaxcert.bounds.exact import exact_margin_check
 
     num_classes = _num_outputs(arch, params, x[:1])
@@ -321,7 +327,7 @@ def _milp_stage(arch, params, x, y, eps, lo, hi, states, by, margin_lower, adver
         C = np.zeros((len(others), num_classes))
         C[:, y[i]] = 1.0
         C[np.arange(len(others)), others] = -1.0
-        pre = crown_preactivation_bounds(arch, params, lower[None], upper[None])
+        pre = _jitted()["preactivation"](arch, params, lower[None], upper[None])
         check = exact_margin_check(arch, params, lower, upper, C, time_limit=time_limit, intermediate=pre)
         if check.status == "verified":
             states[i], by[i] = "verified", "milp"

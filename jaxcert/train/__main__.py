@@ -13,7 +13,7 @@ import json
 import sys
 
 from jaxcert.train.config_cli import add_config_flags, config_fields, default_out, read_config_file
-from jaxcert.train.configs import CONFIGS, get_config
+from jaxcert.train.configs import CONFIGS, TrainConfig, get_config
 
 EXIT_INTERRUPTED = 130
 
@@ -37,7 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return build_parser().parse_args(argv)
 
 
-def resolve_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def resolve_config(args: argparse.Namespace) -> TrainConfig:
     """The recipe, then the config file, then the flags; ``out`` from :func:`default_out` unless given."""
     config = get_config(args.config)
     overrides = read_config_file(args.config_file) if args.config_file else {}
