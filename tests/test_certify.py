@@ -121,3 +121,17 @@ def test_certify_cli_writes_json_and_markdown_and_rejects_bad_run_folders(run, t
     assert "not a training run folder" in capsys.readouterr().err
     assert main([str(run_dir), "--relaxations", "nope", "--no-progress"]) == 2
     assert "unknown relaxation" in capsys.readouterr().err
+
+
+def test_apgd_stays_in_the_clipped_box_and_never_returns_a_point_better_than_the_clean_one():
+    from jaxcert.attacks.pgd import classification_margin
+    from tests.test_evaluate import image_net
+
+    arch, params, ds = image_net()  # images in [0, 1]: the box gets clipped
+    x_adv = np.asarray(apgd_attack(arch, params, ds.x, ds.y, 0.1, key=jax.random.key(0), steps=10, restarts=2))
+    assert np.all(np.abs(x_adv - ds.x) <= 0.1 + 1e-6) and x_adv.min() >= 0.0 and x_adv.max() <= 1.0
+    margin = lambda v: np.asarray(classification_margin(forward(arch, params, v), jnp.asarray(ds.y)))
+    assert np.all(margin(x_adv) <= margin(ds.x) + 1e-6)
+    assert np.sum(margin(x_adv) < 0) > np.sum(margin(ds.x) < 0)  # it does find adversarial examples
+    with pytest.raises(ValueError, match="steps"):
+        apgd_attack(arch, params, ds.x, ds.y, 0.1, key=jax.random.key(0), steps=0)
