@@ -79,11 +79,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         return EXIT_INTERRUPTED
     if args.no_eval:
-        print(f"{config.name}: trained {config.steps} steps; outputs in {result['out']}")
+        print(f"{result['out'].name}: trained {config.steps} steps; outputs in {result['out']}")
         return 0
     scores = result["eval"]
     line = " | ".join(f"{k} {100 * v:.1f}%" for k, v in scores.items() if k.endswith("acc") or "acc/" in k)
-    print(f"{config.name} ({config.method}, {config.relaxation}, eps={config.test_eps}): {line}")
+    print(f"{result['out'].name} ({config.method}, {config.relaxation}, eps={config.test_eps}): {line}")
     print(f"outputs in {result['out']}")
     return 0
 
