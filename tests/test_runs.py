@@ -76,7 +76,7 @@ def test_ctrl_c_saves_a_checkpoint_at_the_current_step_and_says_how_to_resume(tm
         proc.kill()
     assert proc.returncode == 130, err
     step = int(re.search(r"interrupted at step (\d+)", err).group(1))
-    assert step >= 20 and "Rerun the same command to resume" in err and "Traceback" not in err
+    assert step >= 20 and "Resume with" in err and "Traceback" not in err
     checkpoints = Checkpoints(out / "checkpoints", every=20)
     assert checkpoints.latest_step() == step
     checkpoints.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shlex
 import sys
 
 from jaxcert.train.config_cli import add_config_flags, config_fields, default_out, read_config_file
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except RunInterrupted as e:
         print(f"\ninterrupted at step {e.step}: checkpoint saved in {e.checkpoint_dir}.", file=sys.stderr)
-        print(f"Rerun the same command to resume (or add --fresh to start over): {_command()}", file=sys.stderr)
+        print(f"Resume with (add --fresh to start over instead): {_command()}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except KeyboardInterrupt:  # before the first step or during the final evaluation
         print(
@@ -89,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _command() -> str:
-    return " ".join(["python -m jaxcert.train", *sys.argv[1:]])
+    """This command line without ``--fresh`` (which would start over instead of resuming)."""
+    return shlex.join(["python", "-m", "jaxcert.train", *(a for a in sys.argv[1:] if a != "--fresh")])
 
 
 if __name__ == "__main__":
