@@ -103,3 +103,19 @@ def test_eval_cascade_defaults_to_ibp_crown_ibp_and_the_training_relaxation_chea
     deeppoly = dataclasses.replace(get_config("tiny"), relaxation="deeppoly")
     assert deeppoly.eval_cascade == ("ibp", "crown-ibp", "deeppoly")
     assert dataclasses.replace(get_config("tiny"), eval_relaxations=("crown",)).eval_cascade == ("crown",)
+
+
+def test_download_flag_reaches_the_data_loader(tmp_path, monkeypatch, capsys):
+    import jaxcert.train.loop as loop
+
+    calls = []
+
+    def fake_load(name, split, **kwargs):
+        calls.append((name, split, kwargs))
+        raise FileNotFoundError("stop here")
+
+    monkeypatch.setattr(loop, "load_dataset", fake_load)
+    argv = ["--config", "tiny", "--dataset", "mnist", "--out", str(tmp_path / "o"), "--no-progress"]
+    assert main([*argv, "--download"]) == 2
+    assert calls == [("mnist", "train", {"limit": 256, "data_dir": None, "download": True})]
+    assert "stop here" in capsys.readouterr().err
