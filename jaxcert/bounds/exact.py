@@ -27,7 +27,9 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import time
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -246,3 +248,74 @@ def lp_bounds(
     CROWN variant used); by default interval arithmetic on the dense blocks.
     """
     return _solve(arch, params, lower, upper, C, intermediate, False, max_neurons)
+
+
+class MarginCheck(NamedTuple):
+    """Outcome of :func:`exact_margin_check` for one example.
+
+    ``status``: ``"verified"`` (every margin row's exact minimum is > 0), ``"violated"`` (a row's minimum is
+    ≤ 0; ``x`` is the minimiser found, to be checked by a forward pass), or ``"timeout"``. ``lower`` is
+    the exact minimum over the rows when solved, else ``nan``."""
+
+    status: str
+    lower: float
+    x: np.ndarray | None
+
+
+def exact_margin_check(
+    arch: Arch,
+    params: LayerParams,
+    lower: np.ndarray,
+    upper: np.ndarray,
+    C: np.ndarray,
+    *,
+    time_limit: float = 10.0,
+    intermediate: Sequence | None = None,
+    max_neurons: int = MAX_NEURONS,
+) -> MarginCheck:
+    """Is ``min_x C f(x) > 0`` row by row over the box ``[lower, upper]`` (one example, no batch axis)?
+
+    Solves the MILP of :func:`exact_bounds` for each row of ``C`` (K, outputs) within ``time_limit``
+    seconds in all; stops at the first row whose minimum (or a feasible point found before the time
+    limit) is ≤ 0 and returns that point: since the MILP encodes the network exactly, it is a
+    counterexample up to float rounding (check it with a forward pass). ``intermediate``: valid
+    pre-activation bounds ``[(l, u), ...]`` (each (1, *shape), e.g. CROWN's) intersected with interval
+    arithmetic for tighter big-M constants."""
+    in_shape = tuple(np.shape(lower))
+    lo, hi = np.asarray(lower, np.float64).reshape(-1), np.asarray(upper, np.float64).reshape(-1)
+    blocks = dense_blocks(arch, params, in_shape)
+    neurons = sum(b.size for _, b in blocks[:-1])
+    if neurons > max_neurons:
+        raise ValueError(f"network too large for the exact MILP: {neurons} ReLU neurons > max_neurons={max_neurons}")
+    pre = interval_bounds(blocks, lo, hi)
+    if intermediate is not None:
+        given = _as_numpy_pre(intermediate, 0, blocks)
+        pre = [(np.maximum(a, c), np.minimum(b, d)) for (a, b), (c, d) in zip(pre, given, strict=True)]
+    program = _Program(blocks, lo, hi, pre, True)
+    constraint = program.constraint()
+    W_last, b_last = blocks[-1]
+    start = time.monotonic()
+    worst = np.inf
+    for row in np.asarray(C, np.float64):
+        left = time_limit - (time.monotonic() - start)
+        if left <= 0:
+            return MarginCheck("timeout", float("nan"), None)
+        cost = np.zeros(program.n)
+        np.add.at(cost, program.last, W_last.T @ row)
+        res = milp(
+            cost,
+            constraints=[constraint] if constraint is not None else [],
+            integrality=np.asarray(program.integrality),
+            bounds=Bounds(np.asarray(program.lb), np.asarray(program.ub)),
+            options={"mip_rel_gap": 1e-9, "presolve": True, "time_limit": left},
+        )
+        offset = float(row @ b_last)
+        found = res.x is not None and res.fun is not None
+        if found and res.fun + offset <= 0:
+            return MarginCheck("violated", float(res.fun + offset), np.asarray(res.x[: lo.size]).reshape(in_shape))
+        if res.status != 0:
+            if res.status == 1:  # time (or iteration) limit before optimality
+                return MarginCheck("timeout", float("nan"), None)
+            raise RuntimeError(f"HiGHS failed: {res.message}")
+        worst = min(worst, float(res.fun + offset))
+    return MarginCheck("verified", worst, None)

@@ -51,7 +51,7 @@ class Dataset:
     """Inputs ``x`` (N, H, W, C) or (N, d) float32, labels ``y`` (N,) int32 in ``[0, num_classes)``.
 
     ``input_range`` is the data range ``(lo, hi)`` that input boxes are clipped to; ``normalization``
-    is a key of :data:`jaxcert.nets.NORMALIZATION`.
+    is a key of :data:`jaxcert.nets.NORMALIZATION`; ``source`` says where the examples were read from.
     """
 
     x: np.ndarray
@@ -60,6 +60,7 @@ class Dataset:
     name: str
     input_range: tuple[float, float] = (0.0, 1.0)
     normalization: str = "none"
+    source: str = ""  # where the examples came from (a path, "tensorflow-datasets in DIR", "synthetic")
 
     def __post_init__(self) -> None:
         x = np.asarray(self.x, dtype=np.float32)

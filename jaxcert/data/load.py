@@ -103,11 +103,15 @@ def load_dataset(
     download: bool = False,
 ) -> Dataset:
     """The ``split`` ("train" or "test") of ``name`` as a :class:`Dataset` of [0, 1] images; the first
-    ``limit`` examples when given. Raises :class:`DatasetNotFoundError` listing every offline option."""
+    ``limit`` examples when given; ``Dataset.source`` names the folder or file it came from. Raises
+    :class:`DatasetNotFoundError` listing every offline option, ``FileNotFoundError`` for a ``data_dir``
+    that does not exist (unless ``download``, where tensorflow-datasets creates it)."""
     info = dataset_info(name)
     check_split(split)
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
+    if data_dir is not None and not download and not Path(data_dir).exists():
+        raise FileNotFoundError(f"data_dir {str(data_dir)!r} does not exist")
     searched: list[str] = []
     found = None
     roots = [("data_dir", data_dir), (f"${ENV_VAR}", os.environ.get(ENV_VAR) or None)]
@@ -133,7 +137,7 @@ def load_dataset(
                 raise DatasetNotFoundError(
                     not_found_message(name, split, searched) + f"\ntensorflow-datasets failed: {err}"
                 ) from err
-            found = (x, y, tfds_dir)
+            found = (x, y, f"tensorflow-datasets in {tfds_dir}")
     if found is None:
         raise DatasetNotFoundError(not_found_message(name, split, searched))
     x, y, source = found
@@ -147,4 +151,5 @@ def load_dataset(
         name=name,
         input_range=(0.0, 1.0),
         normalization=info.normalization,
+        source=str(source),
     )

@@ -1,4 +1,4 @@
-"""Architectures of the certified-training literature (see SPEC.md, "Networks").
+"""Architectures of the certified-training literature (see docs/training.md, "Architectures").
 
 Each builder returns a static architecture (tuple of layer specs) whose first layer is the data set's
 per-channel normalisation, so that input boxes live in the raw [0, 1] pixel space.

@@ -1,39 +1,51 @@
-"""Training: losses, schedules and trainers (standard, PGD, certified, GLS-RGS, GLS-PGPE)."""
+"""Training: losses, schedules and trainers (standard, PGD, certified, GLS-RGS, GLS-PGPE).
 
-from jaxcert.train.adversarial import adversarial_trainer
-from jaxcert.train.certified import certified_trainer
-from jaxcert.train.gradient import gradient_trainer, plain_gradient
-from jaxcert.train.init import ibp_init, ibp_init_std
-from jaxcert.train.losses import certified_objective, clean_objective, l1_penalty
-from jaxcert.train.pgpe import pgpe_trainer, population_fitness
-from jaxcert.train.rgs import gaussian_noise, perturb, rgs_trainer, smoothed_gradient
-from jaxcert.train.schedules import RecipeSchedule, linear_ramp, recipe_schedule, smoothed_ramp, step_decay
-from jaxcert.train.standard import standard_trainer
-from jaxcert.train.state import Trainer, TrainState, new_state
+The names below are imported on first use (PEP 562), so that ``python -m jaxcert.train --help`` and the
+config modules do not pay for importing JAX.
+"""
 
-__all__ = [
-    "RecipeSchedule",
-    "TrainState",
-    "Trainer",
-    "adversarial_trainer",
-    "certified_objective",
-    "certified_trainer",
-    "clean_objective",
-    "gaussian_noise",
-    "gradient_trainer",
-    "ibp_init",
-    "ibp_init_std",
-    "l1_penalty",
-    "linear_ramp",
-    "new_state",
-    "perturb",
-    "pgpe_trainer",
-    "plain_gradient",
-    "population_fitness",
-    "recipe_schedule",
-    "rgs_trainer",
-    "smoothed_gradient",
-    "smoothed_ramp",
-    "standard_trainer",
-    "step_decay",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_SOURCES = {
+    "adversarial_trainer": "adversarial",
+    "certified_trainer": "certified",
+    "gradient_trainer": "gradient",
+    "plain_gradient": "gradient",
+    "ibp_init": "init",
+    "ibp_init_std": "init",
+    "certified_objective": "losses",
+    "clean_objective": "losses",
+    "l1_penalty": "losses",
+    "pgpe_trainer": "pgpe",
+    "population_fitness": "pgpe",
+    "gaussian_noise": "rgs",
+    "perturb": "rgs",
+    "rgs_trainer": "rgs",
+    "smoothed_gradient": "rgs",
+    "RecipeSchedule": "schedules",
+    "linear_ramp": "schedules",
+    "recipe_schedule": "schedules",
+    "smoothed_ramp": "schedules",
+    "step_decay": "schedules",
+    "standard_trainer": "standard",
+    "Trainer": "state",
+    "TrainState": "state",
+    "new_state": "state",
+}
+
+__all__ = sorted(_SOURCES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _SOURCES:
+        raise AttributeError(f"module 'jaxcert.train' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"jaxcert.train.{_SOURCES[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_SOURCES))

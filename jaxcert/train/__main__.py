@@ -1,67 +1,97 @@
-"""``python -m jaxcert.train --config NAME [overrides]``: train, checkpoint, evaluate, print accuracies."""
+"""``python -m jaxcert.train --config NAME [--config-file F] [--FIELD VALUE ...]``: train, checkpoint,
+evaluate, print accuracies.
+
+Rerunning a command resumes from the checkpoints in its output folder (``--fresh`` starts over);
+Ctrl-C saves a checkpoint. Every field of the config is a flag (see the "config fields" below).
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import shlex
 import sys
 
-from jaxcert.train.configs import CONFIGS, get_config, override
+from jaxcert.train.config_cli import add_config_flags, config_fields, default_out, read_config_file
+from jaxcert.train.configs import CONFIGS, TrainConfig, get_config
+
+EXIT_INTERRUPTED = 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m jaxcert.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--config", default="quickstart", help=f"named recipe: {', '.join(sorted(CONFIGS))}")
+    p.add_argument("--config-file", help="JSON (or YAML, with PyYAML) file of config fields over the recipe")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+    p.add_argument("--fresh", action="store_true", help="start over: delete the checkpoints and metrics in the folder")
+    p.add_argument("--resume", action="store_true", help="resume from the folder's checkpoints (the default)")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    p.add_argument("--no-eval", action="store_true", help="skip the final evaluation on the test split")
+    add_config_flags(p.add_argument_group("config fields (default: the recipe's value)"))
+    return p
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m jaxcert.train", description=__doc__)
-    p.add_argument("--config", default="quickstart", help=f"named recipe: {', '.join(sorted(CONFIGS))}")
-    p.add_argument("--method", help="standard | pgd | certified | rgs | pgpe")
-    p.add_argument("--arch")
-    p.add_argument("--dataset", help="fashion_mnist | mnist | cifar10 | spheres")
-    p.add_argument("--data-dir")
-    p.add_argument("--train-limit", type=int, help="use only the first N training examples")
-    p.add_argument("--test-limit", type=int, help="evaluate on the first N test examples")
-    p.add_argument("--relaxation", help="bound used by the certified loss (ibp, crown-ibp, deeppoly, ...)")
-    p.add_argument("--eps", type=float)
-    p.add_argument("--steps", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--sigma", type=float, help="GLS standard deviation")
-    p.add_argument("--population", type=int, help="PGPE population size")
-    p.add_argument("--samples", type=int, help="RGS samples per step")
-    p.add_argument("--member-chunk", type=int, help="GLS: evaluate samples/members N at a time (0: all, vmap)")
-    p.add_argument("--member-unroll", action="store_true", default=None, help="GLS: unroll the member chunks (CPU)")
-    p.add_argument("--devices", type=int, help="shard GLS samples / the batch over N devices (0: all)")
-    p.add_argument("--checkpoint-every", type=int)
-    p.add_argument("--out")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
-    p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
-    p.add_argument("--no-eval", action="store_true", help="skip the final evaluation on the test split")
-    return p.parse_args(argv)
+    return build_parser().parse_args(argv)
+
+
+def resolve_config(args: argparse.Namespace) -> TrainConfig:
+    """The recipe, then the config file, then the flags; ``out`` from :func:`default_out` unless given."""
+    config = get_config(args.config)
+    overrides = read_config_file(args.config_file) if args.config_file else {}
+    overrides |= config_fields(args)
+    config = dataclasses.replace(config, **overrides)
+    if "out" not in overrides:
+        config = dataclasses.replace(config, out=default_out(config, overrides))
+    return config
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    fields = {k: v for k, v in vars(args).items() if k not in ("config", "resume", "no_progress", "no_eval")}
+    if args.fresh and args.resume:
+        print("error: --fresh and --resume exclude each other", file=sys.stderr)
+        return 2
     try:
-        config = override(get_config(args.config), **fields)
-        if args.out is None:
-            config = override(config, out=f"runs/{config.name}")
-    except ValueError as e:
+        config = resolve_config(args)
+    except (ValueError, FileNotFoundError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from jaxcert.train.loop import train
+    if args.print_config:
+        print(json.dumps(config.to_dict(), indent=2))
+        return 0
+    from jaxcert.train.loop import RunInterrupted, train
 
     try:
-        result = train(config, resume=args.resume, progress=not args.no_progress, evaluate=not args.no_eval)
-    except (ValueError, FileNotFoundError) as e:  # bad settings, or no offline copy of the data set
+        result = train(config, resume=not args.fresh, progress=not args.no_progress, evaluate=not args.no_eval)
+    except (ValueError, FileNotFoundError) as e:  # bad settings, a foreign checkpoint, or no copy of the data
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except RunInterrupted as e:
+        print(f"\ninterrupted at step {e.step}: checkpoint saved in {e.checkpoint_dir}.", file=sys.stderr)
+        print(f"Resume with (add --fresh to start over instead): {_command()}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:  # before the first step or during the final evaluation
+        print(
+            f"\ninterrupted; checkpoints (if any) are in {config.out}. Rerun the same command to resume.",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
     if args.no_eval:
-        print(f"{config.name}: trained {config.steps} steps; outputs in {result['out']}")
+        print(f"{result['out'].name}: trained {config.steps} steps; outputs in {result['out']}")
         return 0
     scores = result["eval"]
-    line = " | ".join(f"{k} {100 * v:.1f}%" for k, v in scores.items())
-    print(f"{config.name} ({config.method}, {config.relaxation}, eps={config.test_eps}): {line}")
+    line = " | ".join(f"{k} {100 * v:.1f}%" for k, v in scores.items() if k.endswith("acc") or "acc/" in k)
+    print(f"{result['out'].name} ({config.method}, {config.relaxation}, eps={config.test_eps}): {line}")
     print(f"outputs in {result['out']}")
     return 0
+
+
+def _command() -> str:
+    """This command line without ``--fresh`` (which would start over instead of resuming)."""
+    return shlex.join(["python", "-m", "jaxcert.train", *(a for a in sys.argv[1:] if a != "--fresh")])
 
 
 if __name__ == "__main__":

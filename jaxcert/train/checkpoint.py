@@ -5,11 +5,15 @@ keeping the last ``keep``.
 Together with batches that are a function of ``(seed, epoch)`` and step keys
 ``fold_in(key(seed), step)``, restoring the latest finished checkpoint continues a killed run exactly:
 orbax writes each step to a temporary directory and renames it when complete, so a checkpoint
-interrupted by the kill is never restored.
+interrupted by the kill is never restored. A checkpoint that cannot be read back (a truncated or
+corrupted file) is reported with a warning, deleted, and the previous one is used
+(:meth:`Checkpoints.restore_valid`).
 """
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +69,42 @@ class Checkpoints:
         args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
         restored = self.manager.restore(step, args=args)
         return restored["state"], dict(restored["meta"])
+
+    def restore_valid(
+        self,
+        template: TrainState,
+        check_meta: Callable[[dict[str, Any]], None] | None = None,
+        *,
+        discard: bool = True,
+    ) -> tuple[TrainState, dict[str, Any]] | None:
+        """``(state, meta)`` of the newest checkpoint that reads back; unreadable newer ones are reported
+        with a warning (and deleted if ``discard``, so that training can save that step again).
+        ``check_meta(meta)`` runs before the state is restored (it may raise, e.g. for a checkpoint of
+        another config: that error propagates). ``None`` when no checkpoint is readable."""
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                meta = self.read_meta(step)
+            except Exception as err:  # orbax raises many types for damaged files
+                self._discard(step, err, discard)
+                continue
+            if check_meta is not None:
+                check_meta(meta)
+            try:
+                return self.restore(template, step)
+            except Exception as err:
+                self._discard(step, err, discard)
+        return None
+
+    def _discard(self, step: int, err: Exception, delete: bool) -> None:
+        reason = (str(err).strip().splitlines() or [""])[0][:200]
+        warnings.warn(
+            f"checkpoint at step {step} in {self.directory} is unreadable ({type(err).__name__}: {reason}); "
+            f"{'deleted it, ' if delete else ''}falling back to the previous checkpoint",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        if delete:
+            self.manager.delete(step)
 
     def close(self) -> None:
         self.manager.wait_until_finished()

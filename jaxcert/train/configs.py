@@ -12,38 +12,47 @@ from typing import Any
 
 METHODS = ("standard", "pgd", "certified", "rgs", "pgpe")
 
+#: Rough cost rank of the relaxations (interval < CROWN-IBP < zonotope < back-substitution < optimised).
+_COST = {"ibp": 0, "box": 0, "hbox": 1, "crown-ibp": 2, "deepz": 3, "alpha-crown": 5, "crown-lee": 5}
+
+
+def relaxation_cost(name: str) -> int:
+    """Rank for ordering a certification cascade cheapest first (CROWN/DeepPoly variants: 4)."""
+    return _COST.get(name, 4)
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    name: str = "custom"
-    method: str = "certified"
+    name: str = "custom"  # run name (the named recipe it came from)
+    method: str = "certified"  # standard | pgd | certified | rgs | pgpe
     # data and network
-    dataset: str = "fashion_mnist"
-    data_dir: str | None = None
-    train_limit: int | None = None
-    arch: str = "cnn3"
+    dataset: str = "fashion_mnist"  # fashion_mnist | mnist | cifar10 | spheres
+    data_dir: str | None = None  # folder (or npz file) holding the data set; must exist
+    download: bool = False  # let tensorflow-datasets download the data set when no offline copy is found
+    train_limit: int | None = None  # use only the first N training examples
+    arch: str = "cnn3"  # cnn3 | cnn5 | cnn7 | cnn7_bn | paradox_fc | paradox_conv | mlp_small
     init: str = "ibp"  # "ibp" (Shi et al.) or "default"
     # loss / recipe
-    relaxation: str = "ibp"
-    eps: float = 0.1
+    relaxation: str = "ibp"  # bound used by the certified loss (ibp, crown-ibp, deeppoly, ...)
+    eps: float = 0.1  # training radius of the l-inf ball (input scale [0, 1])
     eps_ramp: str = "linear"  # or "smooth"
-    warmup_frac: float = 0.05
-    ramp_frac: float = 0.5
-    kappa_final: float = 0.0
-    beta_final: float = 0.0
-    l1: float = 0.0
-    bn_momentum: float = 0.1
+    warmup_frac: float = 0.05  # fraction of the steps trained clean (eps = 0) first
+    ramp_frac: float = 0.5  # fraction of the steps over which eps, kappa and beta ramp to their final values
+    kappa_final: float = 0.0  # final weight of the clean loss: (1 - kappa) L_cert + kappa L_clean
+    beta_final: float = 0.0  # final CROWN-IBP mixing weight beta (CROWN share of the bound)
+    l1: float = 0.0  # L1 weight penalty
+    bn_momentum: float = 0.1  # BatchNorm running-statistics momentum
     # optimisation
-    steps: int = 1000
-    batch_size: int = 128
-    lr: float = 5e-4
-    lr_decay_fracs: tuple[float, ...] = (0.8, 0.9)
-    grad_clip: float = 10.0
+    steps: int = 1000  # training steps
+    batch_size: int = 128  # examples per step
+    lr: float = 5e-4  # Adam learning rate
+    lr_decay_fracs: tuple[float, ...] = (0.8, 0.9)  # learning rate x0.1 at these fractions of the steps
+    grad_clip: float = 10.0  # global-norm gradient clipping (0: off)
     # PGD training
-    attack_norm: str = "linf"
-    attack_steps: int = 5
+    attack_norm: str = "linf"  # PGD training threat model: linf | l2
+    attack_steps: int = 5  # PGD training steps per batch
     # Gaussian loss smoothing
-    sigma: float = 0.01
+    sigma: float = 0.01  # GLS standard deviation of the parameter noise
     samples: int = 4  # RGS
     population: int = 16  # PGPE
     std_lr: float = 0.0  # PGPE σ learning rate (0: fixed σ)
@@ -52,17 +61,19 @@ class TrainConfig:
     member_unroll: bool = False  # GLS: the groups of member_chunk as copies in the program, not an XLA loop (CPU)
     devices: int = 1  # shard the sample/population (GLS) or batch axis over this many devices (0: all)
     # bookkeeping
-    seed: int = 0
-    out: str = "runs/custom"
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 3
-    log_every: int = 10
+    seed: int = 0  # seed of the initialisation, batch order and step keys
+    out: str = "runs/custom"  # output folder (checkpoints, metrics, results)
+    checkpoint_every: int = 500  # save a checkpoint every N steps (and at the end)
+    keep_checkpoints: int = 3  # keep the last N checkpoints
+    log_every: int = 10  # write a metrics record every N steps
     # final evaluation (on the test split)
-    test_limit: int | None = 1000
+    test_limit: int | None = 1000  # evaluate on the first N test examples (none: all)
     eval_eps: float | None = None  # default: eps
-    eval_relaxations: tuple[str, ...] = ("ibp",)
-    eval_pgd_steps: int = 10
-    eval_batch_size: int = 250
+    eval_relaxations: tuple[str, ...] = ()  # certification cascade, cheapest first (empty: ibp, crown-ibp, relaxation)
+    eval_pgd_steps: int = 10  # PGD steps of the final evaluation
+    eval_pgd_restarts: int = 1  # PGD random restarts of the final evaluation
+    eval_apgd_steps: int = 20  # APGD-CE iterations of the final evaluation (0: no APGD)
+    eval_batch_size: int = 250  # examples per evaluation batch
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -104,6 +115,15 @@ class TrainConfig:
     @property
     def test_eps(self) -> float:
         return self.eps if self.eval_eps is None else self.eval_eps
+
+    @property
+    def eval_cascade(self) -> tuple[str, ...]:
+        """The relaxations of the final certification, cheapest first: ``eval_relaxations`` if given, else
+        IBP, CROWN-IBP and the training relaxation (ordered by :func:`relaxation_cost`)."""
+        if self.eval_relaxations:
+            return tuple(self.eval_relaxations)
+        names = dict.fromkeys(("ibp", "crown-ibp", self.relaxation))
+        return tuple(sorted(names, key=relaxation_cost))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -57,28 +57,65 @@ def _plain(v: Any) -> Any:
     return _plain(float(v))
 
 
-def plot_metrics(records: Iterable[dict[str, Any]], path: str | Path, title: str = "") -> Path:
-    """Two panels, losses and accuracies against the step (matplotlib, Agg backend)."""
+def plot_metrics(
+    records: Iterable[dict[str, Any]],
+    path: str | Path,
+    title: str = "",
+    schedule: dict[str, Any] | None = None,
+) -> Path:
+    """Save :func:`metrics_figure` as a PNG at ``path``."""
+    import matplotlib.pyplot as plt
+
+    fig = metrics_figure(records, title, schedule)
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def metrics_figure(records: Iterable[dict[str, Any]], title: str = "", schedule: dict[str, Any] | None = None) -> Any:
+    """Two panels against the step (matplotlib, Agg backend):
+
+    - losses, with the recipe ``schedule`` (``{"step", "eps", "kappa"}`` arrays, optionally ``"beta"``) on a
+      second axis: ε as a fraction of its final value, κ and β as they are (all in [0, 1]);
+    - training accuracies, and the test accuracies (record keys ``test_*``) as markers at their step.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     records = list(records)
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, keys, label in ((ax_loss, LOSS_KEYS, "loss"), (ax_acc, ACC_KEYS, "training accuracy")):
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, keys, label in ((ax_loss, LOSS_KEYS, "loss"), (ax_acc, ACC_KEYS, "accuracy")):
         for key in keys:
             pts = [(r["step"], r[key]) for r in records if isinstance(r.get(key), int | float)]
             if pts:
-                ax.plot(*zip(*pts, strict=True), label=key)
+                ax.plot(*zip(*pts, strict=True), label=f"train {key}" if ax is ax_acc else key)
         ax.set_xlabel("step")
         ax.set_ylabel(label)
+    test_keys = sorted({k for r in records for k in r if k.startswith("test_") and k.endswith(("acc", "acc_all"))})
+    test_keys += sorted({k for r in records for k in r if k.startswith("test_cert_acc/")})
+    markers = "os^vD<>ph*"
+    for i, key in enumerate(test_keys):
+        pts = [(r["step"], r[key]) for r in records if isinstance(r.get(key), int | float)]
+        if pts:
+            ax_acc.scatter(*zip(*pts, strict=True), marker=markers[i % len(markers)], zorder=3, label=key)
+    if schedule is not None and len(schedule.get("step", ())):
+        ax_sched = ax_loss.twinx()
+        eps = [float(v) for v in schedule["eps"]]
+        eps_max = max(eps) if eps and max(eps) > 0 else 1.0
+        ax_sched.plot(schedule["step"], [v / eps_max for v in eps], "k--", lw=1, label=f"ε / {eps_max:g}")
+        ax_sched.plot(schedule["step"], schedule["kappa"], "k:", lw=1.5, label="κ (clean weight)")
+        if "beta" in schedule:
+            ax_sched.plot(schedule["step"], schedule["beta"], color="grey", ls="-.", lw=1, label="β (CROWN-IBP)")
+        ax_sched.set_ylim(-0.05, 1.05)
+        ax_sched.set_ylabel("schedule")
+        ax_sched.legend(loc="center right", fontsize="small")
+    for ax in (ax_loss, ax_acc):
         if ax.get_legend_handles_labels()[0]:
-            ax.legend()
+            ax.legend(loc="upper right" if ax is ax_loss else "lower right", fontsize="small")
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return fig

@@ -4,11 +4,18 @@ Step ``t`` (0-based) trains on batch ``t mod B`` of epoch ``t div B`` (``B`` bat
 function of ``(seed, epoch)``) with key ``fold_in(key(seed), t)``, so a run restored from a checkpoint
 at step ``s`` continues exactly as the uninterrupted run would have. A non-finite loss stops the run
 with :class:`NonFiniteLossError`.
+
+Runs resume by default: :func:`train` continues from the newest readable checkpoint in ``config.out``
+(refusing one written by a config that differs in a field outside :data:`RESUME_FREE_FIELDS`), and
+``resume=False`` deletes the folder's checkpoints and metrics first. Ctrl-C saves a checkpoint at the
+current step and raises :class:`RunInterrupted`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -41,25 +48,45 @@ from jaxcert.train.state import Trainer, TrainState
 #: Config fields that may differ between a run and its resumption (they do not change the trajectory).
 RESUME_FREE_FIELDS = frozenset(
     {"out", "data_dir", "checkpoint_every", "keep_checkpoints", "log_every", "test_limit", "eval_eps",
-     "eval_relaxations", "eval_pgd_steps", "eval_batch_size", "devices", "member_chunk",
-     "member_unroll"}
+     "eval_relaxations", "eval_pgd_steps", "eval_pgd_restarts", "eval_apgd_steps", "eval_batch_size",
+     "devices", "member_chunk", "member_unroll", "download"}
 )  # fmt: skip
+
+
+#: Files of a run that ``resume=False`` (``--fresh``) deletes.
+RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "results.json", "curves.png", "certify.json", "certify.md")
 
 
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite."""
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training: a checkpoint was saved at ``step`` in ``checkpoint_dir``."""
+
+    def __init__(self, step: int, checkpoint_dir: Path):
+        super().__init__(f"interrupted at step {step}; checkpoint saved in {checkpoint_dir}")
+        self.step = step
+        self.checkpoint_dir = checkpoint_dir
+
+
 def load_data(config: TrainConfig) -> tuple[Dataset, Dataset]:
-    """Train and test splits; ``"spheres"`` is the synthetic concentric-spheres problem (d = 10)."""
+    """Train and test splits; ``"spheres"`` is the synthetic concentric-spheres problem (d = 10).
+    A ``data_dir`` that does not exist is a ``FileNotFoundError`` (unless ``download``)."""
+    if config.data_dir is not None and not config.download and not Path(config.data_dir).exists():
+        raise FileNotFoundError(f"--data-dir {config.data_dir!r} does not exist")
     if config.dataset == "spheres":
         n_train, n_test = config.train_limit or 512, config.test_limit or 512
+        source = "synthetic concentric spheres (d = 10, seed {})"
         return (
-            concentric_spheres(n_train, 10, seed=config.seed),
-            concentric_spheres(n_test, 10, seed=config.seed + 1),
+            dataclasses.replace(concentric_spheres(n_train, 10, seed=config.seed), source=source.format(config.seed)),
+            dataclasses.replace(
+                concentric_spheres(n_test, 10, seed=config.seed + 1), source=source.format(config.seed + 1)
+            ),
         )
-    train = load_dataset(config.dataset, "train", data_dir=config.data_dir, limit=config.train_limit)
-    test = load_dataset(config.dataset, "test", data_dir=config.data_dir, limit=config.test_limit)
+    options = {"data_dir": config.data_dir, "download": config.download}
+    train = load_dataset(config.dataset, "train", limit=config.train_limit, **options)
+    test = load_dataset(config.dataset, "test", limit=config.test_limit, **options)
     return train, test
 
 
@@ -124,12 +151,31 @@ def _say(message: str) -> None:
     sys.stdout.flush()
 
 
-def _check_resumable(saved: dict[str, Any], config: TrainConfig) -> None:
+def config_differences(saved: dict[str, Any], config: TrainConfig) -> dict[str, tuple[Any, Any]]:
+    """``{field: (saved value, current value)}`` for the fields that would change the trajectory."""
     current = json.loads(json.dumps(config.to_dict()))
-    changed = sorted(k for k in current if k not in RESUME_FREE_FIELDS and saved.get(k) != current[k])
+    keys = [k for k in sorted(current) if k not in RESUME_FREE_FIELDS and saved.get(k) != current[k]]
+    return {k: (saved.get(k), current[k]) for k in keys}
+
+
+def _check_resumable(saved: dict[str, Any], config: TrainConfig) -> None:
+    changed = config_differences(saved, config)
     if changed:
-        details = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed)
-        raise ValueError(f"cannot resume: the config differs from the checkpointed run in {details}")
+        details = "; ".join(f"{k}: {old!r} in the folder, {new!r} now" for k, (old, new) in changed.items())
+        raise ValueError(
+            f"cannot resume: {config.out} holds a checkpoint of a different config (differing in {details}). "
+            "Pass --fresh to start over there, or --out for another folder"
+        )
+
+
+def clear_run(out: Path) -> None:
+    """Delete the checkpoints, metrics and results of a previous run in ``out`` (``--fresh``)."""
+    for name in RUN_OUTPUTS:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
 
 
 class Setup(NamedTuple):
@@ -153,11 +199,17 @@ def setup(config: TrainConfig) -> Setup:
     return Setup(train_ds, test_ds, arch, params, trainer, mesh)
 
 
-def train(config: TrainConfig, *, resume: bool = False, progress: bool = True, evaluate: bool = True) -> dict:
-    """Run ``config`` end to end; returns ``{"state", "arch", "metrics", "eval", "out"}``."""
+def train(config: TrainConfig, *, resume: bool = True, progress: bool = True, evaluate: bool = True) -> dict:
+    """Run ``config`` end to end; returns ``{"state", "arch", "metrics", "eval", "out"}``.
+
+    ``resume=True`` (the default) continues from the newest readable checkpoint in ``config.out``, if any;
+    ``resume=False`` deletes the folder's previous checkpoints and metrics and starts at step 0."""
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        clear_run(out)
     train_ds, test_ds, arch, params, trainer, mesh = setup(config)
+    _say(f"data: {config.dataset}, {len(train_ds)} training examples from {train_ds.source or 'memory'}")
     shard_data = mesh is not None and config.method in ("standard", "pgd", "certified")
     state: TrainState = trainer.init(params)
     meta = {"config": config.to_dict(), "seed": config.seed, "rng": jax.random.key_data(jax.random.key(config.seed))}
@@ -165,13 +217,12 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True, e
 
     checkpoints = Checkpoints(out / "checkpoints", every=config.checkpoint_every, keep=config.keep_checkpoints)
     resume_step = None
-    if resume and checkpoints.latest_step() is not None:
-        _check_resumable(checkpoints.read_meta()["config"], config)  # before restoring into a mismatched state
-        state, _ = checkpoints.restore(state)
-        resume_step = int(state.step)
-        _say(f"resumed from step {resume_step} ({checkpoints.directory})")
-    elif resume:
-        _say(f"no checkpoint in {checkpoints.directory}: starting from step 0")
+    if checkpoints.latest_step() is not None:
+        restored = checkpoints.restore_valid(state, lambda m: _check_resumable(m["config"], config))
+        if restored is not None:
+            state = restored[0]
+            resume_step = int(state.step)
+            _say(f"resumed from step {resume_step} ({checkpoints.directory}); --fresh starts over")
     log = MetricsLog(out / "metrics.jsonl", resume_step=resume_step)
     (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
 
@@ -182,52 +233,86 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True, e
     step = int(state.step)
     window: dict[str, list[float]] = {}
     start_time = time.time()
-    bar = tqdm(total=config.steps, initial=step, disable=not progress, desc=config.name, dynamic_ncols=True)
-    while step < config.steps:
-        epoch, first = divmod(step, per_epoch)
-        for xb, yb in batches(train_ds, config.batch_size, seed=config.seed, epoch=epoch, start=first):
-            if shard_data:
-                xb, yb = shard_batch(mesh, xb, yb)
-            state, metrics = trainer.step(state, xb, yb, jax.random.fold_in(key, step))
-            step += 1
-            host = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            if not np.isfinite(host["loss"]):
-                raise NonFiniteLossError(
-                    f"non-finite training loss {host['loss']} at step {step} (epoch {epoch}); metrics: {host}. "
-                    "Lower the learning rate, eps or sigma, or enable gradient clipping."
-                )
-            for k, v in host.items():
-                window.setdefault(k, []).append(v)
-            bar.update(1)
-            if step % config.log_every == 0 or step == config.steps:
-                record = {"step": step, "epoch": epoch, **{k: float(np.mean(v)) for k, v in window.items()}}
-                record["time"] = time.time() - start_time
-                log.write(record)
-                bar.set_postfix(loss=f"{record['loss']:.3f}", eps=f"{host.get('eps', 0.0):.3f}")
-                window = {}
-            if checkpoints.due(step) or step == config.steps:
-                checkpoints.save(state, meta)
-                _say(f"checkpoint saved at step {step}")
-            if step >= config.steps:
-                break
+    bar = tqdm(total=config.steps, initial=step, disable=not progress, desc=out.name, dynamic_ncols=True)
+    try:
+        while step < config.steps:
+            epoch, first = divmod(step, per_epoch)
+            for xb, yb in batches(train_ds, config.batch_size, seed=config.seed, epoch=epoch, start=first):
+                if shard_data:
+                    xb, yb = shard_batch(mesh, xb, yb)
+                state, metrics = trainer.step(state, xb, yb, jax.random.fold_in(key, step))
+                step += 1
+                host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                if not np.isfinite(host["loss"]):
+                    raise NonFiniteLossError(
+                        f"non-finite training loss {host['loss']} at step {step} (epoch {epoch}); metrics: {host}. "
+                        "Lower the learning rate, eps or sigma, or enable gradient clipping."
+                    )
+                for k, v in host.items():
+                    window.setdefault(k, []).append(v)
+                bar.update(1)
+                if step % config.log_every == 0 or step == config.steps:
+                    record = {"step": step, "epoch": epoch, **{k: float(np.mean(v)) for k, v in window.items()}}
+                    record["time"] = time.time() - start_time
+                    log.write(record)
+                    bar.set_postfix(loss=f"{record['loss']:.3f}", eps=f"{host.get('eps', 0.0):.3f}")
+                    window = {}
+                if checkpoints.due(step) or step == config.steps:
+                    checkpoints.save(state, meta)
+                    _say(f"checkpoint saved at step {step}")
+                if step >= config.steps:
+                    break
+    except KeyboardInterrupt:
+        bar.close()
+        saved = checkpoints.save(state, meta)
+        checkpoints.close()
+        raise RunInterrupted(saved, checkpoints.directory) from None
     bar.close()
     checkpoints.close()
     train_time = time.time() - start_time
 
     records = read_metrics(out / "metrics.jsonl")
-    if records:
-        plot_metrics(records, out / "curves.png", title=f"{config.name}: {config.method}/{config.relaxation}")
     result: dict[str, Any] = {"state": state, "arch": arch, "metrics": records, "out": out}
     if evaluate:
-        from jaxcert.evaluate import evaluate as evaluate_fn
+        from jaxcert.certify import certify_dataset, write_report
 
-        scores = evaluate_fn(
-            arch, state.full_params, test_ds, config.test_eps, relaxations=config.eval_relaxations,
-            pgd_steps=config.eval_pgd_steps, batch_size=config.eval_batch_size, limit=config.test_limit,
-            seed=config.seed,
+        n_test = min(len(test_ds), config.test_limit or len(test_ds))
+        cascade = config.eval_cascade
+        _say(
+            f"final evaluation on {n_test} test examples ({test_ds.source or 'memory'}), eps={config.test_eps}: "
+            f"PGD {config.eval_pgd_steps} steps x {config.eval_pgd_restarts} restarts, APGD-CE "
+            f"{config.eval_apgd_steps} steps, certified by {' -> '.join(cascade)}"
+        )
+        report = certify_dataset(
+            arch, state.full_params, test_ds, config.test_eps, relaxations=cascade,
+            pgd_steps=config.eval_pgd_steps, pgd_restarts=config.eval_pgd_restarts,
+            apgd_steps=config.eval_apgd_steps, batch_size=config.eval_batch_size, limit=config.test_limit,
+            seed=config.seed, progress=progress,
         )  # fmt: skip
+        scores = report.accuracies()
         result["eval"] = scores
-        summary = {"eps": config.test_eps, "test_examples": min(len(test_ds), config.test_limit or len(test_ds))}
+        write_report(report, out)
+        summary = {"eps": config.test_eps, "test_examples": n_test, "relaxations": list(cascade)}
+        summary |= {"data_source": {"train": train_ds.source, "test": test_ds.source}}
         summary |= {"train_seconds": train_time, "steps": config.steps, **scores}
         (out / "results.json").write_text(json.dumps(summary, indent=2))
+        records = [*records, {"step": config.steps, **{f"test_{k}": v for k, v in scores.items()}}]
+    if records:
+        title = f"{out.name}: {config.method}/{config.relaxation}"
+        schedule = None if config.method == "standard" else _schedule_curve(config)
+        plot_metrics(records, out / "curves.png", title=title, schedule=schedule)
     return result
+
+
+def _schedule_curve(config: TrainConfig) -> dict[str, np.ndarray]:
+    """``{"step", "eps", "kappa"[, "beta"]}`` of the recipe at up to 200 steps (for the plot; β only where
+    the relaxation uses it)."""
+    schedule = recipe_schedule(
+        config.eps, warmup=config.warmup_steps, ramp=config.ramp_steps, kappa_final=config.kappa_final,
+        beta_final=config.beta_final, eps_ramp=config.eps_ramp,
+    )  # fmt: skip
+    steps = np.unique(np.linspace(0, config.steps, min(config.steps + 1, 200)).astype(int))
+    curves = {"step": steps, **{k: np.asarray(v) for k, v in schedule(steps).items()}}
+    if config.relaxation != "crown-ibp":
+        del curves["beta"]
+    return curves

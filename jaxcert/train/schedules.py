@@ -1,6 +1,6 @@
 """Pure, traceable schedules ``step -> value`` (optax style) for the certified-training recipe.
 
-Recipe (SPEC "Training recipe"): ``warmup`` clean steps (ε = 0, κ = 1, β = 1), then over ``ramp`` steps
+Recipe (docs/training.md): ``warmup`` clean steps (ε = 0, κ = 1, β = 1), then over ``ramp`` steps
 ε goes 0 → ε_train, κ goes 1 → κ_final and β goes 1 → β_final; afterwards all stay at their final
 values. The learning rate is multiplied by ``factor`` (0.1) at each of the ``decay_steps``.
 

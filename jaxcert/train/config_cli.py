@@ -1,0 +1,135 @@
+"""Command-line flags generated from :class:`TrainConfig`, config files, and default output folders.
+
+Every dataclass field ``some_field`` becomes the flag ``--some-field``, typed from its annotation:
+
+    int / float / str        the value;  ``... | None`` fields also accept ``none``
+    bool                     ``--some-field`` / ``--no-some-field``
+    tuple[T, ...]            a comma list, e.g. ``--lr-decay-fracs 0.8,0.9`` (empty string: ``()``)
+
+The help text is the field's ``metadata["help"]``, else the comment after the field in the class body.
+Absent flags leave the field alone, so the precedence is: named config < ``--config-file`` < flags.
+This module imports no JAX (``--help`` stays fast).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import hashlib
+import inspect
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from jaxcert.train.configs import TrainConfig
+
+_SCALARS: dict[str, Callable[[str], Any]] = {"int": int, "float": float, "str": str}
+_NONE_WORDS = ("none", "null")
+
+
+@functools.cache
+def field_help() -> dict[str, str]:
+    """Help text of every field: ``metadata["help"]`` or the trailing ``# comment`` in the class source."""
+    comments: dict[str, str] = {}
+    for line in inspect.getsource(TrainConfig).splitlines():
+        match = re.match(r"^\s+(\w+):[^=]+=[^#]*#\s*(.+)$", line)
+        if match:
+            comments[match.group(1)] = match.group(2).strip()
+    return {f.name: f.metadata.get("help") or comments.get(f.name, "") for f in dataclasses.fields(TrainConfig)}
+
+
+def field_parser(annotation: str) -> tuple[Callable[[str], Any] | None, str]:
+    """``(parse, metavar)`` of a field annotation (a string, as written in the class); ``parse`` is
+    ``None`` for ``bool`` (an on/off flag). Raises ``TypeError`` for an annotation it cannot parse."""
+    text = annotation.replace(" ", "")
+    optional = text.endswith("|None")
+    text = text.removesuffix("|None")
+    tuple_match = re.fullmatch(r"tuple\[(\w+),\.\.\.\]", text)
+    if text == "bool" and not optional:
+        return None, ""
+    if tuple_match and tuple_match.group(1) in _SCALARS:
+        item = _SCALARS[tuple_match.group(1)]
+        parse: Callable[[str], Any] = lambda s: tuple(item(v.strip()) for v in s.split(",") if v.strip())
+        metavar = f"{tuple_match.group(1).upper()},..."
+    elif text in _SCALARS:
+        parse, metavar = _SCALARS[text], text.upper()
+    else:
+        raise TypeError(f"no command-line parser for a field annotated {annotation!r}")
+    if optional:
+        inner = parse
+        parse = lambda s: None if s.strip().lower() in _NONE_WORDS else inner(s)
+        metavar += "|none"
+    return _named(parse, metavar.lower()), metavar
+
+
+def _named(parse: Callable[[str], Any], name: str) -> Callable[[str], Any]:
+    """``parse`` under a readable name (argparse puts the type's name into its error messages)."""
+
+    def typed(s: str) -> Any:
+        return parse(s)
+
+    typed.__name__ = name
+    return typed
+
+
+def flag_name(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def add_config_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """One flag per :class:`TrainConfig` field; absent flags are absent from the namespace."""
+    helps = field_help()
+    for f in dataclasses.fields(TrainConfig):
+        parse, metavar = field_parser(str(f.type))
+        common = {"dest": f.name, "default": argparse.SUPPRESS, "help": helps[f.name] or None}
+        if parse is None:
+            parser.add_argument(flag_name(f.name), action=argparse.BooleanOptionalAction, **common)
+        else:
+            parser.add_argument(flag_name(f.name), type=parse, metavar=metavar, **common)
+
+
+def config_fields(namespace: argparse.Namespace) -> dict[str, Any]:
+    """The config fields given on the command line (as parsed values)."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    return {k: v for k, v in vars(namespace).items() if k in names}
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Config fields from a JSON file (``.yaml``/``.yml``: YAML, if PyYAML is installed); lists become
+    tuples; unknown fields are a ``ValueError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError as err:
+            raise ValueError(f"{path}: reading YAML needs PyYAML (pip install pyyaml); or write it as JSON") from err
+        data = yaml.safe_load(text)
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of config fields, got {type(data).__name__}")
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown config fields: {', '.join(unknown)}")
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+
+
+def default_out(config: TrainConfig, overrides: dict[str, Any]) -> str:
+    """Output folder of a run without ``--out``: the recipe's own folder when nothing is overridden, else
+    ``runs/<name>-<method>-<relaxation>-<hash of the overrides>`` (deterministic: the same command maps to
+    the same folder, so rerunning it resumes; different overrides never share a folder)."""
+    changes = {k: v for k, v in overrides.items() if k != "out"}
+    if not changes:
+        return config.out
+    digest = hashlib.sha256(json.dumps(changes, sort_keys=True, default=list).encode()).hexdigest()[:8]
+    return f"runs/{config.name}-{config.method}-{config.relaxation}-{digest}"

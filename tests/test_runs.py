@@ -1,0 +1,154 @@
+"""Runs resume by default: kill -9 and Ctrl-C, corrupt checkpoints, --fresh, output folders, data errors."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jaxcert.train.__main__ import main, resolve_config
+from jaxcert.train.__main__ import parse_args as parse_train_args
+from jaxcert.train.checkpoint import Checkpoints
+from jaxcert.train.configs import get_config, override
+from jaxcert.train.logging import read_metrics
+from jaxcert.train.loop import train
+from tests.test_checkpoint import assert_trees_equal
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
+
+
+def _cli(out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "jaxcert.train", "--config", "tiny", "--no-progress", "--out", str(out), *extra]
+
+
+def _strip_time(records):
+    return [{k: v for k, v in r.items() if k != "time"} for r in records]
+
+
+def test_rerunning_a_killed_command_resumes_by_default_and_ends_as_an_uninterrupted_run(tmp_path):
+    steps, every = 160, 40
+    out = tmp_path / "killed"
+    cmd = _cli(out, "--steps", str(steps), "--checkpoint-every", str(every))
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    saved = []
+    try:
+        for line in proc.stdout:
+            if line.startswith("checkpoint saved at step"):
+                saved.append(int(line.split()[-1]))
+                proc.send_signal(signal.SIGKILL)
+                break
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == -signal.SIGKILL and saved and saved[-1] < steps
+
+    rerun = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=180)  # the same command
+    assert rerun.returncode == 0, rerun.stderr
+    resumed_at = int(re.search(r"resumed from step (\d+)", rerun.stdout).group(1))
+    assert resumed_at == saved[-1]  # nothing after the last saved checkpoint survived; at most `every` steps lost
+    assert "(d = 10, seed 0)" in rerun.stdout  # the data source is printed
+
+    config = override(get_config("tiny"), steps=steps, checkpoint_every=every, out=str(tmp_path / "clean"))
+    reference = train(config, progress=False)
+    results = json.loads((out / "results.json").read_text())
+    for key, value in reference["eval"].items():
+        assert results[key] == value, key
+    assert results["data_source"]["test"].startswith("synthetic concentric spheres")
+    assert _strip_time(read_metrics(out / "metrics.jsonl")) == _strip_time(reference["metrics"])
+
+
+def test_ctrl_c_saves_a_checkpoint_at_the_current_step_and_says_how_to_resume(tmp_path):
+    out = tmp_path / "run"
+    cmd = _cli(out, "--steps", "100000", "--checkpoint-every", "20", "--no-eval")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:
+            if line.startswith("checkpoint saved at step 20"):
+                proc.send_signal(signal.SIGINT)
+                break
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    step = int(re.search(r"interrupted at step (\d+)", err).group(1))
+    assert step >= 20 and "Resume with" in err and "Traceback" not in err
+    checkpoints = Checkpoints(out / "checkpoints", every=20)
+    assert checkpoints.latest_step() == step
+    checkpoints.close()
+
+
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one_with_a_warning(tmp_path, capsys):
+    config = override(get_config("tiny"), steps=60, checkpoint_every=20, out=str(tmp_path / "run"))
+    first = train(config, progress=False, evaluate=False)["state"]
+    state_files = [p for p in (tmp_path / "run" / "checkpoints" / "60").rglob("*") if p.is_file()]
+    biggest = max(state_files, key=lambda p: p.stat().st_size)
+    biggest.write_bytes(biggest.read_bytes()[: biggest.stat().st_size // 2])  # a truncated write
+    capsys.readouterr()
+    with pytest.warns(RuntimeWarning, match="step 60 .* unreadable"):
+        again = train(config, progress=False, evaluate=False)["state"]
+    assert "resumed from step 40" in capsys.readouterr().out
+    assert int(again.step) == 60
+    assert_trees_equal(again.params, first.params)  # steps 41..60 redone exactly
+
+
+def test_fresh_starts_over_and_a_different_config_in_the_folder_is_an_error_naming_the_fields(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["--config", "tiny", "--steps", "20", "--checkpoint-every", "10", "--out", str(out), "--no-progress"]
+    assert main([*args, "--no-eval"]) == 0
+    assert main([*args, "--no-eval", "--eps", "0.05", "--lr", "0.02"]) == 2
+    err = capsys.readouterr().err
+    assert "different config" in err and "eps: 0.02 in the folder, 0.05 now" in err and "lr: 0.01" in err
+    assert "--fresh" in err
+    assert main([*args, "--no-eval", "--eps", "0.05", "--fresh"]) == 0
+    printed = capsys.readouterr().out
+    assert "resumed" not in printed
+    meta = Checkpoints(out / "checkpoints", every=10).read_meta()
+    assert meta["config"]["eps"] == 0.05
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")][-1] == 20
+
+
+def test_default_output_folders_are_distinct_per_override_and_stable_across_reruns():
+    folder = lambda *argv: resolve_config(parse_train_args(["--config", "tiny", *argv])).out
+    assert folder() == get_config("tiny").out
+    assert folder("--eps", "0.05") == folder("--eps", "0.05")  # the same command resumes in the same folder
+    assert folder("--eps", "0.05") != folder("--eps", "0.04")
+    assert folder("--relaxation", "crown-ibp").startswith("runs/tiny-certified-crown-ibp-")
+    assert folder("--out", "elsewhere") == "elsewhere"
+
+
+def test_a_missing_data_dir_is_a_clear_error(tmp_path, capsys):
+    missing = tmp_path / "nope"
+    for dataset in ("spheres", "mnist"):
+        argv = ["--config", "tiny", "--dataset", dataset, "--data-dir", str(missing), "--out", str(tmp_path / "o")]
+        assert main([*argv, "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert "does not exist" in err and str(missing) in err
+    assert not (tmp_path / "o" / "checkpoints").exists()
+
+
+def test_the_training_plot_draws_the_schedule_with_the_losses_and_the_test_accuracies_at_the_end(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from jaxcert.train.logging import metrics_figure, plot_metrics
+    from jaxcert.train.loop import _schedule_curve
+
+    config = override(get_config("tiny"), relaxation="crown-ibp", steps=100)
+    records = [{"step": s, "loss": 1.0 / s, "cert_loss": 2.0 / s, "clean_acc": 0.5} for s in (10, 50, 100)]
+    records.append({"step": 100, "test_clean_acc": 0.6, "test_cert_acc": 0.3, "test_cert_acc/ibp": 0.2})
+    schedule = _schedule_curve(config)
+    assert schedule["eps"][0] == 0.0 and schedule["eps"][-1] == pytest.approx(config.eps)
+    fig = metrics_figure(records, "t", schedule)
+    ax_loss, ax_acc, ax_schedule = fig.axes
+    labels = [line.get_label() for line in ax_schedule.get_lines()]
+    assert labels == [f"ε / {config.eps:g}", "κ (clean weight)", "β (CROWN-IBP)"]
+    assert [line.get_label() for line in ax_loss.get_lines()] == ["loss", "cert_loss"]
+    markers = {c.get_label(): c.get_offsets().tolist() for c in ax_acc.collections}
+    assert markers == {"test_clean_acc": [[100, 0.6]], "test_cert_acc": [[100, 0.3]], "test_cert_acc/ibp": [[100, 0.2]]}
+    plt.close(fig)
+    assert "beta" not in _schedule_curve(get_config("tiny"))  # IBP training: no β curve
+    assert plot_metrics(records, tmp_path / "c.png").stat().st_size > 0
