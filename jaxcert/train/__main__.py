@@ -28,6 +28,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--member-chunk", type=int, help="GLS: evaluate samples/members N at a time (0: all, vmap)")
     p.add_argument("--member-unroll", action="store_true", default=None, help="GLS: unroll the member chunks (CPU)")
     p.add_argument("--devices", type=int, help="shard GLS samples / the batch over N devices (0: all)")
+    p.add_argument("--mesh-data", type=int, help="devices along the batch axis of the batch × members mesh (0: auto)")
+    p.add_argument("--distributed", action="store_true", default=None, help="join a multi-process run")
+    p.add_argument("--coordinator", help="multi-process: HOST:PORT of process 0 (omit all three to auto-detect)")
+    p.add_argument("--num-processes", type=int, help="multi-process: number of processes")
+    p.add_argument("--process-id", type=int, help="multi-process: this process's id in [0, N)")
+    p.add_argument("--distributed-timeout", type=float, help="multi-process: seconds for all processes to join")
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument("--out")
     p.add_argument("--seed", type=int)
@@ -47,13 +53,16 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    from jaxcert.train.distributed import DistributedInitError, is_main_process
     from jaxcert.train.loop import train
 
     try:
         result = train(config, resume=args.resume, progress=not args.no_progress, evaluate=not args.no_eval)
-    except (ValueError, FileNotFoundError) as e:  # bad settings, or no offline copy of the data set
+    except (ValueError, FileNotFoundError, DistributedInitError) as e:  # bad settings, no data, no coordinator
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if not is_main_process():  # a multi-process run reports once, from process 0
+        return 0
     if args.no_eval:
         print(f"{config.name}: trained {config.steps} steps; outputs in {result['out']}")
         return 0
