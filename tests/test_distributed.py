@@ -58,6 +58,11 @@ DRIVER = textwrap.dedent(
             "losses": [r["loss"] for r in result["metrics"]],
             "params": [np.asarray(p).ravel().tolist() for p in __import__("jax").tree_util.tree_leaves(params)],
         }
+    if args["devices"] == 4:  # the meshes of 4 devices by data-axis size (a size-1 axis is dropped)
+        from jaxcert.train.sharding import training_mesh
+
+        meshes = {d: training_mesh(4, d) for d in (1, 2, 4)}
+        results["meshes"] = {d: [list(m.axis_names), list(m.devices.shape)] for d, m in meshes.items()}
     if is_main_process():
         print("RESULT", json.dumps(results))
     """
@@ -142,6 +147,11 @@ def test_two_processes_train_like_one_process_and_like_one_device(equivalent_run
     out = equivalent_runs["root"] / "two" / method
     assert (out / "metrics.jsonl").exists() and (out / "config.json").exists()  # written once, by process 0
     assert Checkpoints(out / "checkpoints", every=3).latest_step() == 3  # written by both processes together
+
+
+def test_the_mesh_is_batch_by_members_and_one_dimensional_when_one_axis_has_size_one(equivalent_runs):
+    meshes = equivalent_runs["four"]["meshes"]
+    assert meshes == {"1": [["samples"], [4]], "2": [["batch", "samples"], [2, 2]], "4": [["batch"], [4]]}
 
 
 def test_a_killed_two_process_run_resumes(tmp_path):

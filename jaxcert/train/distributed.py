@@ -130,6 +130,11 @@ def initialize(
         ) from None
     finally:
         done.set()
+    if explicit and jax.process_count() != num_processes:  # the processes disagree on their number
+        raise DistributedInitError(
+            f"this process was started with --num-processes {num_processes} but process 0 with "
+            f"{jax.process_count()}; start every process with the same --num-processes"
+        )
 
 
 def is_main_process() -> bool:
