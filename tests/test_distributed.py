@@ -190,7 +190,7 @@ def test_a_killed_two_process_run_resumes(tmp_path):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-4)
 
 
-def test_a_missing_process_or_an_unreachable_coordinator_is_a_clear_error_in_bounded_time(tmp_path):
+def test_a_missing_process_an_unreachable_coordinator_or_no_cluster_is_a_clear_error_in_bounded_time(tmp_path):
     join_timeout = 4
     base = ["-m", "jaxcert.train", "--config", "tiny", "--steps", "2", "--no-progress", "--no-eval", "--distributed",
             "--distributed-timeout", str(join_timeout)]  # fmt: skip
@@ -199,13 +199,16 @@ def test_a_missing_process_or_an_unreachable_coordinator_is_a_clear_error_in_bou
              "2", "--process-id", "0"]  # fmt: skip
     nobody = [*base, "--out", str(tmp_path / "b"), "--coordinator", f"localhost:{free_port()}", "--num-processes",
               "2", "--process-id", "1"]  # fmt: skip
+    undetected = [*base, "--out", str(tmp_path / "c")]  # auto-detection outside a TPU VM / SLURM / MPI job
     start = time.monotonic()
-    (code_a, _, err_a), (code_b, _, err_b) = finish([launch(alone, 1), launch(nobody, 1)], timeout=120)
+    results = finish([launch(alone, 1), launch(nobody, 1), launch(undetected, 1)], timeout=120)
+    (code_a, _, err_a), (code_b, _, err_b), (code_c, _, err_c) = results
     assert time.monotonic() - start < 120
     assert code_a == 2 and "did not join within 4 s" in err_a, err_a[-2000:]
     assert "--num-processes" in err_a
     assert code_b == 2 and "cannot reach the coordinator at localhost:" in err_b, err_b[-2000:]
     assert "Traceback" not in err_b
+    assert code_c == 2 and "pass --coordinator HOST:PORT --num-processes N --process-id I" in err_c, err_c[-2000:]
 
 
 def test_distributed_settings_are_checked():

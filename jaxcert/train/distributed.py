@@ -80,13 +80,13 @@ def wait_for_port(address: str, timeout: float) -> None:
             time.sleep(0.2)
 
 
-def _watchdog(timeout: float, what: str) -> threading.Event:
+def _watchdog(timeout: float, message: str) -> threading.Event:
     """A daemon thread that exits the process with a message unless the returned event is set in time."""
     done = threading.Event()
 
     def watch() -> None:
         if not done.wait(timeout):
-            print(f"error: {what} did not join within {timeout:g} s", file=sys.stderr, flush=True)
+            print(f"error: {message}", file=sys.stderr, flush=True)
             os._exit(JOIN_TIMEOUT_STATUS)
 
     threading.Thread(target=watch, name="jaxcert-distributed-watchdog", daemon=True).start()
@@ -114,13 +114,17 @@ def initialize(
             raise ValueError(f"already joined a run of {jax.process_count()} processes, not {num_processes}")
         return
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # cross-process collectives on CPU
+    start = time.monotonic()
     if explicit:
         if process_id != 0:
             wait_for_port(coordinator, timeout)  # type: ignore[arg-type]
         what = f"the {num_processes} processes (coordinator {coordinator}, this is process {process_id})"
     else:
         what = "the processes of the auto-detected cluster"
-    done = _watchdog(timeout, what + "; check that every process was started with the same --num-processes")
+    joining = (
+        f"{what} did not join within {timeout:g} s; check that every process was started with the same --num-processes"
+    )
+    done = _watchdog(max(1.0, timeout - (time.monotonic() - start)), joining)
     try:
         jax.distributed.initialize(coordinator, num_processes, process_id, initialization_timeout=int(timeout) + 60)
     except ValueError as e:  # auto-detection found nothing
