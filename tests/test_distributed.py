@@ -20,6 +20,9 @@ import jax
 import numpy as np
 import pytest
 
+from jaxcert.data import concentric_spheres
+from jaxcert.evaluate import evaluate_per_example
+from jaxcert.nets import get_architecture, init_params
 from jaxcert.nets.network import split_trainable
 from jaxcert.train.checkpoint import Checkpoints
 from jaxcert.train.configs import get_config, override
@@ -42,7 +45,8 @@ DRIVER = textwrap.dedent(
     import numpy as np
     from jaxcert.train.configs import get_config, override
     from jaxcert.train.distributed import is_main_process, to_host
-    from jaxcert.train.loop import train
+    from jaxcert.evaluate import evaluate
+    from jaxcert.train.loop import load_data, train
 
     args = json.loads(sys.argv[1])
     results = {}
@@ -52,12 +56,21 @@ DRIVER = textwrap.dedent(
             get_config("tiny"), steps=3, log_every=1, checkpoint_every=3, out=f"{args['out']}/{name}",
             devices=args["devices"], **changes, **mesh, **args["launch"],
         )
-        result = train(config, progress=False, evaluate=False)
+        evaluated = name == "certified"  # 4 test batches of 16: with 2 processes, 2 batches each
+        config = override(config, eval_batch_size=16)
+        result = train(config, progress=False, evaluate=evaluated)
         params = to_host(result["state"].params)
         results[name] = {
             "losses": [r["loss"] for r in result["metrics"]],
             "params": [np.asarray(p).ravel().tolist() for p in __import__("jax").tree_util.tree_leaves(params)],
         }
+        if evaluated:  # the loop's (sharded) evaluation, and one process's evaluation of the same params
+            results[name]["eval"] = result["eval"]
+            results[name]["eval_here"] = evaluate(
+                result["arch"], to_host(result["state"].full_params), load_data(config)[1], config.test_eps,
+                relaxations=config.eval_relaxations, pgd_steps=config.eval_pgd_steps, batch_size=16,
+                limit=config.test_limit, seed=config.seed,
+            )
     if args["devices"] == 4:  # the meshes of 4 devices by data-axis size (a size-1 axis is dropped)
         from jaxcert.train.sharding import training_mesh
 
@@ -149,13 +162,22 @@ def test_two_processes_train_like_one_process_and_like_one_device(equivalent_run
     assert Checkpoints(out / "checkpoints", every=3).latest_step() == 3  # written by both processes together
 
 
+def test_evaluation_split_over_two_processes_equals_one_process_evaluation(equivalent_runs):
+    two = equivalent_runs["two"]["certified"]
+    assert set(two["eval"]) == {"clean_acc", "pgd_acc", "cert_acc/ibp"}
+    assert two["eval"] == two["eval_here"]
+    assert 0.0 < two["eval"]["clean_acc"] < 1.0  # the counts are not trivially 0 or all
+    for other in ("four", "one"):
+        assert equivalent_runs[other]["certified"]["eval"] == equivalent_runs[other]["certified"]["eval_here"]
+
+
 def test_the_mesh_is_batch_by_members_and_one_dimensional_when_one_axis_has_size_one(equivalent_runs):
     meshes = equivalent_runs["four"]["meshes"]
     assert meshes == {"1": [["samples"], [4]], "2": [["batch", "samples"], [2, 2]], "4": [["batch"], [4]]}
 
 
 def test_a_killed_two_process_run_resumes(tmp_path):
-    steps, every = 120, 20
+    steps, every = 60, 10
     config = override(get_config("tiny"), steps=steps, checkpoint_every=every, out=str(tmp_path / "reference"))
     cli = ["-m", "jaxcert.train", "--config", "tiny", "--steps", str(steps), "--checkpoint-every", str(every),
            "--no-progress", "--no-eval", "--out", str(tmp_path / "killed"), "--distributed", "--num-processes", "2",
@@ -209,6 +231,21 @@ def test_a_missing_process_an_unreachable_coordinator_or_no_cluster_is_a_clear_e
     assert code_b == 2 and "cannot reach the coordinator at localhost:" in err_b, err_b[-2000:]
     assert "Traceback" not in err_b
     assert code_c == 2 and "pass --coordinator HOST:PORT --num-processes N --process-id I" in err_c, err_c[-2000:]
+
+
+def test_each_process_evaluates_its_round_robin_share_of_the_test_batches():
+    ds = concentric_spheres(64, 10, seed=1)
+    arch = get_architecture("mlp_small", ds.num_classes, ds.normalization)
+    params = init_params(arch, ds.in_shape, seed=0)
+    run = lambda part: evaluate_per_example(arch, params, ds, 0.05, pgd_steps=2, batch_size=16, part=part)
+    whole, first, second = run((0, 1)), run((0, 2)), run((1, 2))
+    for k, v in whole.items():
+        assert len(first[k]) == len(second[k]) == 32
+        interleaved = np.concatenate([first[k][:16], second[k][:16], first[k][16:], second[k][16:]])
+        np.testing.assert_array_equal(interleaved, v)
+    assert all(len(v) == 0 for v in run((5, 8)).values())  # no batch left for this process
+    with pytest.raises(ValueError, match="part"):
+        run((2, 2))
 
 
 def test_distributed_settings_are_checked():

@@ -244,7 +244,9 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True, e
     if evaluate:
         from jaxcert.evaluate import evaluate as evaluate_fn
 
-        eval_params = dist.to_host(state.full_params) if multi else state.full_params  # each process: all of them
+        if multi:  # every process holds all the params and evaluates its share of the test batches
+            from jaxcert.train.sharded_eval import evaluate_sharded as evaluate_fn
+        eval_params = dist.to_host(state.full_params) if multi else state.full_params
         scores = evaluate_fn(
             arch, eval_params, test_ds, config.test_eps, relaxations=config.eval_relaxations,
             pgd_steps=config.eval_pgd_steps, batch_size=config.eval_batch_size, limit=config.test_limit,
