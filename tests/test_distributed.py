@@ -248,6 +248,18 @@ def test_each_process_evaluates_its_round_robin_share_of_the_test_batches():
         run((2, 2))
 
 
+def test_importing_the_training_modules_leaves_jax_devices_unstarted():
+    # jax.distributed.initialize must come before JAX starts its devices, and `python -m jaxcert.train` imports
+    # these first: none of them may start the devices at import (evosax.algorithms does: import it lazily)
+    check = (
+        "import jaxcert.train, jaxcert.train.__main__, jaxcert.train.loop, jaxcert.evaluate\n"
+        "from jax._src import xla_bridge\n"
+        "assert not xla_bridge.backends_are_initialized(), 'an import started the JAX devices'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
 def test_distributed_settings_are_checked():
     assert check_args(None, None, None) is False  # auto-detection
     assert check_args("10.0.0.1:1234", 2, 1) is True
