@@ -100,8 +100,11 @@ def evaluate_per_example(
     limit: int | None = None,
     seed: int = 0,
     norm: str = "linf",
+    part: tuple[int, int] = (0, 1),
 ) -> dict[str, np.ndarray]:
-    """Per-example boolean arrays (keys as in :func:`evaluate`) for the first ``limit`` examples."""
+    """Per-example boolean arrays (keys as in :func:`evaluate`) for the first ``limit`` examples; with
+    ``part=(i, P)`` only those of the batches ``b ≡ i (mod P)`` (one of ``P`` processes' share; empty arrays
+    when there is no such batch)."""
     relaxations = (relaxations,) if isinstance(relaxations, str) else tuple(relaxations)
     for name in relaxations:
         get_relaxation(name)  # unknown names fail here, with the list of known ones
@@ -117,8 +120,14 @@ def evaluate_per_example(
     size = min(batch_size, len(ds))
     key = jax.random.key(seed)
     eps_arr = jnp.asarray(eps, dtype=jnp.float32)
-    parts: dict[str, list[np.ndarray]] = {}
+    index, count = part
+    if not 0 <= index < count:
+        raise ValueError(f"part must be (i, P) with 0 <= i < P, got {part}")
+    keys = ["clean_acc", "pgd_acc", *(f"cert_acc/{name}" for name in relaxations)]
+    parts: dict[str, list[np.ndarray]] = {k: [np.zeros(0, bool)] for k in keys}
     for b, (idx, n) in enumerate(_padded_chunks(len(ds), size)):
+        if b % count != index:
+            continue
         res = batch_results(
             arch,
             params,
@@ -134,7 +143,7 @@ def evaluate_per_example(
             hi=float(hi),
         )
         for k, v in res.items():
-            parts.setdefault(k, []).append(np.asarray(v)[:n])
+            parts[k].append(np.asarray(v)[:n])
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 

@@ -38,8 +38,10 @@ def batches(
     shuffle: bool = True,
     drop_last: bool = True,
     start: int = 0,
+    rows: slice | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield ``(x, y)`` batches of epoch ``epoch``, beginning with batch number ``start``.
+    """Yield ``(x, y)`` batches of epoch ``epoch``, beginning with batch number ``start``; with ``rows`` only
+    those rows of each batch (a process's share of a batch split over several processes).
 
     Raises ``ValueError`` when ``drop_last`` would leave no batch at all (``batch_size > len(ds)``).
     """
@@ -54,4 +56,6 @@ def batches(
     order = epoch_order(len(ds), seed=seed, epoch=epoch, shuffle=shuffle)
     for b in range(start, total):
         idx = order[b * batch_size : (b + 1) * batch_size]
+        if rows is not None:
+            idx = idx[rows]
         yield ds.x[idx], ds.y[idx]

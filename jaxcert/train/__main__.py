@@ -62,11 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(json.dumps(config.to_dict(), indent=2))
         return 0
+    from jaxcert.train.distributed import DistributedInitError, is_main_process
     from jaxcert.train.loop import RunInterrupted, train
 
     try:
         result = train(config, resume=not args.fresh, progress=not args.no_progress, evaluate=not args.no_eval)
-    except (ValueError, FileNotFoundError) as e:  # bad settings, a foreign checkpoint, or no copy of the data
+    except (ValueError, FileNotFoundError, DistributedInitError) as e:  # bad settings, a foreign checkpoint, no data
         print(f"error: {e}", file=sys.stderr)
         return 2
     except RunInterrupted as e:
@@ -79,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
+    if not is_main_process():  # a multi-process run reports once, from process 0
+        return 0
     if args.no_eval:
         print(f"{result['out'].name}: trained {config.steps} steps; outputs in {result['out']}")
         return 0

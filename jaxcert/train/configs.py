@@ -60,6 +60,13 @@ class TrainConfig:
     member_chunk: int = 0  # GLS samples/members evaluated at once (0: all, one vmap; k: lax.map over groups of k)
     member_unroll: bool = False  # GLS: the groups of member_chunk as copies in the program, not an XLA loop (CPU)
     devices: int = 1  # shard the sample/population (GLS) or batch axis over this many devices (0: all)
+    mesh_data: int = 0  # devices along the batch axis of the (batch × members) mesh (0: all for certified, 1 GLS)
+    # multi-process runs (jax.distributed; the mesh spans every device of every process)
+    distributed: bool = False  # join a multi-process run (explicit below, or auto-detected on TPU VMs / SLURM)
+    coordinator: str | None = None  # HOST:PORT of process 0
+    num_processes: int | None = None  # number of processes of the run
+    process_id: int | None = None  # this process's id in [0, num_processes)
+    distributed_timeout: float = 120.0  # seconds for all processes to join (then a clear error)
     # bookkeeping
     seed: int = 0  # seed of the initialisation, batch order and step keys
     out: str = "runs/custom"  # output folder (checkpoints, metrics, results)
@@ -82,6 +89,8 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.mesh_data < 0:
+            raise ValueError(f"mesh_data must be >= 0 (0: automatic), got {self.mesh_data}")
         if self.member_chunk < 0:
             raise ValueError(f"member_chunk must be >= 0 (0: all members at once), got {self.member_chunk}")
         size = {"rgs": self.samples, "pgpe": self.population}.get(self.method)

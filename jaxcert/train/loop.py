@@ -31,6 +31,7 @@ from jaxcert.data import Dataset, batches, concentric_spheres, load_dataset, num
 from jaxcert.nets import get_architecture, init_params
 from jaxcert.nets.layers import Arch
 from jaxcert.nets.network import LayerParams
+from jaxcert.train import distributed as dist
 from jaxcert.train.adversarial import adversarial_trainer
 from jaxcert.train.certified import certified_trainer
 from jaxcert.train.checkpoint import Checkpoints
@@ -41,7 +42,7 @@ from jaxcert.train.losses import certified_objective
 from jaxcert.train.pgpe import pgpe_trainer
 from jaxcert.train.rgs import rgs_trainer
 from jaxcert.train.schedules import recipe_schedule, step_decay
-from jaxcert.train.sharding import SAMPLES, device_mesh, shard_batch
+from jaxcert.train.sharding import BATCH, SAMPLES, shard_batch, training_mesh
 from jaxcert.train.standard import standard_trainer
 from jaxcert.train.state import Trainer, TrainState
 
@@ -49,7 +50,8 @@ from jaxcert.train.state import Trainer, TrainState
 RESUME_FREE_FIELDS = frozenset(
     {"out", "data_dir", "checkpoint_every", "keep_checkpoints", "log_every", "test_limit", "eval_eps",
      "eval_relaxations", "eval_pgd_steps", "eval_pgd_restarts", "eval_apgd_steps", "eval_batch_size",
-     "devices", "member_chunk", "member_unroll", "download"}
+     "devices", "member_chunk", "member_unroll", "download",
+     "mesh_data", "distributed", "coordinator", "num_processes", "process_id", "distributed_timeout"}
 )  # fmt: skip
 
 
@@ -141,12 +143,19 @@ def make_trainer(
 
 
 def _mesh(config: TrainConfig):  # type: ignore[no-untyped-def]
-    n = len(jax.devices()) if config.devices == 0 else config.devices
-    return None if n == 1 else device_mesh(SAMPLES, n)
+    """``devices`` devices (a multi-process run: all of every process), ``mesh_data`` of them along the batch
+    (default: all for certified/standard/PGD training, none for GLS, whose members take the devices)."""
+    total = len(jax.devices())
+    if config.distributed and config.devices not in (0, 1, total):
+        raise ValueError(f"a multi-process run uses all {total} devices of its processes, not devices={config.devices}")
+    n = total if config.devices == 0 or config.distributed else config.devices
+    return training_mesh(n, config.mesh_data or (1 if config.method in ("rgs", "pgpe") else n))
 
 
 def _say(message: str) -> None:
-    """A line on stdout that does not break the progress bar (on stderr)."""
+    """A line on stdout that does not break the progress bar (on stderr); process 0 only."""
+    if not dist.is_main_process():
+        return
     tqdm.write(message, file=sys.stdout)
     sys.stdout.flush()
 
@@ -189,13 +198,16 @@ class Setup(NamedTuple):
 
 def setup(config: TrainConfig) -> Setup:
     """Data, architecture, initial params and trainer of ``config`` (everything but the loop)."""
+    if config.distributed:  # before anything touches the devices
+        dist.initialize(config.coordinator, config.num_processes, config.process_id, timeout=config.distributed_timeout)
     if config.method in ("certified", "rgs", "pgpe"):
         get_relaxation(config.relaxation)  # unknown relaxation: clear error before loading anything
     train_ds, test_ds = load_data(config)
     arch = get_architecture(config.arch, train_ds.num_classes, train_ds.normalization)
     params = initial_params(config, arch, train_ds.in_shape)
     mesh = _mesh(config)
-    trainer = make_trainer(config, arch, params, train_ds.input_range, mesh)
+    member_mesh = mesh if mesh is not None and SAMPLES in mesh.axis_names else None
+    trainer = make_trainer(config, arch, params, train_ds.input_range, member_mesh)
     return Setup(train_ds, test_ds, arch, params, trainer, mesh)
 
 
@@ -209,9 +221,15 @@ def train(config: TrainConfig, *, resume: bool = True, progress: bool = True, ev
     if not resume:
         clear_run(out)
     train_ds, test_ds, arch, params, trainer, mesh = setup(config)
-    _say(f"data: {config.dataset}, {len(train_ds)} training examples from {train_ds.source or 'memory'}")
-    shard_data = mesh is not None and config.method in ("standard", "pgd", "certified")
+    if dist.is_main_process():
+        _say(f"data: {config.dataset}, {len(train_ds)} training examples from {train_ds.source or 'memory'}")
+    shard_data = mesh is not None and BATCH in mesh.axis_names
     state: TrainState = trainer.init(params)
+    multi, main = dist.multi_process(mesh), dist.is_main_process()  # several processes: global arrays, process 0 writes
+    if multi:
+        state = dist.replicate(state, mesh)
+        data_sharding = dist.batch_sharding(mesh, shard_data)
+        rows = dist.process_rows(data_sharding, config.batch_size)  # this process loads only its rows of each batch
     meta = {"config": config.to_dict(), "seed": config.seed, "rng": jax.random.key_data(jax.random.key(config.seed))}
     meta["rng"] = np.asarray(meta["rng"]).tolist()
 
@@ -220,11 +238,12 @@ def train(config: TrainConfig, *, resume: bool = True, progress: bool = True, ev
     if checkpoints.latest_step() is not None:
         restored = checkpoints.restore_valid(state, lambda m: _check_resumable(m["config"], config))
         if restored is not None:
-            state = restored[0]
+            state = dist.replicate(restored[0], mesh) if multi else restored[0]
             resume_step = int(state.step)
             _say(f"resumed from step {resume_step} ({checkpoints.directory}); --fresh starts over")
-    log = MetricsLog(out / "metrics.jsonl", resume_step=resume_step)
-    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    log = MetricsLog(out / "metrics.jsonl", resume_step=resume_step) if main else None
+    if main:
+        (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
 
     key = jax.random.wrap_key_data(np.asarray(meta["rng"], dtype=np.uint32))
     per_epoch = num_batches(train_ds, config.batch_size)
@@ -233,16 +252,20 @@ def train(config: TrainConfig, *, resume: bool = True, progress: bool = True, ev
     step = int(state.step)
     window: dict[str, list[float]] = {}
     start_time = time.time()
-    bar = tqdm(total=config.steps, initial=step, disable=not progress, desc=out.name, dynamic_ncols=True)
+    bar = tqdm(total=config.steps, initial=step, disable=not (progress and main), desc=out.name, dynamic_ncols=True)
     try:
         while step < config.steps:
             epoch, first = divmod(step, per_epoch)
-            for xb, yb in batches(train_ds, config.batch_size, seed=config.seed, epoch=epoch, start=first):
-                if shard_data:
+            for xb, yb in batches(
+                train_ds, config.batch_size, seed=config.seed, epoch=epoch, start=first, rows=rows if multi else None
+            ):
+                if multi:
+                    xb, yb = dist.global_batch(data_sharding, config.batch_size, xb, yb)
+                elif shard_data:
                     xb, yb = shard_batch(mesh, xb, yb)
                 state, metrics = trainer.step(state, xb, yb, jax.random.fold_in(key, step))
                 step += 1
-                host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                host = {k: float(v) for k, v in dist.to_host(metrics).items()}
                 if not np.isfinite(host["loss"]):
                     raise NonFiniteLossError(
                         f"non-finite training loss {host['loss']} at step {step} (epoch {epoch}); metrics: {host}. "
@@ -254,7 +277,8 @@ def train(config: TrainConfig, *, resume: bool = True, progress: bool = True, ev
                 if step % config.log_every == 0 or step == config.steps:
                     record = {"step": step, "epoch": epoch, **{k: float(np.mean(v)) for k, v in window.items()}}
                     record["time"] = time.time() - start_time
-                    log.write(record)
+                    if log is not None:
+                        log.write(record)
                     bar.set_postfix(loss=f"{record['loss']:.3f}", eps=f"{host.get('eps', 0.0):.3f}")
                     window = {}
                 if checkpoints.due(step) or step == config.steps:
@@ -271,32 +295,43 @@ def train(config: TrainConfig, *, resume: bool = True, progress: bool = True, ev
     checkpoints.close()
     train_time = time.time() - start_time
 
-    records = read_metrics(out / "metrics.jsonl")
+    records = read_metrics(out / "metrics.jsonl") if main else []
     result: dict[str, Any] = {"state": state, "arch": arch, "metrics": records, "out": out}
     if evaluate:
         from jaxcert.certify import certify_dataset, write_report
 
         n_test = min(len(test_ds), config.test_limit or len(test_ds))
         cascade = config.eval_cascade
-        _say(
-            f"final evaluation on {n_test} test examples ({test_ds.source or 'memory'}), eps={config.test_eps}: "
-            f"PGD {config.eval_pgd_steps} steps x {config.eval_pgd_restarts} restarts, APGD-CE "
-            f"{config.eval_apgd_steps} steps, certified by {' -> '.join(cascade)}"
-        )
-        report = certify_dataset(
-            arch, state.full_params, test_ds, config.test_eps, relaxations=cascade,
-            pgd_steps=config.eval_pgd_steps, pgd_restarts=config.eval_pgd_restarts,
-            apgd_steps=config.eval_apgd_steps, batch_size=config.eval_batch_size, limit=config.test_limit,
-            seed=config.seed, progress=progress,
-        )  # fmt: skip
-        scores = report.accuracies()
+        if main:
+            _say(
+                f"final evaluation on {n_test} test examples ({test_ds.source or 'memory'}), eps={config.test_eps}: "
+                f"PGD {config.eval_pgd_steps} steps x {config.eval_pgd_restarts} restarts, APGD-CE "
+                f"{config.eval_apgd_steps} steps, certified by {' -> '.join(cascade)}"
+            )
+        if multi:  # every process holds all the params and evaluates its share of the test batches
+            from jaxcert.train.sharded_eval import evaluate_sharded
+
+            scores = evaluate_sharded(
+                arch, dist.to_host(state.full_params), test_ds, config.test_eps, relaxations=cascade,
+                pgd_steps=config.eval_pgd_steps, batch_size=config.eval_batch_size, limit=config.test_limit,
+                seed=config.seed,
+            )  # fmt: skip
+        else:
+            report = certify_dataset(
+                arch, state.full_params, test_ds, config.test_eps, relaxations=cascade,
+                pgd_steps=config.eval_pgd_steps, pgd_restarts=config.eval_pgd_restarts,
+                apgd_steps=config.eval_apgd_steps, batch_size=config.eval_batch_size, limit=config.test_limit,
+                seed=config.seed, progress=progress,
+            )  # fmt: skip
+            scores = report.accuracies()
+            write_report(report, out)
         result["eval"] = scores
-        write_report(report, out)
         summary = {"eps": config.test_eps, "test_examples": n_test, "relaxations": list(cascade)}
         summary |= {"data_source": {"train": train_ds.source, "test": test_ds.source}}
         summary |= {"train_seconds": train_time, "steps": config.steps, **scores}
-        (out / "results.json").write_text(json.dumps(summary, indent=2))
-        records = [*records, {"step": config.steps, **{f"test_{k}": v for k, v in scores.items()}}]
+        if main:
+            (out / "results.json").write_text(json.dumps(summary, indent=2))
+        records = [*records, {"step": config.steps, **{f"test_{k}": v for k, v in scores.items()}}] if main else []
     if records:
         title = f"{out.name}: {config.method}/{config.relaxation}"
         schedule = None if config.method == "standard" else _schedule_curve(config)

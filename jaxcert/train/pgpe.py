@@ -19,7 +19,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import optax
-from evosax.algorithms import PGPE
 from jax.sharding import Mesh
 
 from jaxcert.nets.layers import Arch
@@ -54,6 +53,9 @@ def pgpe_trainer(
     bn_momentum: float = 0.1,
 ) -> Trainer:
     """PGPE on ``objective`` over the trainable leaves of ``params`` (the template, also the initial mean)."""
+    from evosax.algorithms import PGPE  # here, not at import: importing it starts JAX's devices, which must
+    # wait for jax.distributed.initialize in a multi-process run (jaxcert.train.distributed)
+
     if population < 2 or population % 2:
         raise ValueError(f"PGPE needs an even population >= 2 (antithetic pairs), got {population}")
     if sigma <= 0:
