@@ -29,8 +29,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxcert.bounds.conv_transpose import conv_transpose
 from jaxcert.bounds.relu_slopes import ReluLines
-from jaxcert.nets.layers import Arch, LayerSpec, Params
+from jaxcert.nets.layers import Arch, Conv, LayerSpec, Params
 from jaxcert.nets.network import LayerParams, shapes
 
 
@@ -49,6 +50,8 @@ def transpose_linear(spec: LayerSpec, p: Params, A: jax.Array, in_shape: tuple[i
     """``Lᵀ A`` row by row: ``A`` (B, R, *out_shape) -> (B, R, *in_shape) for ``L = spec.linear(p, ·)``."""
     B, R = A.shape[:2]
     rows = A.reshape(B * R, *A.shape[2:])
+    if isinstance(spec, Conv):  # same values, a gradient XLA runs fast (see conv_transpose)
+        return conv_transpose(spec, p["kernel"], rows, in_shape).reshape(B, R, *in_shape)
     primal = jax.ShapeDtypeStruct((B * R, *in_shape), A.dtype)
     (back,) = jax.linear_transpose(lambda x: spec.linear(p, x), primal)(rows)
     return back.reshape(B, R, *in_shape)

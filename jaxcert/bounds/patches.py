@@ -31,15 +31,22 @@ The result equals the dense back-substitution to float tolerance (tested against
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
 
 from jaxcert.bounds.backsub import backward_relu
+from jaxcert.bounds.conv_transpose import conv_transpose
 from jaxcert.bounds.relu_slopes import ReluLines
 from jaxcert.nets.layers import Arch, BatchNorm, Conv, Normalize, ReLU
 from jaxcert.nets.network import LayerParams, shapes
+
+#: Windows whose transposed convolution, as a matrix, has at most this many entries are carried back by
+#: one matrix product (faster on CPU than millions of tiny convolutions; CNN3: 256 × 121); larger ones by
+#: the convolution itself (a matrix would cost more multiplications than the convolution).
+MAX_MATRIX_ENTRIES = 2**20
 
 #: Layers a window can be carried back through.
 WINDOW_LAYERS = (Conv, ReLU, Normalize, BatchNorm)
@@ -90,13 +97,18 @@ def gather_windows(x: jax.Array, h: jax.Array, w: jax.Array, window: Window) -> 
 
 
 def transpose_conv_window(conv: Conv, p: dict[str, jax.Array], A: jax.Array) -> jax.Array:
-    """``(B, R, K, K, C_out) -> (B, R, (K-1)s+k, (K-1)s+k, C_in)``: the transpose of ``conv`` without padding."""
-    batch, rows, k, _, _ = A.shape
+    """``(B, R, K, K, C_out) -> (B, R, (K-1)s+k, (K-1)s+k, C_in)``: the transpose of ``conv`` without padding
+    (as a matrix product when the matrix is small, see :data:`MAX_MATRIX_ENTRIES`)."""
+    batch, rows, k, _, c_out = A.shape
     valid = dataclasses.replace(conv, padding=0)
     size = (k - 1) * conv.stride + conv.kernel
-    primal = jax.ShapeDtypeStruct((batch * rows, size, size, p["kernel"].shape[2]), A.dtype)
-    (back,) = jax.linear_transpose(lambda x: valid.linear(p, x), primal)(A.reshape(batch * rows, *A.shape[2:]))
-    return back.reshape(batch, rows, *back.shape[1:])
+    in_shape = (size, size, p["kernel"].shape[2])
+    if (k * k * c_out) * math.prod(in_shape) <= MAX_MATRIX_ENTRIES:  # small windows: one GEMM
+        basis = jnp.eye(k * k * c_out, dtype=A.dtype).reshape(-1, k, k, c_out)
+        matrix = conv_transpose(valid, p["kernel"], basis, in_shape).reshape(k * k * c_out, -1)
+        return (A.reshape(batch, rows, -1) @ matrix).reshape(batch, rows, *in_shape)
+    back = conv_transpose(valid, p["kernel"], A.reshape(batch * rows, *A.shape[2:]), in_shape)
+    return back.reshape(batch, rows, *in_shape)
 
 
 def _sum_window(x: jax.Array) -> jax.Array:
