@@ -118,13 +118,25 @@ def use_windows(arch: Arch, in_shape: tuple[int, ...], patches: bool | str) -> b
     return supports_windows(arch, in_shape) and (patches is True or _window_geometry_fits(arch, in_shape))
 
 
-def _window_rows(index: jax.Array, shape: tuple[int, ...], dtype: Any) -> tuple[jax.Array, ...]:
-    """Rows ``[e_j; -e_j]`` of the neurons ``index`` (B', n) of an HWC layer, as 1×1 windows with positions."""
-    _, width, channels = shape
-    c, w, h = index % channels, (index // channels) % width, index // (channels * width)
-    A = jax.nn.one_hot(c, channels, dtype=dtype)[:, :, None, None, :]
+def _window_rows(neurons: jax.Array | None, shape: tuple[int, ...], dtype: Any) -> tuple[jax.Array, ...]:
+    """Rows ``[e_j; -e_j]`` of an HWC layer as 1×1 windows grouped by position (see :mod:`.patches`):
+    every neuron (``neurons`` None; P = H·W positions of 2C rows) or the neurons ``neurons`` (B, n) (P = 2n
+    positions of one row). Returns ``(A, a, h, w, split)``, ``split`` mapping the bounds to ``(lb, ub)``."""
+    height, width, channels = shape
+    if neurons is None:
+        eye = jnp.eye(channels, dtype=dtype)
+        A = jnp.concatenate([eye, -eye])[None, None, :, None, None, :]  # (1, 1, 2C, 1, 1, C)
+        A = jnp.broadcast_to(A, (1, height * width, *A.shape[2:]))
+        pos = jnp.arange(height * width)[None]
+        flat = lambda t: t.reshape(t.shape[0], -1)
+        split = lambda lbs: (flat(lbs[:, :, :channels]), -flat(lbs[:, :, channels:]))
+        return A, jnp.zeros(A.shape[:3], dtype), pos // width, pos % width, split
+    c, pos = neurons % channels, neurons // channels
+    A = jax.nn.one_hot(c, channels, dtype=dtype)[:, :, None, None, None, :]
     twice = lambda t: jnp.concatenate([t, t], axis=1)
-    return jnp.concatenate([A, -A], axis=1), jnp.zeros(A.shape[:2], dtype).repeat(2, axis=1), twice(h), twice(w)
+    A = jnp.concatenate([A, -A], axis=1)
+    split = lambda lbs: split_two_sided(lbs[:, :, 0])
+    return A, jnp.zeros(A.shape[:3], dtype), twice(pos // width), twice(pos % width), split
 
 
 def neuron_bounds(
@@ -142,16 +154,13 @@ def neuron_bounds(
     in_shape = lower.shape[1:]
     shape = shapes(arch, in_shape)[index]
     if use_windows(arch[:index], in_shape, patches):
-        flat = jnp.arange(math.prod(shape))[None] if neurons is None else neurons
-        A, a, h, w = _window_rows(flat, shape, lower.dtype)
-        lbs = backsubstitute_windows(arch[:index], params[:index], A, a, h, w, lines, lower, upper)
-    else:
-        start, A, a = neuron_rows(arch, params, index, in_shape, 1, lower.dtype)
-        if neurons is not None:
-            rows = jnp.concatenate([neurons, neurons + math.prod(shape)], axis=1)
-            A, a = A[0][rows], a[0][rows]
-        lbs = backsubstitute(arch[:start], params[:start], A, a, lines, lower, upper)
-    return split_two_sided(lbs)
+        A, a, h, w, split = _window_rows(neurons, shape, lower.dtype)
+        return split(backsubstitute_windows(arch[:index], params[:index], A, a, h, w, lines, lower, upper))
+    start, A, a = neuron_rows(arch, params, index, in_shape, 1, lower.dtype)
+    if neurons is not None:
+        rows = jnp.concatenate([neurons, neurons + math.prod(shape)], axis=1)
+        A, a = A[0][rows], a[0][rows]
+    return split_two_sided(backsubstitute(arch[:start], params[:start], A, a, lines, lower, upper))
 
 
 def crown_intermediate(

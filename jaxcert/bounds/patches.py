@@ -11,8 +11,10 @@ where, going back through a convolution of kernel ``k``, stride ``s`` and paddin
 
     K ← (K - 1) · s + k,      S ← S · s,      P ← P · s + p          (K = S = 1, P = 0 at the neuron).
 
-So a row is stored as its window ``A`` (B, R, K, K, C) plus the grid position ``(h, w)`` of its neuron,
-instead of a dense map (B, R, H, W, C): memory ``O(B · R · K² · C)`` instead of ``O(B · R · H · W · C)``
+So a row is stored as its window plus the grid position ``(h, w)`` of its neuron, instead of a dense map
+(B, R, H, W, C): memory ``O(B · R · K² · C)`` instead of ``O(B · R · H · W · C)``. Rows are grouped by
+position, ``A`` (B, P, Rp, K, K, C) with positions (B', P): the rows of all channels of one position
+share their window, so the relaxation and the input box are gathered once per position, not per row
 (CNN3's second ReLU: a 4×4×16 window of the first ReLU's 14×14×16 output, 12× smaller; auto_LiRPA's
 "patches mode" is the published example of the idea). The backward rules of :mod:`jaxcert.bounds.backsub`
 become, on windows:
@@ -37,7 +39,6 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 
-from jaxcert.bounds.backsub import backward_relu
 from jaxcert.bounds.conv_transpose import conv_transpose
 from jaxcert.bounds.relu_slopes import ReluLines
 from jaxcert.nets.layers import Arch, BatchNorm, Conv, Normalize, ReLU
@@ -78,41 +79,43 @@ def _index(pos: jax.Array, window: Window, extent: int) -> tuple[jax.Array, jax.
 
 
 def window_mask(h: jax.Array, w: jax.Array, window: Window, height: int, width: int) -> jax.Array:
-    """(B', R, K, K, 1) float mask: 1 where the window lies inside the ``height × width`` image."""
+    """(B', P, 1, K, K, 1) float mask: 1 where the window lies inside the ``height × width`` image."""
     _, vh = _index(h, window, height)
     _, vw = _index(w, window, width)
-    return (vh[..., :, None] & vw[..., None, :])[..., None].astype(jnp.float32)
+    return (vh[..., :, None] & vw[..., None, :])[:, :, None, :, :, None].astype(jnp.float32)
 
 
 def gather_windows(x: jax.Array, h: jax.Array, w: jax.Array, window: Window) -> jax.Array:
-    """The windows of ``x`` (B, H, W, C) at grid positions ``h``, ``w`` (B' ∈ {1, B}, R): (B, R, K, K, C),
-    zero outside the image."""
+    """The windows of ``x`` (B, H, W, C) at grid positions ``h``, ``w`` (B' ∈ {1, B}, P): (B, P, 1, K, K, C)
+    (the 1 broadcasts over the rows of a position), zero outside the image."""
     batch, height, width, _ = x.shape
     ih, vh = _index(h, window, height)
     iw, vw = _index(w, window, width)
     b = jnp.arange(batch)[:, None, None, None]
     windows = x[b, ih[..., :, None], iw[..., None, :]]
     inside = (vh[..., :, None] & vw[..., None, :])[..., None]
-    return jnp.where(inside, windows, jnp.zeros((), x.dtype))
+    return jnp.where(inside, windows, jnp.zeros((), x.dtype))[:, :, None]
 
 
 def transpose_conv_window(conv: Conv, p: dict[str, jax.Array], A: jax.Array) -> jax.Array:
-    """``(B, R, K, K, C_out) -> (B, R, (K-1)s+k, (K-1)s+k, C_in)``: the transpose of ``conv`` without padding
+    """``(…, K, K, C_out) -> (…, (K-1)s+k, (K-1)s+k, C_in)``: the transpose of ``conv`` without padding
     (as a matrix product when the matrix is small, see :data:`MAX_MATRIX_ENTRIES`)."""
-    batch, rows, k, _, c_out = A.shape
+    lead, (k, _, c_out) = A.shape[:-3], A.shape[-3:]
+    A = A.reshape(-1, 1, k, k, c_out)
+    batch, rows = A.shape[:2]
     valid = dataclasses.replace(conv, padding=0)
     size = (k - 1) * conv.stride + conv.kernel
     in_shape = (size, size, p["kernel"].shape[2])
     if (k * k * c_out) * math.prod(in_shape) <= MAX_MATRIX_ENTRIES:  # small windows: one GEMM
         basis = jnp.eye(k * k * c_out, dtype=A.dtype).reshape(-1, k, k, c_out)
         matrix = conv_transpose(valid, p["kernel"], basis, in_shape).reshape(k * k * c_out, -1)
-        return (A.reshape(batch, rows, -1) @ matrix).reshape(batch, rows, *in_shape)
+        return (A.reshape(batch, rows, -1) @ matrix).reshape(*lead, *in_shape)
     back = conv_transpose(valid, p["kernel"], A.reshape(batch * rows, *A.shape[2:]), in_shape)
-    return back.reshape(batch, rows, *in_shape)
+    return back.reshape(*lead, *in_shape)
 
 
 def _sum_window(x: jax.Array) -> jax.Array:
-    return jnp.sum(x, axis=(2, 3, 4))
+    return jnp.sum(x, axis=(-3, -2, -1))
 
 
 def backsubstitute_windows(
@@ -127,8 +130,9 @@ def backsubstitute_windows(
     upper: jax.Array,
     window: Window = Window(),
 ) -> jax.Array:
-    """Lower bounds (B, R) of rows given as windows ``A`` (B' ∈ {1, B}, R, K, K, C) on the output of
-    ``arch`` at grid positions ``h``, ``w`` (B', R), with constants ``const`` (B', R); see the module doc.
+    """Lower bounds (B, P, Rp) of rows given as windows ``A`` (B' ∈ {1, B}, P, Rp, K, K, C) on the output of
+    ``arch``, the ``Rp`` rows of position ``p`` at grid position ``h[:, p]``, ``w[:, p]`` (B', P), with
+    constants ``const`` (B', P, Rp); see the module doc.
 
     ``arch`` must satisfy :func:`supports_windows`; ``lines[i]`` relaxes the ReLU at index ``i``.
     """
@@ -145,8 +149,10 @@ def backsubstitute_windows(
             const = const + _sum_window(A * jnp.asarray(spec.offset(p), A.dtype))
             A = spec.linear(p, A)
         elif isinstance(spec, ReLU):
-            fields = ReluLines(*(gather_windows(f, h, w, window) for f in lines[i]))
-            A, const = backward_relu(A, const, fields)
+            alpha, slope, intercept = (gather_windows(f, h, w, window) for f in lines[i])
+            negative = A < 0  # the rule of backsub.backward_relu, summed over the window only
+            const = const + _sum_window(jnp.where(negative, A * intercept, 0.0))
+            A = A * jnp.where(negative, slope, alpha)
         else:
             raise ValueError(f"cannot carry a window back through {spec}; use the dense back-substitution")
     centre = gather_windows((upper + lower) / 2, h, w, window)
