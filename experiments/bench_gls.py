@@ -119,16 +119,17 @@ def compile_program(jitted: Any, *args: Any) -> tuple[Any, float, int | None]:
 
 def check_memory(jitted: Any, args: Sequence[Any], budget: float) -> tuple[float, str]:
     """``(compile seconds, "")``, or ``(seconds, why)`` when the program needs more than ``budget`` bytes."""
-    _, seconds, why = compile_checked(jitted, args, budget)
+    _, seconds, why, _ = compile_checked(jitted, args, budget)
     return seconds, why
 
 
-def compile_checked(jitted: Any, args: Sequence[Any], budget: float) -> tuple[Any, float, str]:
-    """``(executable, compile seconds, "")``, or ``(None, seconds, why)`` when it needs more than ``budget``."""
+def compile_checked(jitted: Any, args: Sequence[Any], budget: float) -> tuple[Any, float, str, int | None]:
+    """``(executable, compile seconds, "", bytes)``, or ``(None, seconds, why, bytes)`` when it needs more
+    than ``budget`` bytes (XLA's estimate; ``None`` where XLA gives none)."""
     compiled, seconds, need = compile_program(jitted, *args)
     if need is not None and need > budget:
-        return None, seconds, f"needs {need / 2**30:.3g} GiB > {budget / 2**30:.3g} GiB budget"
-    return compiled, seconds, ""
+        return None, seconds, f"needs {need / 2**30:.3g} GiB > {budget / 2**30:.3g} GiB budget", need
+    return compiled, seconds, "", need
 
 
 def ram_bytes() -> int:
@@ -171,9 +172,10 @@ class Bench:
             row[f"{name}_skipped"] = f"{copies} unrolled copies > {self.s['max_copies']} limit"
             return
         state = trainer.init(self.params)
-        compiled, row[f"{name}_compile_s"], why = compile_checked(
+        compiled, row[f"{name}_compile_s"], why, need = compile_checked(
             trainer.step, (state, self.x, self.y, self.key), self.budget
         )
+        row[f"{name}_gib"] = None if need is None else need / 2**30  # XLA's estimate of the peak memory
         if why:
             row[f"{name}_skipped"] = why
             return
@@ -257,29 +259,34 @@ class Bench:
 def cell(r: dict[str, Any], key: str, fmt: str = "{:.3f}") -> str:
     """A table cell: ``r[key]`` formatted; for a missing time (``<schedule>_s``) why it was skipped, else "–"."""
     if key in r:
-        return fmt.format(r[key])
+        return "–" if r[key] is None else fmt.format(r[key])
     name, _, kind = key.partition("_")
     return f"skipped: {r[name + '_skipped']}" if kind == "s" and f"{name}_skipped" in r else "–"
 
 
 def format_pgpe(r: dict[str, Any]) -> str:
     if "loop_s" not in r:  # an old-style row that was skipped as a whole
-        return f"| {r['relaxation']} | {r['population']} | skipped: {r.get('skipped', '')} | | | | | | | | |"
+        return f"| {r['relaxation']} | {r['population']} | skipped: {r.get('skipped', '')} | | | | | | | | | |"
     mark = " (extrapolated)" if r["loop_extrapolated"] else ""
     compile_s = " / ".join(cell(r, f"{n}_compile_s", "{:.1f}") for n in SCHEDULES)
     times = " | ".join(cell(r, f"{n}_s") for n in SCHEDULES)
     speedups = " | ".join(cell(r, f"{n}_speedup", "{:.2f}x") for n in SCHEDULES)
-    return f"| {r['relaxation']} | {r['population']} | {times} | {r['loop_s']:.3f}{mark} | {speedups} | {compile_s} |"
+    memory = " / ".join(cell(r, f"{n}_gib", "{:.2f}") for n in SCHEDULES)
+    return (
+        f"| {r['relaxation']} | {r['population']} | {times} | {r['loop_s']:.3f}{mark} | {speedups} | {compile_s} "
+        f"| {memory} |"
+    )
 
 
 def format_rgs(r: dict[str, Any]) -> str:
     head = f"| {r['relaxation']} | {r['samples']} "
     if "plain_s" not in r:
-        return head + f"| skipped: plain step {r.get('plain_skipped', '')} | | | | | | | | |"
+        return head + f"| skipped: plain step {r.get('plain_skipped', '')} | | | | | | | | | |"
     compile_s = " / ".join(cell(r, f"{n}_compile_s", "{:.1f}") for n in SCHEDULES)
     times = " | ".join(cell(r, f"{n}_s") for n in SCHEDULES)
     ratios = " | ".join(cell(r, f"{n}_ratio", "{:.2f}") for n in SCHEDULES)
-    return head + f"| {times} | {r['plain_s']:.3f} | {ratios} | {compile_s} |"
+    memory = " / ".join(cell(r, f"{n}_gib", "{:.2f}") for n in SCHEDULES)
+    return head + f"| {times} | {r['plain_s']:.3f} | {ratios} | {compile_s} | {memory} |"
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -299,15 +306,17 @@ def markdown(result: dict[str, Any]) -> str:
         f"jitted members.",
         "",
         "| relaxation | population | one vmap (s) | chunked (s) | unrolled (s) | Python loop (s) | vmap speed-up "
-        "| chunked speed-up | unrolled speed-up | compile vmap / chunked / unrolled (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| chunked speed-up | unrolled speed-up | compile vmap / chunked / unrolled (s) "
+        "| memory vmap / chunked / unrolled (GiB) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
         *(format_pgpe(r) for r in result["pgpe"]),
         "",
         "## RGS: seconds per step with k perturbed gradients vs a plain certified step (ideal ratio: k)",
         "",
         "| relaxation | k | RGS one vmap (s) | RGS chunked (s) | RGS unrolled (s) | plain step (s) | vmap ratio "
-        "| chunked ratio | unrolled ratio | compile vmap / chunked / unrolled (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| chunked ratio | unrolled ratio | compile vmap / chunked / unrolled (s) "
+        "| memory vmap / chunked / unrolled (GiB) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
         *(format_rgs(r) for r in result["rgs"]),
     ]
     if result["notes"]:
