@@ -115,6 +115,18 @@ def test_a_small_budget_is_sound_and_looser():
         assert bool(jnp.all(margins >= small[0][b] - 1e-4)) and bool(jnp.all(margins <= small[1][b] + 1e-4))
 
 
+def test_rows_in_chunks_equal_rows_at_once():
+    """A tiny ``max_rows_bytes`` splits every intermediate pass into chunks (``lax.map``): same bounds."""
+    arch, params, lo, hi, C = conv_case(6)
+    chunked = jax.jit(
+        lambda p: [crown_with_intermediate(arch, p, lo, hi, C, patches=w, max_rows_bytes=4096) for w in (False, True)]
+    )(params)
+    out = crown_variants()(params, lo, hi, C)
+    for (lb, ub, _), key in zip(chunked, ("patches=False, budget=None", "patches=True, budget=None"), strict=True):
+        np.testing.assert_allclose(lb, out[key][0], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(ub, out[key][1], rtol=1e-5, atol=1e-5)
+
+
 def test_budgeted_crown_contains_full_crown_contains_the_exact_range():
     """On the tiny conv net of the soundness tests (MILP-sized): budget 1 ⊇ full ⊇ exact at the refined layer
     and at the output."""
@@ -242,5 +254,7 @@ def test_bad_options_give_clear_errors():
         crown(arch, params, lo, hi, C, unstable_budget=0)
     with pytest.raises(ValueError, match="patches"):
         crown(arch, params, lo, hi, C, patches="sometimes")
+    with pytest.raises(ValueError, match="max_rows_bytes"):
+        crown(arch, params, lo, hi, C, max_rows_bytes=0)
     with pytest.raises(ValueError, match="bound_upper"):
         crown(arch, params, lo, hi, C, bound_upper="no")

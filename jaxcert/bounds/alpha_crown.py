@@ -40,6 +40,7 @@ from jaxcert.bounds.ibp import interval_layers
 from jaxcert.bounds.loss import certified_cross_entropy
 from jaxcert.bounds.registry import register
 from jaxcert.bounds.relu_slopes import ReluLines, with_lower_slope
+from jaxcert.bounds.row_chunks import MAX_ROWS_BYTES
 from jaxcert.bounds.spec import fold_spec
 from jaxcert.nets.layers import Arch
 from jaxcert.nets.network import LayerParams
@@ -149,12 +150,14 @@ def alpha_crown_bounds(
     bound_upper: bool = True,
     unstable_budget: int | None = None,
     patches: bool | str = "auto",
+    max_rows_bytes: int = MAX_ROWS_BYTES,
     **unknown: Any,
 ) -> tuple[jax.Array, jax.Array]:
     """alpha-CROWN bounds ``(lb, ub)`` of ``C f(x)`` over ``[lower, upper]`` (see the module doc).
 
     ``bound_upper=False`` optimises and back-substitutes the lower rows only (the upper bound is the
-    interval one); ``unstable_budget`` and ``patches`` are the options of the intermediate CROWN passes.
+    interval one); ``unstable_budget``, ``patches`` and ``max_rows_bytes`` are the options of the
+    intermediate CROWN passes.
     """
     reject_options(unknown, "alpha-crown")
     _check_steps(steps, lr)
@@ -162,7 +165,7 @@ def alpha_crown_bounds(
     body, body_params, W, b = fold_spec(arch, params, C, lower.shape[0])
     bounds, lines, out = fixed_intermediate(
         body, body_params, lower, upper, intermediate, init, tau, gamma, unstable_budget=unstable_budget,
-        patches=patches,
+        patches=patches, max_rows_bytes=max_rows_bytes,
     )  # fmt: skip
     A, a, finish = output_rows(W, b, bound_upper, out)
     rows = A.shape[1]

@@ -38,9 +38,10 @@ import jax.numpy as jnp
 from jaxcert.bounds.backsub import backsubstitute, neuron_rows, reject_options, split_two_sided, two_sided_rows
 from jaxcert.bounds.ibp import affine_interval as folded_interval
 from jaxcert.bounds.neuron_rows import check_budget, rows_needed, scatter_refined, select_unstable
-from jaxcert.bounds.patches import Window, backsubstitute_windows, supports_windows
+from jaxcert.bounds.patches import Window, backsubstitute_windows, supports_windows, window_elements
 from jaxcert.bounds.registry import register
 from jaxcert.bounds.relu_slopes import ReluLines, check_rule, check_rule_options, relu_lines
+from jaxcert.bounds.row_chunks import MAX_ROWS_BYTES, check_max_rows_bytes, map_row_chunks, rows_per_chunk
 from jaxcert.bounds.spec import fold_spec
 from jaxcert.nets.layers import Arch, Conv, Dense, LayerSpec, Params
 from jaxcert.nets.network import LayerParams, shapes
@@ -148,19 +149,28 @@ def neuron_bounds(
     lower: jax.Array,
     upper: jax.Array,
     patches: bool | str = "auto",
+    max_rows_bytes: int = MAX_ROWS_BYTES,
 ) -> tuple[jax.Array, jax.Array]:
     """CROWN bounds (B, n) of the neurons ``neurons`` (flat indices (B, n); ``None``: every neuron, in
-    order) of the input of layer ``index``, relaxing the earlier ReLUs with ``lines``."""
-    in_shape = lower.shape[1:]
+    order) of the input of layer ``index``, relaxing the earlier ReLUs with ``lines``; the rows are
+    back-substituted in chunks of at most ``max_rows_bytes`` (:mod:`jaxcert.bounds.row_chunks`)."""
+    in_shape, batch, itemsize = lower.shape[1:], lower.shape[0], lower.dtype.itemsize
     shape = shapes(arch, in_shape)[index]
     if use_windows(arch[:index], in_shape, patches):
         A, a, h, w, split = _window_rows(neurons, shape, lower.dtype)
-        return split(backsubstitute_windows(arch[:index], params[:index], A, a, h, w, lines, lower, upper))
+        per_position = batch * A.shape[2] * window_elements(arch[:index], in_shape) * itemsize
+        chunk = rows_per_chunk(A.shape[1], per_position, max_rows_bytes)
+        windows = lambda A, a, h, w: backsubstitute_windows(
+            arch[:index], params[:index], A, a, h, w, lines, lower, upper
+        )
+        return split(map_row_chunks(windows, (A, a, h, w), chunk))
     start, A, a = neuron_rows(arch, params, index, in_shape, 1, lower.dtype)
     if neurons is not None:
         rows = jnp.concatenate([neurons, neurons + math.prod(shape)], axis=1)
         A, a = A[0][rows], a[0][rows]
-    return split_two_sided(backsubstitute(arch[:start], params[:start], A, a, lines, lower, upper))
+    per_row = batch * max(math.prod(s) for s in shapes(arch[:start], in_shape)) * itemsize
+    dense = lambda A, a: backsubstitute(arch[:start], params[:start], A, a, lines, lower, upper)
+    return split_two_sided(map_row_chunks(dense, (A, a), rows_per_chunk(A.shape[1], per_row, max_rows_bytes)))
 
 
 def crown_intermediate(
@@ -173,10 +183,12 @@ def crown_intermediate(
     intersect_ibp: bool = True,
     unstable_budget: int | None = None,
     patches: bool | str = "auto",
+    max_rows_bytes: int = MAX_ROWS_BYTES,
 ) -> tuple[dict[int, Interval], dict[int, ReluLines], Interval]:
     """Pre-activation bounds and relaxations of every ReLU of ``arch``, by CROWN (see the module doc), and
     the forward interval of the output of ``arch``."""
     check_budget(unstable_budget)
+    check_max_rows_bytes(max_rows_bytes)
     bounds: dict[int, Interval] = {}
     lines: dict[int, ReluLines] = {}
     lo, hi = lower, upper  # forward interval of the current layer output
@@ -187,7 +199,7 @@ def crown_intermediate(
         if not _interval_is_exact(arch[:i]):
             k = rows_needed(unstable_budget, math.prod(lo.shape[1:]))
             neurons = None if k is None else select_unstable(lo, hi, k)
-            z_lo, z_hi = neuron_bounds(arch, params, i, neurons, lines, lower, upper, patches)
+            z_lo, z_hi = neuron_bounds(arch, params, i, neurons, lines, lower, upper, patches, max_rows_bytes)
             if intersect_ibp:
                 pick = (lambda t: t.reshape(t.shape[0], -1)) if neurons is None else (lambda t: _take(t, neurons))
                 z_lo, z_hi = jnp.maximum(z_lo, pick(lo)), jnp.minimum(z_hi, pick(hi))
@@ -214,12 +226,13 @@ def crown_preactivation_bounds(
     intersect_ibp: bool = True,
     unstable_budget: int | None = None,
     patches: bool | str = "auto",
+    max_rows_bytes: int = MAX_ROWS_BYTES,
 ) -> list[Interval]:
     """CROWN bounds ``(l, u)`` of the input of every ReLU of ``arch`` (in order), each (B, *shape)."""
     line_fn = make_line_fn(arch, lower_slope, lower_slopes, tau, gamma)
     bounds, _, _ = crown_intermediate(
         arch, params, lower, upper, line_fn, intersect_ibp=intersect_ibp, unstable_budget=unstable_budget,
-        patches=patches,
+        patches=patches, max_rows_bytes=max_rows_bytes,
     )  # fmt: skip
     return [bounds[i] for i in sorted(bounds)]
 
@@ -256,6 +269,7 @@ def crown_with_intermediate(
     intersect_ibp: bool = True,
     unstable_budget: int | None = None,
     patches: bool | str = "auto",
+    max_rows_bytes: int = MAX_ROWS_BYTES,
     bound_upper: bool = True,
 ) -> tuple[jax.Array, jax.Array, list[Interval]]:
     """``(lb, ub, intermediate)``: CROWN bounds of ``C f(x)`` and the pre-activation bounds of every ReLU
@@ -265,7 +279,7 @@ def crown_with_intermediate(
     body, body_params, W, b = fold_spec(arch, params, C, lower.shape[0])
     bounds, lines, out = crown_intermediate(
         body, body_params, lower, upper, line_fn, intersect_ibp=intersect_ibp, unstable_budget=unstable_budget,
-        patches=patches,
+        patches=patches, max_rows_bytes=max_rows_bytes,
     )  # fmt: skip
     A, a, finish = output_rows(W, b, bound_upper, out)
     lb, ub = finish(backsubstitute(body, body_params, A, a, lines, lower, upper))
@@ -286,6 +300,7 @@ def crown_bounds(
     intersect_ibp: bool = True,
     unstable_budget: int | None = None,
     patches: bool | str = "auto",
+    max_rows_bytes: int = MAX_ROWS_BYTES,
     bound_upper: bool = True,
     **unknown: Any,
 ) -> tuple[jax.Array, jax.Array]:
@@ -300,7 +315,8 @@ def crown_bounds(
     reject_options(unknown, "crown")
     lb, ub, _ = crown_with_intermediate(
         arch, params, lower, upper, C, lower_slope=lower_slope, lower_slopes=lower_slopes, tau=tau, gamma=gamma,
-        intersect_ibp=intersect_ibp, unstable_budget=unstable_budget, patches=patches, bound_upper=bound_upper,
+        intersect_ibp=intersect_ibp, unstable_budget=unstable_budget, patches=patches,
+        max_rows_bytes=max_rows_bytes, bound_upper=bound_upper,
     )  # fmt: skip
     return lb, ub
 

@@ -72,6 +72,17 @@ class Window:
         return Window(size, self.stride * conv.stride, self.offset * conv.stride + conv.padding)
 
 
+def window_elements(arch: Arch, in_shape: tuple[int, ...]) -> int:
+    """The largest window (``K² · C`` elements) of a row of the output of ``arch`` on any of its layers."""
+    layer_shapes = shapes(arch, in_shape)
+    window, largest = Window(), layer_shapes[-1][-1]
+    for i in reversed(range(len(arch))):
+        if isinstance(arch[i], Conv):
+            window = window.through_conv(arch[i])
+        largest = max(largest, window.size**2 * layer_shapes[i][-1])
+    return largest
+
+
 def _index(pos: jax.Array, window: Window, extent: int) -> tuple[jax.Array, jax.Array]:
     """Positions (…, K) covered by the windows of the grid positions ``pos`` (…), and which lie in [0, extent)."""
     idx = pos[..., None] * window.stride - window.offset + jnp.arange(window.size)
