@@ -149,11 +149,12 @@ class TrainConfig:
 
 _BASE = TrainConfig()
 
-#: GLS with full CROWN/DeepPoly on CNN3. Back-substitution through the convolutions is memory-hungry: one
-#: member's value-and-gradient at batch 32 needs ~9.5 GiB (XLA's estimate; ~38 GiB at batch 128), one
-#: member's loss ~3.8 GiB (a whole PGPE population of 32 at once: ~120 GiB), so the members are evaluated
-#: one at a time (member_chunk=1); raise it on large accelerators, add member_unroll=True on CPUs.
-_GLS = dataclasses.replace(_BASE, relaxation="deeppoly", batch_size=32, member_chunk=1, steps=3000)
+#: GLS with full CROWN/DeepPoly on CNN3 at batch 32, every member in one vmap (member_chunk=0). With
+#: windowed (patches-mode) back-substitution and lower bounds only, XLA estimates a whole PGPE generation of
+#: 32 members at 10.8 GiB and an RGS step with 4 samples at 3.5 GiB (dense rows needed ~120 GiB and ~38 GiB,
+#: hence the former member_chunk=1). On CPUs, where vmapped convolutions are slow, member_chunk=k with
+#: member_unroll=True can be faster (experiments/bench_gls.py).
+_GLS = dataclasses.replace(_BASE, relaxation="deeppoly", batch_size=32, member_chunk=0, steps=3000)
 
 CONFIGS: dict[str, TrainConfig] = {
     # README quickstart: CNN3 on offline Fashion-MNIST, IBP at ε = 0.1, a few CPU minutes.
