@@ -92,7 +92,8 @@ def fit(
     loss = window.get("loss", [0.0])
     if not all(math.isfinite(v) for v in loss):
         raise FloatingPointError(f"{desc or config.name}: non-finite training loss in the last steps: {loss}")
-    summary = {f"train_{k}": float(np.mean(v)) for k, v in window.items() if k in ("loss", "clean_acc", "cert_acc")}
+    kept = ("loss", "clean_acc", "cert_acc", "loss_at_mean", "clean_acc_at_mean", "cert_acc_at_mean")
+    summary = {f"train_{k}": float(np.mean(v)) for k, v in window.items() if k in kept}
     summary["train_seconds"] = time.time() - start
     jax.block_until_ready(state.params)
     return state.full_params, summary
