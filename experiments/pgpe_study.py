@@ -51,21 +51,18 @@ ROWS = {
     "default": (
         {"label": "gradient IBP", "method": "certified", "lr": 1e-3},
         {"label": "Adam, σ 0.005, N 64 (old)", "pgpe_optimizer": "adam", "lr": 5e-3, "sigma": 0.005, "population": 64},
-        {"label": "ClipUp, σ 0.005, N 64", "sigma": 0.005, "population": 64},
         {"label": "ClipUp, σ_rel 0.1, N 64", "sigma_rel": 0.1, "population": 64},
-        {"label": "ClipUp, σ_rel 0.3, N 64", "sigma_rel": 0.3, "population": 64},
-        {"label": "Adam, σ_rel 0.1, N 512", "pgpe_optimizer": "adam", "lr": 5e-3, "sigma_rel": 0.1, "population": 512,
-         "member_chunk": 128},
-        {"label": "ClipUp, σ_rel 0.1, N 512", "sigma_rel": 0.1, "population": 512, "member_chunk": 128},
-        {"label": "ClipUp, σ_rel 0.1, N 4096", "sigma_rel": 0.1, "population": 4096, "member_chunk": 512,
-         "seeds": 1},
-        {"label": "warm: ClipUp, σ_rel 0.1, N 512", "sigma_rel": 0.1, "population": 512, "member_chunk": 128,
+        {"label": "ClipUp, σ_rel 0.1, N 512", "sigma_rel": 0.1, "population": 512, "member_chunk": 128, "seeds": 1},
+        {"label": "warm: Adam, σ 0.005, N 64", "pgpe_optimizer": "adam", "lr": 5e-3, "sigma": 0.005, "population": 64,
          "warm": True},
+        {"label": "warm: ClipUp 0.01, σ 0.005, N 64", "lr": 0.01, "max_speed": 0.02, "sigma": 0.005, "population": 64,
+         "warm": True},
+        {"label": "warm: ClipUp 0.01, σ_rel 0.1, N 64", "lr": 0.01, "max_speed": 0.02, "sigma_rel": 0.1,
+         "population": 64, "warm": True},
     ),
     "quick": (
         {"label": "gradient IBP", "method": "certified", "lr": 1e-3},
-        {"label": "Adam, σ 0.005, N 8", "pgpe_optimizer": "adam", "lr": 5e-3, "sigma": 0.005, "population": 8},
-        {"label": "ClipUp, σ_rel 0.1, N 16", "sigma_rel": 0.1, "population": 16, "member_chunk": 8},
+        {"label": "ClipUp, σ_rel 0.1, N 8", "sigma_rel": 0.1, "population": 8, "member_chunk": 4},
         {"label": "warm: ClipUp, σ_rel 0.1, N 8", "sigma_rel": 0.1, "population": 8, "warm": True},
     ),
 }  # fmt: skip
@@ -74,7 +71,7 @@ SETTINGS = {
     "default": {"widths": (32, 32), "factor": 2, "train_limit": 5000, "validation": 1000, "batch_size": 64,
                 "steps": 300, "seeds": 3, "clipup_lr": 0.05, "max_speed": 0.1},
     "quick": {"widths": (16,), "factor": 4, "train_limit": 256, "validation": 64, "batch_size": 32,
-              "steps": 6, "seeds": 2, "clipup_lr": 0.05, "max_speed": 0.1},
+              "steps": 4, "seeds": 1, "clipup_lr": 0.05, "max_speed": 0.1},
 }  # fmt: skip
 
 

@@ -1,6 +1,6 @@
 """The research experiment scripts run end to end in their ``--quick`` setting and write consistent results.
 
-The four scripts run concurrently in subprocesses (one module-scoped fixture), each writing
+The scripts run concurrently in subprocesses (one module-scoped fixture), each writing
 ``<name>.json`` and ``<name>.md`` into a temporary directory.
 """
 
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
-SCRIPTS = ("paradox", "gls_vs_ibp", "robust_vs_certified", "tune_pgpe")
+SCRIPTS = ("paradox", "gls_vs_ibp", "robust_vs_certified", "tune_pgpe", "pgpe_study")
 TOL = 1e-9
 
 
@@ -112,6 +112,22 @@ def test_tune_pgpe_rows(results: dict[str, dict]) -> None:
     best = max(rows, key=lambda r: (r["cert_acc/ibp"], r["clean_acc"]))
     assert settings["best"] == {"lr": best["lr"], "sigma": best["sigma"]}
     assert settings["relaxation"] == "ibp" and settings["validation"] > 0
+    check_table(record)
+
+
+def test_pgpe_study_rows(results: dict[str, dict]) -> None:
+    record = results["pgpe_study"]
+    runs, summary, settings = record["rows"], record["summary"], record["settings"]
+    labels = [r["label"] for r in settings["rows"]]
+    assert [r["label"] for r in summary] == labels
+    assert any(r.get("warm") for r in settings["rows"]) and settings["rows"][0]["method"] == "certified"
+    for row in runs:
+        assert 0.0 <= row["val_cert_acc"] <= row["val_clean_acc"] + TOL <= 1.0 + TOL  # certified ⇒ correct
+        assert np.isfinite(row["train_loss_at_mean"]) and row["train_seconds"] > 0
+    for label, agg in zip(labels, summary, strict=True):
+        values = [r["val_cert_acc"] for r in runs if r["label"] == label]
+        assert agg["seeds"] == len(values) > 0
+        assert agg["val_cert_acc"] == pytest.approx(np.mean(values)) and agg["val_cert_acc_std"] >= 0
     check_table(record)
 
 

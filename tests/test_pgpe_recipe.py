@@ -127,3 +127,17 @@ def test_bad_recipe_settings_are_clear_errors():
         TrainConfig(sigma_rel=-1.0)
     with pytest.raises(ValueError, match="weight_decay"):
         TrainConfig(weight_decay=1.5)
+
+
+def test_cli_flags_set_the_recipe_fields_and_a_missing_warm_start_is_a_clear_error(tmp_path, capsys):
+    from jaxcert.train.__main__ import main, parse_args
+
+    args = parse_args(["--pgpe-optimizer", "sgd", "--sigma-rel", "0.2", "--std-lr", "0.1", "--max-speed", "0.3",
+                       "--momentum", "0.5", "--weight-decay", "0.01", "--init-from", "runs/x"])  # fmt: skip
+    assert (args.pgpe_optimizer, args.sigma_rel, args.std_lr, args.max_speed) == ("sgd", 0.2, 0.1, 0.3)
+    assert (args.momentum, args.weight_decay, args.init_from) == (0.5, 0.01, "runs/x")
+    missing = tmp_path / "no-run"
+    argv = ["--config", "tiny", "--method", "pgpe", "--init-from", str(missing), "--out", str(tmp_path / "o")]
+    assert main([*argv, "--no-progress", "--no-eval"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot warm-start" in err and "no config.json" in err

@@ -3,7 +3,8 @@
 Step ``t`` (0-based) trains on batch ``t mod B`` of epoch ``t div B`` (``B`` batches per epoch, order a
 function of ``(seed, epoch)``) with key ``fold_in(key(seed), t)``, so a run restored from a checkpoint
 at step ``s`` continues exactly as the uninterrupted run would have. A non-finite loss stops the run
-with :class:`NonFiniteLossError`.
+with :class:`NonFiniteLossError`. With ``init_from`` the run starts from a saved run's weights
+(:mod:`jaxcert.train.warm_start`); resuming it restores its own checkpoint, not the warm start.
 """
 
 from __future__ import annotations
