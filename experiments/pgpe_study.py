@@ -31,16 +31,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import jax.numpy as jnp
 import numpy as np
-from common import accuracies, fit, markdown_table, parse_args, write_partial, write_results
+from common import accuracies, fit, markdown_table, parse_args, save_run, write_partial, write_results
 from tune_pgpe import train_validation_split
 
 from jaxcert.nets.architectures import mlp
-from jaxcert.nets.network import LayerParams, split_trainable
-from jaxcert.train.checkpoint import Checkpoints
 from jaxcert.train.configs import TrainConfig
-from jaxcert.train.state import TrainState
 
 NAME = "pgpe_study"
 EPS = 0.1
@@ -87,18 +83,6 @@ def config_for(row: dict[str, Any], s: dict[str, Any], seed: int, init_from: str
         kappa_final=0.0, lr_decay_fracs=(0.8,), init="ibp", seed=seed, train_limit=s["train_limit"],
     )  # fmt: skip
     return dataclasses.replace(base, **{**fields, **warm})
-
-
-def save_run(run_dir: Path, config: TrainConfig, params: LayerParams) -> Path:
-    """``params`` as a ``jaxcert.train`` run directory (config.json + one orbax checkpoint), for ``init_from``."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
-    trainable, frozen = split_trainable(params)
-    state = TrainState(trainable, frozen, jnp.zeros(()), jnp.asarray(config.steps, jnp.int32))
-    checkpoints = Checkpoints(run_dir / "checkpoints", every=config.steps)
-    checkpoints.save(state, {"config": config.to_dict()})
-    checkpoints.close()
-    return run_dir
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

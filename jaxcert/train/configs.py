@@ -170,7 +170,19 @@ CONFIGS: dict[str, TrainConfig] = {
         out="runs/crown-ibp",
     ),
     "rgs": dataclasses.replace(_GLS, name="rgs", method="rgs", sigma=0.01, samples=4, out="runs/rgs"),
-    "pgpe": dataclasses.replace(_GLS, name="pgpe", method="pgpe", sigma=0.005, population=32, lr=1e-3, out="runs/pgpe"),
+    # PGPE: the recipe of experiments/pgpe_study.py (ClipUp step 0.01 / max speed 0.02 on the mean, σ = 0.1 ×
+    # each leaf's std at the start); it fine-tunes best from a trained net: --init-from runs/ibp (RESULTS.md).
+    "pgpe": dataclasses.replace(
+        _GLS,
+        name="pgpe",
+        method="pgpe",
+        pgpe_optimizer="clipup",
+        lr=0.01,
+        max_speed=0.02,
+        sigma_rel=0.1,
+        population=32,
+        out="runs/pgpe",
+    ),
     # Seconds-long smoke run on synthetic concentric spheres (tests, CI).
     "tiny": dataclasses.replace(
         _BASE,
