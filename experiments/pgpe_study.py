@@ -16,11 +16,15 @@ images 5000…5999, disjoint from the training subset and the test set): IBP-cer
 at ε = 0.1; plus the training loss and certified accuracy **at the mean μ** (the returned net, mean over
 the last 10 % of the generations). Mean ± std over the seeds; per-seed rows in the JSON.
 
-    python experiments/pgpe_study.py [--quick]
+    python experiments/pgpe_study.py [--quick] [--rows SUBSTRING]
+
+``--rows`` runs only the rows whose label contains SUBSTRING (the gradient row is kept when a warm-start
+row needs it), e.g. ``--rows "N 4096"`` for the costliest row alone.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import sys
@@ -49,6 +53,7 @@ ROWS = {
         {"label": "Adam, σ 0.005, N 64 (old)", "pgpe_optimizer": "adam", "lr": 5e-3, "sigma": 0.005, "population": 64},
         {"label": "ClipUp, σ_rel 0.1, N 64", "sigma_rel": 0.1, "population": 64},
         {"label": "ClipUp, σ_rel 0.1, N 512", "sigma_rel": 0.1, "population": 512, "member_chunk": 128, "seeds": 1},
+        {"label": "ClipUp, σ_rel 0.1, N 4096", "sigma_rel": 0.1, "population": 4096, "member_chunk": 512, "seeds": 1},
         {"label": "warm: Adam, σ 0.005, N 64", "pgpe_optimizer": "adam", "lr": 5e-3, "sigma": 0.005, "population": 64,
          "warm": True},
         {"label": "warm: ClipUp 0.01, σ 0.005, N 64", "lr": 0.01, "max_speed": 0.02, "sigma": 0.005, "population": 64,
@@ -107,10 +112,25 @@ def pm(row: dict[str, Any], key: str, percent: bool = False, digits: int = 3) ->
     return f"{100 * m:.1f} ± {100 * s:.1f}" if percent else f"{m:.{digits}g} ± {s:.2g}"
 
 
+def select_rows(rows: tuple[dict[str, Any], ...], substring: str | None) -> tuple[dict[str, Any], ...]:
+    """The rows whose label contains ``substring`` (all if None), with the gradient row if a warm row needs it."""
+    if substring is None:
+        return rows
+    chosen = [r for r in rows if substring in r["label"]]
+    if not chosen:
+        raise ValueError(f"no row label contains {substring!r}; labels: {[r['label'] for r in rows]}")
+    if any(r.get("warm") for r in chosen) and not any(r.get("method") == "certified" for r in chosen):
+        chosen.insert(0, next(r for r in rows if r.get("method") == "certified"))
+    return tuple(chosen)
+
+
 def run(argv: list[str] | None = None) -> dict:
-    args = parse_args(__doc__.splitlines()[0], argv)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--rows", help="only the rows whose label contains this substring")
+    extra, rest = pre.parse_known_args(argv)
+    args = parse_args(__doc__.splitlines()[0], rest)
     mode = "quick" if args.quick else "default"
-    s, rows_spec = SETTINGS[mode], ROWS[mode]
+    s, rows_spec = SETTINGS[mode], select_rows(ROWS[mode], extra.rows)
     start = time.time()
     train_ds, val_ds = train_validation_split(s["train_limit"], s["validation"], s["factor"])
     arch = mlp(s["widths"], train_ds.num_classes, train_ds.normalization)
