@@ -159,3 +159,16 @@ def test_downsample_keeps_the_data_range_and_rejects_bad_factors() -> None:
     assert small.x.min() >= 0 and small.x.max() <= 1
     with pytest.raises(ValueError, match="not divisible"):
         downsample(ds, 3)
+
+
+def test_pgpe_study_row_selection_keeps_the_warm_start_source() -> None:
+    sys.path.insert(0, str(EXPERIMENTS))
+    from pgpe_study import ROWS, select_rows
+
+    rows = ROWS["default"]
+    assert select_rows(rows, None) == rows
+    assert [r["label"] for r in select_rows(rows, "N 4096")] == ["ClipUp, σ_rel 0.1, N 4096"]
+    warm = select_rows(rows, "warm: ClipUp")
+    assert warm[0]["method"] == "certified" and all(r.get("warm") for r in warm[1:]) and len(warm) == 3
+    with pytest.raises(ValueError, match="no row label contains"):
+        select_rows(rows, "nope")
