@@ -19,15 +19,18 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
 from jaxcert.data import Dataset, batches, load_dataset, num_batches
 from jaxcert.evaluate import evaluate_per_example
 from jaxcert.nets.layers import Arch
-from jaxcert.nets.network import LayerParams
+from jaxcert.nets.network import LayerParams, split_trainable
+from jaxcert.train.checkpoint import Checkpoints
 from jaxcert.train.configs import TrainConfig
 from jaxcert.train.loop import initial_params, make_trainer
+from jaxcert.train.state import TrainState
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -92,10 +95,23 @@ def fit(
     loss = window.get("loss", [0.0])
     if not all(math.isfinite(v) for v in loss):
         raise FloatingPointError(f"{desc or config.name}: non-finite training loss in the last steps: {loss}")
-    summary = {f"train_{k}": float(np.mean(v)) for k, v in window.items() if k in ("loss", "clean_acc", "cert_acc")}
+    kept = ("loss", "clean_acc", "cert_acc", "loss_at_mean", "clean_acc_at_mean", "cert_acc_at_mean")
+    summary = {f"train_{k}": float(np.mean(v)) for k, v in window.items() if k in kept}
     summary["train_seconds"] = time.time() - start
     jax.block_until_ready(state.params)
     return state.full_params, summary
+
+
+def save_run(run_dir: Path, config: TrainConfig, params: LayerParams) -> Path:
+    """``params`` as a ``jaxcert.train`` run directory (config.json + one orbax checkpoint), for ``init_from``."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    trainable, frozen = split_trainable(params)
+    state = TrainState(trainable, frozen, jnp.zeros(()), jnp.asarray(config.steps, jnp.int32))
+    checkpoints = Checkpoints(run_dir / "checkpoints", every=config.steps)
+    checkpoints.save(state, {"config": config.to_dict()})
+    checkpoints.close()
+    return run_dir
 
 
 def accuracies(

@@ -53,7 +53,8 @@ def run(argv: list[str] | None = None) -> dict:
     arch = mlp(s["widths"], train_ds.num_classes, train_ds.normalization)
     rows = []
     for lr, sigma in itertools.product(grid["lr"], grid["sigma"]):
-        config = config_for("pgpe", "ibp", {**s, "pgpe_lr": lr, "pgpe_sigma": sigma}, args.seed)
+        old = {"pgpe_optimizer": "adam", "pgpe_sigma_rel": 0.0}  # this grid is over Adam η and absolute σ
+        config = config_for("pgpe", "ibp", {**s, **old, "pgpe_lr": lr, "pgpe_sigma": sigma}, args.seed)
         params, summary = fit(config, arch, train_ds, progress=not args.no_progress, desc=f"lr={lr} σ={sigma}")
         acc = accuracies(arch, params, val_ds, EPS, ("ibp",), pgd_steps=5, seed=args.seed)
         rows.append({"lr": lr, "sigma": sigma, **summary, **acc})

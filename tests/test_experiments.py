@@ -1,6 +1,6 @@
 """The research experiment scripts run end to end in their ``--quick`` setting and write consistent results.
 
-The four scripts run concurrently in subprocesses (one module-scoped fixture), each writing
+The scripts run concurrently in subprocesses (one module-scoped fixture), each writing
 ``<name>.json`` and ``<name>.md`` into a temporary directory.
 """
 
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
-SCRIPTS = ("paradox", "gls_vs_ibp", "robust_vs_certified", "tune_pgpe")
+SCRIPTS = ("paradox", "gls_vs_ibp", "robust_vs_certified", "tune_pgpe", "pgpe_study")
 TOL = 1e-9
 
 
@@ -115,6 +115,22 @@ def test_tune_pgpe_rows(results: dict[str, dict]) -> None:
     check_table(record)
 
 
+def test_pgpe_study_rows(results: dict[str, dict]) -> None:
+    record = results["pgpe_study"]
+    runs, summary, settings = record["rows"], record["summary"], record["settings"]
+    labels = [r["label"] for r in settings["rows"]]
+    assert [r["label"] for r in summary] == labels
+    assert any(r.get("warm") for r in settings["rows"]) and settings["rows"][0]["method"] == "certified"
+    for row in runs:
+        assert 0.0 <= row["val_cert_acc"] <= row["val_clean_acc"] + TOL <= 1.0 + TOL  # certified ⇒ correct
+        assert np.isfinite(row["train_loss_at_mean"]) and row["train_seconds"] > 0
+    for label, agg in zip(labels, summary, strict=True):
+        values = [r["val_cert_acc"] for r in runs if r["label"] == label]
+        assert agg["seeds"] == len(values) > 0
+        assert agg["val_cert_acc"] == pytest.approx(np.mean(values)) and agg["val_cert_acc_std"] >= 0
+    check_table(record)
+
+
 def test_validation_images_follow_the_training_subset() -> None:
     sys.path.insert(0, str(EXPERIMENTS))
     from tune_pgpe import train_validation_split
@@ -143,3 +159,16 @@ def test_downsample_keeps_the_data_range_and_rejects_bad_factors() -> None:
     assert small.x.min() >= 0 and small.x.max() <= 1
     with pytest.raises(ValueError, match="not divisible"):
         downsample(ds, 3)
+
+
+def test_pgpe_study_row_selection_keeps_the_warm_start_source() -> None:
+    sys.path.insert(0, str(EXPERIMENTS))
+    from pgpe_study import ROWS, select_rows
+
+    rows = ROWS["default"]
+    assert select_rows(rows, None) == rows
+    assert [r["label"] for r in select_rows(rows, "N 4096")] == ["ClipUp, σ_rel 0.1, N 4096"]
+    warm = select_rows(rows, "warm: ClipUp")
+    assert warm[0]["method"] == "certified" and all(r.get("warm") for r in warm[1:]) and len(warm) == 3
+    with pytest.raises(ValueError, match="no row label contains"):
+        select_rows(rows, "nope")

@@ -1,5 +1,5 @@
-"""Sharded == unsharded: RGS samples, the PGPE population (whole, or in chunks of 4) and the data batch split
-over 4 host devices.
+"""Sharded == unsharded: RGS samples, the PGPE population (whole, or in chunks of 4; with each mean optimiser,
+ClipUp, SGD and Adam, and a per-leaf sigma) and the data batch split over 4 host devices.
 
 The device count must be fixed before jax is imported, so the comparison runs in a subprocess."""
 
@@ -64,6 +64,17 @@ SCRIPT = textwrap.dedent(
     chunked, _ = run(pgpe_trainer(arch, objective, params, optax.adam(1e-2), mesh=mesh, chunk=4, **kw))
     out["pgpe_chunked"] = max_diff(plain.params, chunked.params)
     out["pgpe_moved"] = max_diff(plain.params, [{k: v for k, v in p.items()} for p in params])
+    # every PGPE mean optimiser (ClipUp, SGD, Adam), per-leaf relative sigma and weight decay, sharded == plain
+    from jaxcert.train.es_optimizers import mean_optimizer
+    from jaxcert.train.sigma import relative_sigma
+    trainable = [{k: v for k, v in p.items()} for p in params]
+    kw = dict(sigma=relative_sigma(trainable, 0.1), population=8)
+    for name in ("clipup", "sgd", "adam"):
+        opt = lambda: mean_optimizer(name, 1e-2, base_lr=1e-2, weight_decay=1e-3)
+        plain, _ = run(pgpe_trainer(arch, objective, params, opt(), **kw), steps=2)
+        sharded, _ = run(pgpe_trainer(arch, objective, params, opt(), mesh=mesh, chunk=4, **kw), steps=2)
+        out[f"pgpe_{name}"] = max_diff(plain.params, sharded.params)
+        out[f"pgpe_{name}_moved"] = max_diff(plain.params, trainable)
     trainer = certified_trainer(arch, "ibp", optax.adam(1e-2), schedule)
     plain, _ = run(trainer)
     sharded, _ = run(trainer, data_mesh=device_mesh("batch", 4))
@@ -85,8 +96,10 @@ def test_sharded_gls_and_batch_equal_unsharded():
     diffs = json.loads(line[len("RESULT ") :])
     assert diffs["pgpe_moved"] > 1e-4  # the comparison is not vacuous
     assert diffs["rgs_constrained"] and diffs["pgpe_constrained"]  # the sample axis is split over the devices
-    for name in ("rgs", "rgs_chunked", "pgpe", "pgpe_chunked", "batch"):
+    for name in ("rgs", "rgs_chunked", "pgpe", "pgpe_chunked", "batch", "pgpe_clipup", "pgpe_sgd", "pgpe_adam"):
         assert diffs[name] < 1e-5, (name, diffs)
+    for name in ("clipup", "sgd", "adam"):
+        assert diffs[f"pgpe_{name}_moved"] > 1e-4, (name, diffs)
 
 
 def test_sample_count_must_divide_over_the_devices():

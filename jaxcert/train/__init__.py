@@ -34,6 +34,12 @@ _SOURCES = {
     "Trainer": "state",
     "TrainState": "state",
     "new_state": "state",
+    "clipup": "es_optimizers",
+    "mean_optimizer": "es_optimizers",
+    "at_mean": "losses",
+    "leaf_scales": "sigma",
+    "relative_sigma": "sigma",
+    "load_run_params": "warm_start",
 }
 
 __all__ = sorted(_SOURCES)

@@ -11,6 +11,8 @@ import dataclasses
 from typing import Any
 
 METHODS = ("standard", "pgd", "certified", "rgs", "pgpe")
+#: Mean optimisers of PGPE (:mod:`jaxcert.train.es_optimizers`).
+PGPE_OPTIMIZERS = ("clipup", "sgd", "adam")
 
 #: Rough cost rank of the relaxations (interval < CROWN-IBP < zonotope < back-substitution < optimised).
 _COST = {"ibp": 0, "box": 0, "hbox": 1, "crown-ibp": 2, "deepz": 3, "alpha-crown": 5, "crown-lee": 5}
@@ -32,6 +34,7 @@ class TrainConfig:
     train_limit: int | None = None  # use only the first N training examples
     arch: str = "cnn3"  # cnn3 | cnn5 | cnn7 | cnn7_bn | paradox_fc | paradox_conv | mlp_small
     init: str = "ibp"  # "ibp" (Shi et al.) or "default"
+    init_from: str | None = None  # warm start: a saved run's directory; its latest checkpoint's weights replace init
     # loss / recipe
     relaxation: str = "ibp"  # bound used by the certified loss (ibp, crown-ibp, deeppoly, ...)
     eps: float = 0.1  # training radius of the l-inf ball (input scale [0, 1])
@@ -52,10 +55,15 @@ class TrainConfig:
     attack_norm: str = "linf"  # PGD training threat model: linf | l2
     attack_steps: int = 5  # PGD training steps per batch
     # Gaussian loss smoothing
-    sigma: float = 0.01  # GLS standard deviation of the parameter noise
+    sigma: float = 0.01  # absolute σ, the same for every weight (used when sigma_rel is 0)
+    sigma_rel: float = 0.0  # if > 0: σ per leaf = sigma_rel · std of the leaf at init (jaxcert.train.sigma)
     samples: int = 4  # RGS
     population: int = 16  # PGPE
     std_lr: float = 0.0  # PGPE σ learning rate (0: fixed σ)
+    pgpe_optimizer: str = "clipup"  # PGPE mean optimiser: clipup | sgd | adam (the run's Adam, with grad_clip)
+    max_speed: float = 0.0  # PGPE ClipUp: max norm of one mean step (0: 2 · lr, Toklu et al.'s ratio)
+    momentum: float = 0.9  # PGPE mean optimiser momentum (clipup, sgd)
+    weight_decay: float = 0.0  # PGPE: decoupled decay of the mean, μ ← (1 - weight_decay) μ + step per generation
     antithetic: bool = False  # RGS
     member_chunk: int = 0  # GLS samples/members evaluated at once (0: all, one vmap; k: lax.map over groups of k)
     member_unroll: bool = False  # GLS: the groups of member_chunk as copies in the program, not an XLA loop (CPU)
@@ -101,6 +109,14 @@ class TrainConfig:
             raise ValueError(f"eps must be >= 0, got {self.eps}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.sigma_rel < 0:
+            raise ValueError(f"sigma_rel must be >= 0 (0: absolute sigma), got {self.sigma_rel}")
+        if self.std_lr < 0 or self.max_speed < 0:
+            raise ValueError(f"std_lr and max_speed must be >= 0, got {self.std_lr} and {self.max_speed}")
+        if not 0 <= self.momentum < 1 or not 0 <= self.weight_decay < 1:
+            raise ValueError(f"momentum and weight_decay must be in [0, 1), got {self.momentum}, {self.weight_decay}")
+        if self.pgpe_optimizer not in PGPE_OPTIMIZERS:
+            raise ValueError(f"unknown pgpe_optimizer {self.pgpe_optimizer!r}; known: {', '.join(PGPE_OPTIMIZERS)}")
         if self.init not in ("ibp", "default"):
             raise ValueError(f"unknown init {self.init!r}; expected 'ibp' or 'default'")
         for name in ("warmup_frac", "ramp_frac"):
@@ -184,7 +200,19 @@ CONFIGS: dict[str, TrainConfig] = {
         out="runs/crown-ibp",
     ),
     "rgs": dataclasses.replace(_GLS, name="rgs", method="rgs", sigma=0.01, samples=4, out="runs/rgs"),
-    "pgpe": dataclasses.replace(_GLS, name="pgpe", method="pgpe", sigma=0.005, population=32, lr=1e-3, out="runs/pgpe"),
+    # PGPE: the recipe of experiments/pgpe_study.py (ClipUp step 0.01 / max speed 0.02 on the mean, σ = 0.1 ×
+    # each leaf's std at the start); it fine-tunes best from a trained net: --init-from runs/ibp (RESULTS.md).
+    "pgpe": dataclasses.replace(
+        _GLS,
+        name="pgpe",
+        method="pgpe",
+        pgpe_optimizer="clipup",
+        lr=0.01,
+        max_speed=0.02,
+        sigma_rel=0.1,
+        population=32,
+        out="runs/pgpe",
+    ),
     # Seconds-long smoke run on synthetic concentric spheres (tests, CI).
     "tiny": dataclasses.replace(
         _BASE,

@@ -13,8 +13,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-LOSS_KEYS = ("loss", "clean_loss", "cert_loss", "adv_loss")
-ACC_KEYS = ("clean_acc", "cert_acc", "adv_acc")
+#: Plotted keys; ``*_at_mean`` are GLS metrics of the unperturbed net (``loss`` is then the population mean).
+LOSS_KEYS = ("loss", "loss_at_mean", "clean_loss", "cert_loss", "adv_loss")
+ACC_KEYS = ("clean_acc", "cert_acc", "adv_acc", "clean_acc_at_mean", "cert_acc_at_mean")
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:

@@ -3,7 +3,8 @@
 Step ``t`` (0-based) trains on batch ``t mod B`` of epoch ``t div B`` (``B`` batches per epoch, order a
 function of ``(seed, epoch)``) with key ``fold_in(key(seed), t)``, so a run restored from a checkpoint
 at step ``s`` continues exactly as the uninterrupted run would have. A non-finite loss stops the run
-with :class:`NonFiniteLossError`.
+with :class:`NonFiniteLossError`. With ``init_from`` the run starts from a saved run's weights
+(:mod:`jaxcert.train.warm_start`); resuming it restores its own checkpoint, not the warm start.
 
 Runs resume by default: :func:`train` continues from the newest readable checkpoint in ``config.out``
 (refusing one written by a config that differs in a field outside :data:`RESUME_FREE_FIELDS`), and
@@ -30,12 +31,13 @@ from jaxcert.bounds import get_relaxation
 from jaxcert.data import Dataset, batches, concentric_spheres, load_dataset, num_batches
 from jaxcert.nets import get_architecture, init_params
 from jaxcert.nets.layers import Arch
-from jaxcert.nets.network import LayerParams
+from jaxcert.nets.network import LayerParams, split_trainable
 from jaxcert.train import distributed as dist
 from jaxcert.train.adversarial import adversarial_trainer
 from jaxcert.train.certified import certified_trainer
 from jaxcert.train.checkpoint import Checkpoints
 from jaxcert.train.configs import TrainConfig
+from jaxcert.train.es_optimizers import mean_optimizer
 from jaxcert.train.init import ibp_init
 from jaxcert.train.logging import MetricsLog, plot_metrics, read_metrics
 from jaxcert.train.losses import certified_objective
@@ -43,8 +45,10 @@ from jaxcert.train.pgpe import pgpe_trainer
 from jaxcert.train.rgs import rgs_trainer
 from jaxcert.train.schedules import recipe_schedule, step_decay
 from jaxcert.train.sharding import BATCH, SAMPLES, shard_batch, training_mesh
+from jaxcert.train.sigma import Sigma, relative_sigma
 from jaxcert.train.standard import standard_trainer
 from jaxcert.train.state import Trainer, TrainState
+from jaxcert.train.warm_start import load_run_params
 
 #: Config fields that may differ between a run and its resumption (they do not change the trajectory).
 RESUME_FREE_FIELDS = frozenset(
@@ -94,8 +98,11 @@ def load_data(config: TrainConfig) -> tuple[Dataset, Dataset]:
 
 def initial_params(config: TrainConfig, arch: Arch, in_shape: tuple[int, ...]) -> LayerParams:
     """flax's default initialisation (jitted: one compile instead of one per eager op), then optionally
-    Shi et al.'s IBP initialisation."""
+    Shi et al.'s IBP initialisation; with ``init_from`` the saved run's weights instead (warm start, the
+    fresh init only fixing the expected architecture)."""
     params = jax.jit(init_params, static_argnums=(0, 1, 2))(arch, tuple(in_shape), config.seed)
+    if config.init_from:
+        return load_run_params(config.init_from, params)
     if config.init == "ibp":
         params = ibp_init(arch, params, seed=config.seed)
     return params
@@ -105,6 +112,23 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
     """Adam with the step-decayed learning rate, after global-norm gradient clipping (if > 0)."""
     adam = optax.adam(step_decay(config.lr, config.lr_decay_steps))
     return optax.chain(optax.clip_by_global_norm(config.grad_clip), adam) if config.grad_clip > 0 else adam
+
+
+def make_pgpe_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    """The PGPE mean optimiser ``config.pgpe_optimizer`` with the step-decayed learning rate (``adam``: the
+    run's Adam of :func:`make_optimizer`), and decoupled weight decay if ``config.weight_decay`` > 0."""
+    return mean_optimizer(
+        config.pgpe_optimizer, step_decay(config.lr, config.lr_decay_steps), base_lr=config.lr,
+        max_speed=config.max_speed, momentum=config.momentum, weight_decay=config.weight_decay,
+        adam=make_optimizer(config),
+    )  # fmt: skip
+
+
+def gls_sigma(config: TrainConfig, params: LayerParams) -> Sigma:
+    """The GLS σ: ``config.sigma`` for every weight, or per leaf ``sigma_rel · scale(leaf)`` of ``params``."""
+    if config.sigma_rel > 0:
+        return relative_sigma(split_trainable(params)[0], config.sigma_rel)
+    return config.sigma
 
 
 def make_trainer(
@@ -133,11 +157,12 @@ def make_trainer(
     objective = certified_objective(arch, config.relaxation, schedule, l1=config.l1, lo=lo, hi=hi)
     if config.method == "rgs":
         return rgs_trainer(
-            arch, objective, optimizer, sigma=config.sigma, samples=config.samples, antithetic=config.antithetic,
-            chunk=config.member_chunk, unroll=config.member_unroll, mesh=mesh, **common,
+            arch, objective, optimizer, sigma=gls_sigma(config, params), samples=config.samples,
+            antithetic=config.antithetic, chunk=config.member_chunk, unroll=config.member_unroll, mesh=mesh, **common,
         )  # fmt: skip
     return pgpe_trainer(
-        arch, objective, params, optimizer, sigma=config.sigma, population=config.population, std_lr=config.std_lr,
+        arch, objective, params, make_pgpe_optimizer(config), sigma=gls_sigma(config, params),
+        population=config.population, std_lr=config.std_lr,
         chunk=config.member_chunk, unroll=config.member_unroll, mesh=mesh, **common,
     )  # fmt: skip
 
@@ -279,7 +304,8 @@ def train(config: TrainConfig, *, resume: bool = True, progress: bool = True, ev
                     record["time"] = time.time() - start_time
                     if log is not None:
                         log.write(record)
-                    bar.set_postfix(loss=f"{record['loss']:.3f}", eps=f"{host.get('eps', 0.0):.3f}")
+                    shown = record.get("loss_at_mean", record["loss"])  # GLS: the loss of the returned net
+                    bar.set_postfix(loss=f"{shown:.3f}", eps=f"{host.get('eps', 0.0):.3f}")
                     window = {}
                 if checkpoints.due(step) or step == config.steps:
                     checkpoints.save(state, meta)

@@ -104,3 +104,12 @@ def certified_objective(
         return loss, aux
 
     return objective
+
+
+def at_mean(objective: Objective, mean: LayerParams, frozen: LayerParams, x, y, step) -> dict[str, jax.Array]:  # type: ignore[no-untyped-def]
+    """``objective`` at the unperturbed weights ``mean`` (the network a GLS trainer returns): ``loss_at_mean``
+    and the clean / certified batch accuracies as ``clean_acc_at_mean``, ``cert_acc_at_mean``."""
+    loss, aux = objective(mean, frozen, x, y, step)
+    out = {"loss_at_mean": loss}
+    out |= {f"{k}_at_mean": aux[k] for k in ("clean_acc", "cert_acc") if k in aux}
+    return out

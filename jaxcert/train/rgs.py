@@ -9,6 +9,12 @@ where the ``k`` perturbed gradients are computed by ONE ``jax.vmap``-ped call (t
 sharded over devices, or evaluated ``chunk`` samples at a time: :mod:`jaxcert.train.members`), and ``ĝ``
 is fed to any optax optimiser. Only trainable leaves are perturbed.
 With ``antithetic=True`` the samples come in pairs ``±z_i`` (``k`` even).
+
+σ is one number for every weight or one per leaf (a tree, e.g. the relative ``σ_leaf = σ_rel · scale(leaf)``
+of :mod:`jaxcert.train.sigma`). The whole objective is evaluated at ``θ + σ z_i``, so every term of it is
+smoothed: the clean cross-entropy, the certified cross-entropy and the L1 penalty alike. ``loss`` is the
+mean over the samples (the smoothed loss); ``loss_at_mean``, ``clean_acc_at_mean`` and ``cert_acc_at_mean``
+are the objective at θ itself (the network being trained), on the same batch.
 """
 
 from __future__ import annotations
@@ -22,9 +28,10 @@ from jax.sharding import Mesh
 from jaxcert.nets.layers import Arch
 from jaxcert.nets.network import LayerParams
 from jaxcert.train.gradient import GradientEstimator, gradient_trainer
-from jaxcert.train.losses import Objective
+from jaxcert.train.losses import Objective, at_mean
 from jaxcert.train.members import check_chunk, map_members
 from jaxcert.train.sharding import check_divisible
+from jaxcert.train.sigma import Sigma, check_sigma, is_per_leaf
 from jaxcert.train.state import Trainer
 
 
@@ -42,15 +49,17 @@ def gaussian_noise(key: jax.Array, tree: LayerParams, samples: int, *, antitheti
     return jax.vmap(unravel)(z)
 
 
-def perturb(trainable: LayerParams, noise: LayerParams, sigma: float | jax.Array) -> LayerParams:
-    """``θ + σ z_i`` for every sample ``i`` (leading axis of ``noise``)."""
+def perturb(trainable: LayerParams, noise: LayerParams, sigma: Sigma) -> LayerParams:
+    """``θ + σ z_i`` for every sample ``i`` (leading axis of ``noise``); ``sigma`` one number or one per leaf."""
+    if is_per_leaf(sigma):
+        return jax.tree_util.tree_map(lambda p, z, s: p[None] + s * z, trainable, noise, sigma)
     return jax.tree_util.tree_map(lambda p, z: p[None] + sigma * z, trainable, noise)
 
 
 def smoothed_gradient(
     objective: Objective,
     *,
-    sigma: float | jax.Array,
+    sigma: Sigma,
     samples: int,
     antithetic: bool = False,
     chunk: int = 0,
@@ -62,8 +71,7 @@ def smoothed_gradient(
         raise ValueError(f"RGS needs samples >= 1, got {samples}")
     if antithetic and samples % 2:
         raise ValueError(f"antithetic RGS needs an even number of samples, got {samples}")
-    if not isinstance(sigma, jax.core.Tracer) and sigma < 0:  # σ may be traced (e.g. a schedule value)
-        raise ValueError(f"sigma must be >= 0, got {sigma}")
+    check_sigma(sigma, strict=False)  # σ may be traced (e.g. a schedule value): not checked then
     check_divisible(samples, mesh, "RGS samples")
     check_chunk(samples, chunk, "RGS samples")
     per_sample = map_members(jax.value_and_grad(objective, has_aux=True), chunk, mesh, unroll=unroll)
@@ -72,7 +80,8 @@ def smoothed_gradient(
         noise = gaussian_noise(key, trainable, samples, antithetic=antithetic)
         (losses, aux), grads = per_sample(perturb(trainable, noise, sigma), frozen, x, y, step)
         mean = lambda t: jax.tree_util.tree_map(lambda a: jnp.mean(a, axis=0), t)
-        return jnp.mean(losses), mean(grads), {**mean(aux), "loss_std": jnp.std(losses)}
+        extra = {"loss_std": jnp.std(losses), **at_mean(objective, trainable, frozen, x, y, step)}
+        return jnp.mean(losses), mean(grads), {**mean(aux), **extra}
 
     return estimate
 
@@ -82,7 +91,7 @@ def rgs_trainer(
     objective: Objective,
     optimizer: optax.GradientTransformation,
     *,
-    sigma: float,
+    sigma: Sigma,
     samples: int,
     antithetic: bool = False,
     chunk: int = 0,
