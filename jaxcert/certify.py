@@ -176,6 +176,58 @@ def _chunks(index: np.ndarray, size: int):
         yield np.concatenate([part, np.full(size - part.size, index[0], part.dtype)]), part.size
 
 
+class _Split:
+    """The work of :func:`certify_dataset` split over the ``P`` processes of a multi-process run.
+
+    Each stage cuts its examples into the same chunks as a single process would (the attack batches with
+    their keys ``fold_in(key(seed), b)``, the chunks of the examples each relaxation still has open, the
+    MILP's examples one by one); process ``i`` handles the chunks ``c ≡ i (mod P)``, and after the stage
+    row ``r`` of every per-example array is taken from the process that handled it:
+
+        a[r] ← a_{owner(r)}[r],   owner(r) = c(r) mod P   (gathered with ``process_allgather``),
+
+    so every process continues with the same arrays, and the end result equals a single process's.
+    """
+
+    def __init__(self, n: int, methods: tuple[str, ...], distributed: bool) -> None:
+        import jax
+
+        self.n = n
+        self.index, self.count = (jax.process_index(), jax.process_count()) if distributed else (0, 1)
+        self.names = np.array((*STATES, *methods), dtype=object)  # strings travel as indices into these
+
+    def mine(self, chunks: range) -> set[int]:
+        """The chunks this process handles."""
+        return {c for c in chunks if c % self.count == self.index}
+
+    def owner(self, chunks: list[np.ndarray]) -> np.ndarray:
+        """Per row: the process that handled its chunk (0 for rows in no chunk: equal everywhere)."""
+        out = np.zeros(self.n, np.int32)
+        for c, rows in enumerate(chunks):
+            out[rows] = c % self.count
+        return out
+
+    def merge(self, owner: np.ndarray, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Every array with row ``r`` from process ``owner[r]`` (the arrays themselves with one process)."""
+        if self.count == 1:
+            return arrays
+        from jax.experimental import multihost_utils
+
+        code = {name: i for i, name in enumerate(self.names.tolist())}
+
+        def encode(a: np.ndarray) -> np.ndarray:
+            if a.dtype == object:
+                return np.array([code[v] for v in a], np.int32)
+            return a.view(np.uint8) if a.dtype == bool else a
+
+        gathered = multihost_utils.process_allgather(tuple(encode(a) for a in arrays))  # each (P, n, ...)
+        rows = np.arange(self.n)
+        picked = [np.asarray(g)[owner, rows] for g in gathered]
+        return tuple(
+            self.names[p] if a.dtype == object else p.astype(a.dtype) for a, p in zip(arrays, picked, strict=True)
+        )
+
+
 def is_counterexample(
     arch: Any, params: Any, x: np.ndarray, x_adv: np.ndarray, y: np.ndarray, eps: float, lo: float, hi: float
 ) -> np.ndarray:
@@ -205,9 +257,14 @@ def certify_dataset(
     limit: int | None = None,
     seed: int = 0,
     progress: bool = True,
+    distributed: bool = False,
 ) -> CertifyReport:
     """States of the first ``limit`` examples of ``ds`` (a :class:`jaxcert.data.Dataset`) at radius ``eps``
-    (ℓ∞, clipped to ``ds.input_range``): attacks, then the relaxation cascade, then optionally the MILP."""
+    (ℓ∞, clipped to ``ds.input_range``): attacks, then the relaxation cascade, then optionally the MILP.
+
+    ``distributed``: every process of a multi-process run calls this with the same arguments and the work
+    is split over the ``P`` processes (see :class:`_Split`); every process gets the whole report, equal to a
+    single process's."""
     import jax
     import jax.numpy as jnp
     from tqdm import tqdm
@@ -238,24 +295,30 @@ def certify_dataset(
     key = jax.random.key(seed)
     eps32 = jnp.float32(eps)
 
+    split = _Split(n, ("", "clean", "pgd", "apgd", *relaxations, "milp"), distributed)
     states = np.full(n, "unknown", dtype=object)
     by = np.full(n, "", dtype=object)
     margin_lower = np.full(n, np.nan)
     adversarial = np.full(x.shape, np.nan, np.float32)
-    pred = np.concatenate([np.asarray(fns["predict"](arch, params, x[i]))[:k] for i, k in _chunks(np.arange(n), size)])
-    clean = pred == y
-    states[~clean], by[~clean] = "falsified", "clean"
-    adversarial[~clean] = x[~clean]
+    clean = np.zeros(n, bool)
     pgd_broken = np.zeros(n, bool)
     apgd_broken = np.zeros(n, bool)
 
-    bar = tqdm(total=n, desc="attacks", disable=not progress, leave=False, file=sys.stderr)
+    mine = split.mine(range(-(-n // size)))
+    bar = tqdm(total=sum(min(size, n - b * size) for b in mine), desc="attacks", disable=not progress, leave=False,
+               file=sys.stderr)  # fmt: skip
     for b, (idx, k) in enumerate(_chunks(np.arange(n), size)):
+        if b not in mine:
+            continue
+        rows = idx[:k]
+        clean[rows] = np.asarray(fns["predict"](arch, params, x[idx]))[:k] == y[rows]
+        wrong = rows[~clean[rows]]
+        states[wrong], by[wrong] = "falsified", "clean"
+        adversarial[wrong] = x[wrong]
         x_pgd, x_apgd = fns["attacks"](
             arch, params, x[idx], y[idx], eps32, jax.random.fold_in(key, b), jnp.float32(lo), jnp.float32(hi),
             pgd_steps=pgd_steps, pgd_restarts=pgd_restarts, apgd_steps=apgd_steps, apgd_restarts=apgd_restarts,
         )  # fmt: skip
-        rows = idx[:k]
         for name, x_adv, broken in (("pgd", x_pgd, pgd_broken), ("apgd", x_apgd, apgd_broken)):
             if name == "apgd" and apgd_steps == 0:
                 continue
@@ -267,13 +330,21 @@ def certify_dataset(
             adversarial[rows[fresh]] = x_adv[fresh]
         bar.update(k)
     bar.close()
+    owner = split.owner([np.arange(b * size, min(n, (b + 1) * size)) for b in range(-(-n // size))])
+    states, by, clean, pgd_broken, apgd_broken, adversarial = split.merge(
+        owner, states, by, clean, pgd_broken, apgd_broken, adversarial
+    )
 
     for name in relaxations:
         open_ = np.flatnonzero(states == "unknown")
         if open_.size == 0:
             break
-        bar = tqdm(total=open_.size, desc=name, disable=not progress, leave=False, file=sys.stderr)
-        for idx, k in _chunks(open_, min(bound_batch_size(name, size), open_.size)):
+        chunks = list(_chunks(open_, min(bound_batch_size(name, size), open_.size)))
+        mine = split.mine(range(len(chunks)))
+        bar = tqdm(total=sum(chunks[c][1] for c in mine), desc=name, disable=not progress, leave=False,
+                   file=sys.stderr)  # fmt: skip
+        for c in sorted(mine):
+            idx, k = chunks[c]
             lb = np.asarray(fns["min_margin"](arch, params, x[idx], y[idx], eps32, relaxation=name, lo=lo, hi=hi))[:k]
             rows = idx[:k]
             margin_lower[rows] = np.fmax(margin_lower[rows], lb)
@@ -281,9 +352,16 @@ def certify_dataset(
             states[proven], by[proven] = "verified", name
             bar.update(k)
         bar.close()
+        owner = split.owner([idx[:k] for idx, k in chunks])
+        states, by, margin_lower = split.merge(owner, states, by, margin_lower)
 
     if milp:
-        _milp_stage(arch, params, x, y, eps, lo, hi, states, by, margin_lower, adversarial, milp_time_limit, progress)
+        open_ = np.flatnonzero(states == "unknown")
+        rows = open_[sorted(split.mine(range(open_.size)))]
+        _milp_stage(arch, params, x, y, eps, lo, hi, states, by, margin_lower, adversarial, milp_time_limit, progress,
+                    rows)  # fmt: skip
+        owner = split.owner([open_[i : i + 1] for i in range(open_.size)])
+        states, by, margin_lower, adversarial = split.merge(owner, states, by, margin_lower, adversarial)
 
     settings = {
         "data": f"{ds.name}: {getattr(ds, 'source', '') or 'memory'}",
@@ -312,15 +390,14 @@ def certify_dataset(
     )
 
 
-def _milp_stage(arch, params, x, y, eps, lo, hi, states, by, margin_lower, adversarial, time_limit, progress):  # type: ignore[no-untyped-def]
-    """The exact MILP on the examples still ``unknown`` (updates the arrays in place)."""
+def _milp_stage(arch, params, x, y, eps, lo, hi, states, by, margin_lower, adversarial, time_limit, progress, rows):  # type: ignore[no-untyped-def]
+    """The exact MILP on the examples ``rows`` (updates the arrays in place)."""
     from tqdm import tqdm
 
     from jaxcert.bounds.exact import exact_margin_check
 
     num_classes = _num_outputs(arch, params, x[:1])
-    open_ = np.flatnonzero(states == "unknown")
-    for i in tqdm(open_, desc="milp", disable=not progress, leave=False, file=sys.stderr):
+    for i in tqdm(rows, desc="milp", disable=not progress, leave=False, file=sys.stderr):
         lower = np.clip(x[i] - np.float32(eps), lo, hi)
         upper = np.clip(x[i] + np.float32(eps), lo, hi)
         others = [j for j in range(num_classes) if j != y[i]]
@@ -365,12 +442,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", help="where the test split is (default: the run's data_dir or the usual places)")
     p.add_argument("--no-progress", action="store_true")
+    d = p.add_argument_group("multi-process (the examples split over the processes; process 0 writes the report)")
+    d.add_argument("--distributed", action="store_true", help="join a multi-process run (jax.distributed)")
+    d.add_argument("--coordinator", help="HOST:PORT of process 0 (default: auto-detected on TPU VMs / SLURM / MPI)")
+    d.add_argument("--num-processes", type=int, help="number of processes (with --coordinator)")
+    d.add_argument("--process-id", type=int, help="this process's index in [0, N) (with --coordinator)")
+    d.add_argument("--distributed-timeout", type=float, default=120.0, help="seconds for every process to join")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from jaxcert.train.distributed import DistributedInitError, initialize, is_main_process
+
     try:
+        if args.distributed:  # before anything touches the devices
+            initialize(args.coordinator, args.num_processes, args.process_id, timeout=args.distributed_timeout)
+        elif (args.coordinator, args.num_processes, args.process_id) != (None, None, None):
+            raise ValueError("--coordinator, --num-processes and --process-id need --distributed")
+        main_process = is_main_process()
         from jaxcert.runs import load_run, load_test_split
 
         arch, params, config = load_run(args.run_dir)
@@ -379,17 +469,20 @@ def main(argv: list[str] | None = None) -> int:
         ds = load_test_split(config, data_dir=args.data_dir, limit=args.limit)
         eps = config.test_eps if args.eps is None else args.eps
         relaxations = tuple(r.strip() for r in args.relaxations.split(",") if r.strip())
-        print(f"certifying {args.run_dir} on {len(ds)} test examples of {ds.name} ({ds.source or 'memory'}) at "
-              f"eps={eps}: {' -> '.join(relaxations)}{' -> milp' if args.milp else ''}")  # fmt: skip
+        if main_process:
+            print(f"certifying {args.run_dir} on {len(ds)} test examples of {ds.name} ({ds.source or 'memory'}) at "
+                  f"eps={eps}: {' -> '.join(relaxations)}{' -> milp' if args.milp else ''}")  # fmt: skip
         report = certify_dataset(
             arch, params, ds, eps, relaxations=relaxations, pgd_steps=args.pgd_steps,
             pgd_restarts=args.pgd_restarts, apgd_steps=args.apgd_steps, apgd_restarts=args.apgd_restarts,
             milp=args.milp, milp_time_limit=args.milp_time_limit, batch_size=args.batch_size, seed=args.seed,
-            progress=not args.no_progress,
+            progress=main_process and not args.no_progress, distributed=args.distributed,
         )  # fmt: skip
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, DistributedInitError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if not main_process:  # a multi-process run reports once, from process 0
+        return 0
     json_path, md_path = write_report(report, args.run_dir)
     print(report.markdown())
     print(f"written: {json_path}, {md_path}")

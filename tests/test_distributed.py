@@ -8,6 +8,7 @@ ends with a clear error within a bounded time. Every process is a subprocess wit
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -20,6 +21,7 @@ import jax
 import numpy as np
 import pytest
 
+from jaxcert.certify import main as main_certify
 from jaxcert.data import concentric_spheres
 from jaxcert.evaluate import evaluate_per_example
 from jaxcert.nets import get_architecture, init_params
@@ -45,7 +47,7 @@ DRIVER = textwrap.dedent(
     import numpy as np
     from jaxcert.train.configs import get_config, override
     from jaxcert.train.distributed import is_main_process, to_host
-    from jaxcert.evaluate import evaluate
+    from jaxcert.certify import certify_dataset
     from jaxcert.train.loop import load_data, train
 
     args = json.loads(sys.argv[1])
@@ -64,13 +66,14 @@ DRIVER = textwrap.dedent(
             "losses": [r["loss"] for r in result["metrics"]],
             "params": [np.asarray(p).ravel().tolist() for p in __import__("jax").tree_util.tree_leaves(params)],
         }
-        if evaluated:  # the loop's (sharded) evaluation, and one process's evaluation of the same params
+        if evaluated:  # the loop's (split) certification, and one process's certification of the same params
             results[name]["eval"] = result["eval"]
-            results[name]["eval_here"] = evaluate(
+            results[name]["eval_here"] = certify_dataset(
                 result["arch"], to_host(result["state"].full_params), load_data(config)[1], config.test_eps,
-                relaxations=config.eval_relaxations, pgd_steps=config.eval_pgd_steps, batch_size=16,
-                limit=config.test_limit, seed=config.seed,
-            )
+                relaxations=config.eval_cascade, pgd_steps=config.eval_pgd_steps,
+                pgd_restarts=config.eval_pgd_restarts, apgd_steps=config.eval_apgd_steps, batch_size=16,
+                limit=config.test_limit, seed=config.seed, progress=False,
+            ).accuracies()
     if args["devices"] == 4:  # the meshes of 4 devices by data-axis size (a size-1 axis is dropped)
         from jaxcert.train.sharding import training_mesh
 
@@ -162,14 +165,48 @@ def test_two_processes_train_like_one_process_and_like_one_device(equivalent_run
     assert Checkpoints(out / "checkpoints", every=3).latest_step() == 3  # written by both processes together
 
 
-def test_evaluation_split_over_two_processes_equals_one_process_evaluation(equivalent_runs):
+def test_evaluation_split_over_two_processes_equals_one_process_certification(equivalent_runs):
     two = equivalent_runs["two"]["certified"]
-    cascade = get_config("tiny").eval_cascade  # IBP, CROWN-IBP and the training relaxation, each on its own
-    assert set(two["eval"]) == {"clean_acc", "pgd_acc", *(f"cert_acc/{r}" for r in cascade)}
+    cascade = get_config("tiny").eval_cascade  # the certify cascade: cert_acc/<r> cumulative
+    accuracies = {"clean_acc", "pgd_acc", "apgd_acc", "robust_acc", "cert_acc", *(f"cert_acc/{r}" for r in cascade)}
+    assert set(two["eval"]) == accuracies
     assert two["eval"] == two["eval_here"]
     assert 0.0 < two["eval"]["clean_acc"] < 1.0  # the counts are not trivially 0 or all
     for other in ("four", "one"):
         assert equivalent_runs[other]["certified"]["eval"] == equivalent_runs[other]["certified"]["eval_here"]
+    written = {
+        k: json.loads((equivalent_runs["root"] / k / "certified" / "results.json").read_text()) for k in ("two", "one")
+    }
+    assert set(written["two"]) == set(written["one"]) >= accuracies  # results.json: the keys of a 1-process run
+    assert all(written["two"][k] == two["eval"][k] for k in accuracies)
+    report = json.loads((equivalent_runs["root"] / "two" / "certified" / "certify.json").read_text())
+    assert len(report["examples"]) == 64 and report["summary"]["cert_acc"] == two["eval"]["cert_acc"]
+
+
+def test_certify_split_over_two_processes_writes_the_report_of_one_process(tiny_run, tmp_path):
+    # 4 attack batches of 16 and, for CROWN, chunks of 2 open examples: both processes get a share of each stage
+    options = ["--eps", "0.1", "--relaxations", "ibp,crown-ibp,crown", "--batch-size", "16", "--pgd-steps", "5",
+               "--apgd-steps", "10", "--no-progress"]  # fmt: skip
+    dirs = {k: tmp_path / k for k in ("one", "two")}
+    for d in dirs.values():
+        shutil.copytree(tiny_run[0], d)
+        (d / "certify.json").unlink(missing_ok=True)
+    port = free_port()
+    two = [
+        ["-m", "jaxcert.certify", str(dirs["two"]), *options, "--distributed", "--coordinator", f"localhost:{port}",
+         "--num-processes", "2", "--process-id", str(i), "--distributed-timeout", "60"]
+        for i in range(2)
+    ]  # fmt: skip
+    done = finish([launch(argv, devices=2) for argv in [*two, ["-m", "jaxcert.certify", str(dirs["one"]), *options]]])
+    for code, _, stderr in done:
+        assert code == 0, stderr[-3000:]
+    assert "written:" in done[0][1] and "certif" not in done[1][1], "process 0 alone prints and writes the report"
+    one, split = (json.loads((d / "certify.json").read_text()) for d in (dirs["one"], dirs["two"]))
+    assert split["examples"] == one["examples"]  # per example: state, deciding method, certified margin bound
+    del one["summary"]["seconds"], split["summary"]["seconds"]
+    assert split["summary"] == one["summary"] and split["settings"] == one["settings"]
+    assert len({e["by"] for e in one["examples"]}) >= 4  # misclassified, attacked and certified examples: not vacuous
+    assert main_certify([str(dirs["one"]), "--coordinator", f"localhost:{port}"]) == 2  # needs --distributed
 
 
 def test_the_mesh_is_batch_by_members_and_one_dimensional_when_one_axis_has_size_one(equivalent_runs):
@@ -223,15 +260,19 @@ def test_a_missing_process_an_unreachable_coordinator_or_no_cluster_is_a_clear_e
     nobody = [*base, "--out", str(tmp_path / "b"), "--coordinator", f"localhost:{free_port()}", "--num-processes",
               "2", "--process-id", "1"]  # fmt: skip
     undetected = [*base, "--out", str(tmp_path / "c")]  # auto-detection outside a TPU VM / SLURM / MPI job
+    certify = ["-m", "jaxcert.certify", str(tmp_path / "d"), "--distributed", "--coordinator",
+               f"localhost:{free_port()}", "--num-processes", "2", "--process-id", "1", "--distributed-timeout",
+               str(join_timeout)]  # fmt: skip
     start = time.monotonic()
-    results = finish([launch(alone, 1), launch(nobody, 1), launch(undetected, 1)], timeout=120)
-    (code_a, _, err_a), (code_b, _, err_b), (code_c, _, err_c) = results
+    results = finish([launch(alone, 1), launch(nobody, 1), launch(undetected, 1), launch(certify, 1)], timeout=120)
+    (code_a, _, err_a), (code_b, _, err_b), (code_c, _, err_c), (code_d, _, err_d) = results
     assert time.monotonic() - start < 120
     assert code_a == 2 and "did not join within 4 s" in err_a, err_a[-2000:]
     assert "--num-processes" in err_a
     assert code_b == 2 and "cannot reach the coordinator at localhost:" in err_b, err_b[-2000:]
     assert "Traceback" not in err_b
     assert code_c == 2 and "pass --coordinator HOST:PORT --num-processes N --process-id I" in err_c, err_c[-2000:]
+    assert code_d == 2 and "cannot reach the coordinator at localhost:" in err_d, err_d[-2000:]  # certify: the same
 
 
 def test_each_process_evaluates_its_round_robin_share_of_the_test_batches():

@@ -334,22 +334,16 @@ def train(config: TrainConfig, *, resume: bool = True, progress: bool = True, ev
                 f"PGD {config.eval_pgd_steps} steps x {config.eval_pgd_restarts} restarts, APGD-CE "
                 f"{config.eval_apgd_steps} steps, certified by {' -> '.join(cascade)}"
             )
-        if multi:  # every process holds all the params and evaluates its share of the test batches
-            from jaxcert.train.sharded_eval import evaluate_sharded
-
-            scores = evaluate_sharded(
-                arch, dist.to_host(state.full_params), test_ds, config.test_eps, relaxations=cascade,
-                pgd_steps=config.eval_pgd_steps, batch_size=config.eval_batch_size, limit=config.test_limit,
-                seed=config.seed,
-            )  # fmt: skip
-        else:
-            report = certify_dataset(
-                arch, state.full_params, test_ds, config.test_eps, relaxations=cascade,
-                pgd_steps=config.eval_pgd_steps, pgd_restarts=config.eval_pgd_restarts,
-                apgd_steps=config.eval_apgd_steps, batch_size=config.eval_batch_size, limit=config.test_limit,
-                seed=config.seed, progress=progress,
-            )  # fmt: skip
-            scores = report.accuracies()
+        # multi-process: every process holds all the params and certifies its share of the test examples
+        params = dist.to_host(state.full_params) if multi else state.full_params
+        report = certify_dataset(
+            arch, params, test_ds, config.test_eps, relaxations=cascade, pgd_steps=config.eval_pgd_steps,
+            pgd_restarts=config.eval_pgd_restarts, apgd_steps=config.eval_apgd_steps,
+            batch_size=config.eval_batch_size, limit=config.test_limit, seed=config.seed,
+            progress=progress and main, distributed=multi,
+        )  # fmt: skip
+        scores = report.accuracies()
+        if main:
             write_report(report, out)
         result["eval"] = scores
         summary = {"eps": config.test_eps, "test_examples": n_test, "relaxations": list(cascade)}
