@@ -15,6 +15,8 @@ Since a verified example has no counterexample in the box, ``cert_acc ≤ robust
 (``robust_acc``: not falsified by any attack). ``cert_acc/<r>`` is the fraction certified by the cascade up
 to and including relaxation ``r``. Everything is traced at matmul precision ``"highest"`` (see
 :mod:`jaxcert.evaluate`). Results: ``certify.json`` (summary and per-example states) and ``certify.md``.
+With ``--distributed`` (``distributed=True``) the processes of a multi-process run share the work and
+process 0 writes the same report as one process would (``_Split``).
 """
 
 from __future__ import annotations

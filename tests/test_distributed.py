@@ -2,8 +2,9 @@
 
 2 processes × 2 host devices train the same as 1 process × 4 devices and as 1 device (certified IBP with the
 batch split over the 4 devices, RGS on a 2 × 2 batch × members mesh, PGPE with the population over the 4
-devices); a 2-process run killed after a checkpoint resumes; a missing process or an unreachable coordinator
-ends with a clear error within a bounded time. Every process is a subprocess with a timeout.
+devices); the final certification and ``python -m jaxcert.certify --distributed`` split over 2 processes give
+one process's report; a 2-process run killed after a checkpoint resumes; a missing process or an unreachable
+coordinator ends with a clear error within a bounded time. Every process is a subprocess with a timeout.
 """
 
 import json
