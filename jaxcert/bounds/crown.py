@@ -6,19 +6,30 @@ earlier ReLUs with the lines of :mod:`jaxcert.bounds.relu_slopes`; then the outp
 (``C`` folded into the last Dense layer) is back-substituted once. See :mod:`jaxcert.bounds.backsub`
 for the backward rules.
 
-Intermediate bounds are intersected with interval bounds propagated forward from the previous ReLU's
-(already tightened) bounds, ``[max(l_CROWN, l_IBP), min(u_CROWN, u_IBP)]``; both are sound, so the
-intersection is. The first ReLU's bounds are taken from IBP directly when the layers before it contain
-at most one Dense/Conv layer (the others being diagonal: Normalize, BatchNorm, Flatten), where interval
-arithmetic is exact. The output bounds are pure CROWN (no intersection).
+Only neurons that the forward interval (interval arithmetic from the previous ReLU's already tightened
+bounds) leaves unstable, ``l < 0 < u``, get rows: a stable neuron's relaxation is exact (``y = x`` or
+``y = 0``) whatever its bounds, so it keeps its interval bounds. An unstable neuron gets
+``[max(l_CROWN, l), min(u_CROWN, u)]``; both are sound, so the intersection is. The first ReLU's bounds
+are the interval ones when the layers before it contain at most one Dense/Conv layer (the others being
+diagonal: Normalize, BatchNorm, Flatten), where interval arithmetic is exact. The output bounds are pure
+CROWN (no intersection).
 
-Complexity: the ReLU layer ``i`` with ``N_i`` neurons costs one transposed pass of the layers before
-it for ``2 N_i`` rows per example: time ``O(B · Σ_i 2 N_i · cost(layers < i))``, memory
-``O(B · 2 N_i · max_{k<i} |h_k|)``. The affine layers directly below the pre-activation are the same
-for every example, so their part of the pass is done once and broadcast over the batch
-(:func:`jaxcert.bounds.backsub.neuron_rows`). On conv nets the remaining cost still dominates (e.g.
-CNN3 on 28×28: 2·1568 rows of size 14·14·16 after the second ReLU, ~40 MB per example in float32);
-CROWN-IBP avoids it (only ``2K`` rows for the K outputs).
+Cost and the options that cut it (all exact unless said otherwise):
+
+    unstable_budget=k   rows for at most k unstable neurons per example and layer (the widest;
+                        :mod:`jaxcert.bounds.neuron_rows`); the others keep interval bounds: sound, looser
+                        unless k covers every unstable neuron (then equal to full CROWN)
+    patches             rows of convolutional neurons as windows of their receptive field
+                        (:mod:`jaxcert.bounds.patches`): memory O(B · R · K² · C) instead of O(B · R · |h|)
+    max_rows_bytes      rows back-substituted in lax.map chunks of at most this many bytes
+                        (:mod:`jaxcert.bounds.row_chunks`)
+    bound_upper=False   the output pass back-substitutes ``C`` only, not ``[C; -C]``; the upper bound is
+                        then the interval one (what margins need: :func:`margin_lower_bounds` passes it)
+
+Without them the ReLU layer ``i`` with ``N_i`` neurons costs one transposed pass of the layers before it
+for ``2 N_i`` rows per example (e.g. CNN3 on 28×28: 2·1568 dense rows of size 14·14·16 after the second
+ReLU, ~40 MB per example in float32; as 4×4×16 windows, 12× less). The affine layers directly below the
+pre-activation are the same for every example, so their part of the pass is done once at batch 1.
 
 Registered: "crown" and "deeppoly" (min-area slope), "crown-zero", "crown-one", "crown-parallel",
 "crown-zero-c", "crown-one-c", "crown-soft" (option ``gamma``; the "-c" ramps take ``tau``), and
