@@ -19,8 +19,7 @@ import pytest
 from jaxcert.bounds import get_relaxation, input_box, margin_lower_bounds, margin_spec
 from jaxcert.bounds.crown import crown_with_intermediate
 from jaxcert.bounds.exact import exact_bounds, lp_bounds
-from jaxcert.bounds.neuron_rows import unstable_mask
-from jaxcert.bounds.relu_slopes import relu_lines
+from jaxcert.bounds.relu_slopes import crossing_mask, relu_lines
 from jaxcert.nets import BatchNorm, Conv, Dense, Flatten, Normalize, ReLU, forward, init_params
 from tests.soundness import sample_box, tiny_params
 
@@ -102,7 +101,7 @@ def test_a_small_budget_is_sound_and_looser():
     small, full = out["patches=True, budget=2"], out["patches=True, budget=None"]
     # the budget leaves unstable neurons with their interval bounds: the layer after the first refined one
     # has more than 2 unstable neurons per example, so the budget is binding
-    assert int(jnp.min(jnp.sum(unstable_mask(*full[2][1]).reshape(3, -1), axis=1))) > 2
+    assert int(jnp.min(jnp.sum(crossing_mask(*full[2][1]).reshape(3, -1), axis=1))) > 2
     assert float(jnp.sum(full[0] - small[0])) > 1e-3  # looser somewhere
     # first refined layer: the picked neurons get the full bounds, the others keep wider interval bounds
     (sl, su), (fl, fu) = small[2][1], full[2][1]
@@ -241,7 +240,7 @@ def test_one_layer_crown_equals_the_triangle_lp_where_every_crossing_neuron_take
     x = jnp.asarray(np.random.default_rng(0).random((2, 5)), jnp.float32)
     lo, hi = x - 0.3, x + 0.3
     lb, ub, pre = crown_with_intermediate(arch, params, lo, hi)
-    assert int(jnp.sum(unstable_mask(*pre[0]))) >= 4  # crossing neurons present: the LP is not trivial
+    assert int(jnp.sum(crossing_mask(*pre[0]))) >= 4  # crossing neurons present: the LP is not trivial
     lp_lb, lp_ub = lp_bounds(arch, params, lo, hi, None, intermediate=pre)
     np.testing.assert_allclose(ub[:, 0], lp_ub[:, 0], rtol=1e-4, atol=1e-4)  # w > 0: upper lines
     np.testing.assert_allclose(lb[:, 1], lp_lb[:, 1], rtol=1e-4, atol=1e-4)  # w < 0: upper lines again

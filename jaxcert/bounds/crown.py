@@ -49,7 +49,7 @@ import jax.numpy as jnp
 from jaxcert.bounds.backsub import backsubstitute, neuron_rows, reject_options, split_two_sided, two_sided_rows
 from jaxcert.bounds.ibp import affine_interval as folded_interval
 from jaxcert.bounds.neuron_rows import check_budget, rows_needed, scatter_refined, select_unstable
-from jaxcert.bounds.patches import Window, backsubstitute_windows, supports_windows, window_elements
+from jaxcert.bounds.patches import backsubstitute_windows, layer_windows, supports_windows, window_elements
 from jaxcert.bounds.registry import register
 from jaxcert.bounds.relu_slopes import ReluLines, check_rule, check_rule_options, relu_lines
 from jaxcert.bounds.row_chunks import MAX_ROWS_BYTES, check_max_rows_bytes, map_row_chunks, rows_per_chunk
@@ -110,14 +110,7 @@ def _interval_is_exact(prefix: Arch) -> bool:
 
 def _window_geometry_fits(arch: Arch, in_shape: tuple[int, ...]) -> bool:
     """Windows pay when, on every layer, the receptive field is no larger than the layer itself."""
-    layer_shapes = shapes(arch, in_shape)
-    window = Window()
-    for i in reversed(range(len(arch))):
-        if isinstance(arch[i], Conv):
-            window = window.through_conv(arch[i])
-            if window.size > max(layer_shapes[i][:2]):
-                return False
-    return True
+    return all(w.size <= max(shape[:2]) for shape, w in layer_windows(arch, in_shape))
 
 
 def use_windows(arch: Arch, in_shape: tuple[int, ...], patches: bool | str) -> bool:

@@ -16,15 +16,10 @@ With ``k`` ≥ the number of unstable neurons of every example both give the sam
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 
-
-def unstable_mask(lower: jax.Array, upper: jax.Array) -> jax.Array:
-    """True where ``l < 0 < u``."""
-    return (lower < 0) & (upper > 0)
+from jaxcert.bounds.relu_slopes import crossing_mask
 
 
 def check_budget(budget: int | None) -> None:
@@ -44,7 +39,7 @@ def select_unstable(lower: jax.Array, upper: jax.Array, k: int) -> jax.Array:
     """Flat indices (B, k) of the ``k`` unstable neurons of widest interval per example (then stable ones)."""
     batch = lower.shape[0]
     width = (upper - lower).reshape(batch, -1)
-    score = jnp.where(unstable_mask(lower, upper).reshape(batch, -1), width, -1.0)
+    score = jnp.where(crossing_mask(lower, upper).reshape(batch, -1), width, -1.0)
     return jax.lax.top_k(score, k)[1]
 
 
@@ -55,7 +50,7 @@ def scatter_refined(
     ``new_lower``/``new_upper`` (B, k or N); the other neurons keep ``lower``/``upper``."""
     batch, shape = lower.shape[0], lower.shape[1:]
     flat_lo, flat_hi = lower.reshape(batch, -1), upper.reshape(batch, -1)
-    unstable = unstable_mask(flat_lo, flat_hi)
+    unstable = crossing_mask(flat_lo, flat_hi)
     if index is None:
         out_lo = jnp.where(unstable, new_lower, flat_lo)
         out_hi = jnp.where(unstable, new_upper, flat_hi)
@@ -65,7 +60,3 @@ def scatter_refined(
         out_lo = flat_lo.at[rows, index].set(jnp.where(picked, new_lower, flat_lo[rows, index]))
         out_hi = flat_hi.at[rows, index].set(jnp.where(picked, new_upper, flat_hi[rows, index]))
     return out_lo.reshape(batch, *shape), out_hi.reshape(batch, *shape)
-
-
-def num_neurons(shape: tuple[int, ...]) -> int:
-    return math.prod(shape)

@@ -72,15 +72,22 @@ class Window:
         return Window(size, self.stride * conv.stride, self.offset * conv.stride + conv.padding)
 
 
-def window_elements(arch: Arch, in_shape: tuple[int, ...]) -> int:
-    """The largest window (``K² · C`` elements) of a row of the output of ``arch`` on any of its layers."""
+def layer_windows(arch: Arch, in_shape: tuple[int, ...]) -> list[tuple[tuple[int, ...], Window]]:
+    """``(shape of the input of layer i, window of a row of the output of arch on it)`` for every layer,
+    from the last layer down to the first."""
     layer_shapes = shapes(arch, in_shape)
-    window, largest = Window(), layer_shapes[-1][-1]
+    window, out = Window(), []
     for i in reversed(range(len(arch))):
         if isinstance(arch[i], Conv):
             window = window.through_conv(arch[i])
-        largest = max(largest, window.size**2 * layer_shapes[i][-1])
-    return largest
+        out.append((layer_shapes[i], window))
+    return out
+
+
+def window_elements(arch: Arch, in_shape: tuple[int, ...]) -> int:
+    """The largest window (``K² · C`` elements) of a row of the output of ``arch`` on any of its layers."""
+    out_channels = shapes(arch, in_shape)[-1][-1]
+    return max([out_channels, *(w.size**2 * shape[-1] for shape, w in layer_windows(arch, in_shape))])
 
 
 def _index(pos: jax.Array, window: Window, extent: int) -> tuple[jax.Array, jax.Array]:

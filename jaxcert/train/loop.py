@@ -246,11 +246,11 @@ def train(config: TrainConfig, *, resume: bool = True, progress: bool = True, ev
     if not resume:
         clear_run(out)
     train_ds, test_ds, arch, params, trainer, mesh = setup(config)
-    if dist.is_main_process():
+    multi, main = dist.multi_process(mesh), dist.is_main_process()  # several processes: global arrays, process 0 writes
+    if main:
         _say(f"data: {config.dataset}, {len(train_ds)} training examples from {train_ds.source or 'memory'}")
     shard_data = mesh is not None and BATCH in mesh.axis_names
     state: TrainState = trainer.init(params)
-    multi, main = dist.multi_process(mesh), dist.is_main_process()  # several processes: global arrays, process 0 writes
     if multi:
         state = dist.replicate(state, mesh)
         data_sharding = dist.batch_sharding(mesh, shard_data)
