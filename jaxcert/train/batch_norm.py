@@ -1,15 +1,22 @@
-"""BatchNorm running statistics, updated outside the gradient.
+"""BatchNorm statistics of the clean batch: running averages (eval mode) and batch statistics (train mode).
 
-Bounds and losses use BatchNorm in evaluation mode (an affine map, exact in every relaxation). After
-each step the running statistics of every BatchNorm layer are moved towards the statistics of its input
-on the clean batch (the forward pass normalising with batch statistics, as in training mode):
+For every BatchNorm layer with input ``h`` on the clean batch (the forward pass normalising with these
+same statistics, as in training mode), the batch statistics are
 
-    mean ← (1 - m) · mean + m · E_batch[h],    var ← (1 - m) · var + m · Var_batch[h],
+    μ_B = E_batch[h],    σ²_B = Var_batch[h],    over all axes but the channel (last) axis.
 
-over all axes but the channel axis. No gradient flows through the statistics.
+- :func:`update_running_stats` moves the running statistics towards them after each step, outside the
+  gradient: ``mean ← (1 - m) · mean + m · μ_B``, ``var ← (1 - m) · var + m · σ²_B``. Evaluation and
+  certification use the running statistics (eval mode).
+- :func:`with_batch_stats` (``bn_mode="batch"``, CROWN-IBP / Shi et al. 2021) wraps an objective so that
+  the forward pass AND the bounds use ``(μ_B, σ²_B)`` in place of the running statistics, differentiable in
+  the trainable weights. With the statistics fixed, BatchNorm is again an affine map, exact in every
+  relaxation: the bounds are sound for the network with those statistics.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -17,9 +24,32 @@ import jax.numpy as jnp
 from jaxcert.nets.layers import Arch, BatchNorm
 from jaxcert.nets.network import LayerParams, merge
 
+#: ``bn_mode`` values: running statistics (``"eval"``) or the clean batch's statistics (``"batch"``).
+BN_MODES = ("eval", "batch")
+
+
+def check_bn_mode(bn_mode: str) -> None:
+    if bn_mode not in BN_MODES:
+        raise ValueError(f"unknown bn_mode {bn_mode!r}; expected one of {', '.join(BN_MODES)}")
+
 
 def has_batch_norm(arch: Arch) -> bool:
     return any(isinstance(spec, BatchNorm) for spec in arch)
+
+
+def batch_stats(arch: Arch, trainable: LayerParams, frozen: LayerParams, x: jax.Array) -> LayerParams:
+    """``frozen`` with every BatchNorm layer's ``mean``/``var`` replaced by ``(μ_B, σ²_B)`` of its input on
+    ``x`` (differentiable in ``trainable``); other layers' entries unchanged."""
+    stats = []
+    h = x
+    for spec, p, f in zip(arch, merge(trainable, frozen), frozen, strict=True):
+        if isinstance(spec, BatchNorm):
+            axes = tuple(range(h.ndim - 1))
+            f = {"mean": jnp.mean(h, axis=axes), "var": jnp.var(h, axis=axes)}
+            p = {**p, **f}
+        h = spec.apply(p, h)
+        stats.append(f)
+    return stats
 
 
 def update_running_stats(
@@ -28,19 +58,17 @@ def update_running_stats(
     """New ``frozen`` (running mean/var) after one EMA step on the batch ``x``; unchanged without BatchNorm."""
     if not has_batch_norm(arch):
         return frozen
-    params = jax.lax.stop_gradient(merge(trainable, frozen))
-    new_frozen = []
-    h = x
-    for spec, p, f in zip(arch, params, frozen, strict=True):
-        if isinstance(spec, BatchNorm):
-            axes = tuple(range(h.ndim - 1))
-            mean, var = jnp.mean(h, axis=axes), jnp.var(h, axis=axes)
-            h = (h - mean) * p["scale"] * jax.lax.rsqrt(var + spec.eps) + p["bias"]
-            f = {
-                "mean": (1 - momentum) * f["mean"] + momentum * mean,
-                "var": (1 - momentum) * f["var"] + momentum * var,
-            }
-        else:
-            h = spec.apply(p, h)
-        new_frozen.append(f)
-    return new_frozen
+    stats = batch_stats(arch, jax.lax.stop_gradient(trainable), frozen, x)
+    return jax.tree_util.tree_map(lambda old, new: (1 - momentum) * old + momentum * new, frozen, stats)
+
+
+def with_batch_stats(arch: Arch, objective: Callable[..., tuple]) -> Callable[..., tuple]:
+    """``objective`` evaluated with the batch statistics of the clean batch ``x`` (:func:`batch_stats`) in
+    place of the running statistics; ``objective`` itself if ``arch`` has no BatchNorm."""
+    if not has_batch_norm(arch):
+        return objective
+
+    def batch_mode(trainable, frozen, x, y, step):  # type: ignore[no-untyped-def]
+        return objective(trainable, batch_stats(arch, trainable, frozen, x), x, y, step)
+
+    return batch_mode

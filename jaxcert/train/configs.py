@@ -45,6 +45,9 @@ class TrainConfig:
     beta_final: float = 0.0  # final CROWN-IBP mixing weight beta (CROWN share of the bound)
     l1: float = 0.0  # L1 weight penalty
     bn_momentum: float = 0.1  # BatchNorm running-statistics momentum
+    bn_mode: str = "eval"  # BatchNorm statistics in training losses and bounds: eval (running) | batch (clean batch's)
+    reg_weight: float = 0.0  # Shi et al. warm-up regularisers (tightness + ReLU balance): weight λ (0: off)
+    reg_tol: float = 0.5  # Shi et al. warm-up regularisers: tolerance τ
     # optimisation
     steps: int = 1000  # training steps
     batch_size: int = 128  # examples per step
@@ -117,6 +120,10 @@ class TrainConfig:
             raise ValueError(f"momentum and weight_decay must be in [0, 1), got {self.momentum}, {self.weight_decay}")
         if self.pgpe_optimizer not in PGPE_OPTIMIZERS:
             raise ValueError(f"unknown pgpe_optimizer {self.pgpe_optimizer!r}; known: {', '.join(PGPE_OPTIMIZERS)}")
+        if self.bn_mode not in ("eval", "batch"):
+            raise ValueError(f"unknown bn_mode {self.bn_mode!r}; expected 'eval' or 'batch'")
+        if self.reg_weight < 0 or self.reg_tol <= 0:
+            raise ValueError(f"reg_weight must be >= 0 and reg_tol > 0, got {self.reg_weight} and {self.reg_tol}")
         if self.init not in ("ibp", "default"):
             raise ValueError(f"unknown init {self.init!r}; expected 'ibp' or 'default'")
         for name in ("warmup_frac", "ramp_frac"):

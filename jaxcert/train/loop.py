@@ -146,15 +146,17 @@ def make_trainer(
     optimizer = make_optimizer(config)
     common = {"bn_momentum": config.bn_momentum}
     if config.method == "standard":
-        return standard_trainer(arch, optimizer, l1=config.l1, **common)
+        return standard_trainer(arch, optimizer, l1=config.l1, bn_mode=config.bn_mode, **common)
     if config.method == "pgd":
         return adversarial_trainer(
             arch, optimizer, schedule, norm=config.attack_norm, attack_steps=config.attack_steps, l1=config.l1,
             lo=lo, hi=hi, **common,
         )  # fmt: skip
+    loss_options = {"l1": config.l1, "lo": lo, "hi": hi, "bn_mode": config.bn_mode}
+    loss_options |= {"reg_weight": config.reg_weight, "reg_tol": config.reg_tol}
     if config.method == "certified":
-        return certified_trainer(arch, config.relaxation, optimizer, schedule, l1=config.l1, lo=lo, hi=hi, **common)
-    objective = certified_objective(arch, config.relaxation, schedule, l1=config.l1, lo=lo, hi=hi)
+        return certified_trainer(arch, config.relaxation, optimizer, schedule, **loss_options, **common)
+    objective = certified_objective(arch, config.relaxation, schedule, **loss_options)
     if config.method == "rgs":
         return rgs_trainer(
             arch, objective, optimizer, sigma=gls_sigma(config, params), samples=config.samples,
@@ -186,8 +188,10 @@ def _say(message: str) -> None:
 
 
 def config_differences(saved: dict[str, Any], config: TrainConfig) -> dict[str, tuple[Any, Any]]:
-    """``{field: (saved value, current value)}`` for the fields that would change the trajectory."""
+    """``{field: (saved value, current value)}`` for the fields that would change the trajectory; a field
+    missing from ``saved`` (written before the field existed) counts as its default."""
     current = json.loads(json.dumps(config.to_dict()))
+    saved = {**json.loads(json.dumps(TrainConfig().to_dict())), **saved}
     keys = [k for k in sorted(current) if k not in RESUME_FREE_FIELDS and saved.get(k) != current[k]]
     return {k: (saved.get(k), current[k]) for k in keys}
 

@@ -7,7 +7,12 @@ relaxation (:func:`jaxcert.bounds.certified_cross_entropy`) and the L1 term sums
 all trainable kernels. ε, κ and (for CROWN-IBP) β come from a :class:`RecipeSchedule` at the current step.
 
 An *objective* is the pure function ``(trainable, frozen, x, y, step) -> (loss, aux)`` shared by the
-certified, RGS and PGPE trainers; ``frozen`` holds the BatchNorm running statistics.
+certified, RGS and PGPE trainers; ``frozen`` holds the BatchNorm running statistics. With
+``bn_mode="batch"`` the forward pass and the bounds use the clean batch's BatchNorm statistics instead
+(:func:`jaxcert.train.batch_norm.with_batch_stats`). With ``reg_weight`` λ > 0 the certified objective adds
+Shi et al.'s warm-up regularisers during the ε ramp (:mod:`jaxcert.train.warmup_regularisers`):
+
+    L(θ) += λ (1 - ε_t / ε_final) · (L_tight + L_relu)     while 0 < ε_t < ε_final.
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ import jax.numpy as jnp
 from jaxcert.bounds import certified_cross_entropy, cross_entropy, get_relaxation, is_certified, margin_lower_bounds
 from jaxcert.nets.layers import Arch
 from jaxcert.nets.network import LayerParams, forward, merge
+from jaxcert.train.batch_norm import check_bn_mode, with_batch_stats
 from jaxcert.train.schedules import RecipeSchedule
+from jaxcert.train.warmup_regularisers import check_tol, warmup_regularisers, warmup_weight
 
 Objective = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
 
@@ -49,8 +56,9 @@ def batch_accuracy(logits: jax.Array, y: jax.Array) -> jax.Array:
     return jnp.mean((jnp.argmax(logits, -1) == y).astype(jnp.float32))
 
 
-def clean_objective(arch: Arch, *, l1: float = 0.0) -> Objective:
-    """Standard training: ``CE(f_θ(x), y) + λ Σ|W|``."""
+def clean_objective(arch: Arch, *, l1: float = 0.0, bn_mode: str = "eval") -> Objective:
+    """Standard training: ``CE(f_θ(x), y) + λ Σ|W|`` (BatchNorm statistics by ``bn_mode``)."""
+    check_bn_mode(bn_mode)
 
     def objective(trainable, frozen, x, y, step):  # type: ignore[no-untyped-def]
         del step
@@ -59,7 +67,7 @@ def clean_objective(arch: Arch, *, l1: float = 0.0) -> Objective:
         loss = ce + l1 * l1_penalty(trainable) if l1 else ce
         return loss, {"clean_loss": ce, "clean_acc": jnp.mean(jnp.argmax(logits, -1) == y)}
 
-    return objective
+    return with_batch_stats(arch, objective) if bn_mode == "batch" else objective
 
 
 def certified_objective(
@@ -70,14 +78,28 @@ def certified_objective(
     l1: float = 0.0,
     lo: float = 0.0,
     hi: float = 1.0,
+    bn_mode: str = "eval",
+    reg_weight: float = 0.0,
+    reg_tol: float = 0.5,
     **options: Any,
 ) -> Objective:
     """The mixed objective ``κ CE + (1-κ) CE_cert + λ Σ|W|`` with ε, κ, β from ``schedule(step)``.
+
+    ``bn_mode="batch"``: the clean batch's BatchNorm statistics in the forward pass and the bounds.
+    ``reg_weight > 0``: plus the warm-up regularisers with tolerance ``reg_tol`` (needs ``schedule.eps_final``),
+    logged as ``reg_tightness``, ``reg_relu``, ``tightness`` and ``reg_weight`` (the scheduled weight).
 
     The bounds are computed even while κ = 1 (clean warm-up): skipping them with ``lax.cond`` on the
     traced κ makes XLA:CPU run the convolutions inside the conditional 4-5x slower than the bounds cost.
     """
     get_relaxation(relaxation)  # unknown name -> ValueError now, not at trace time
+    check_bn_mode(bn_mode)
+    if reg_weight < 0:
+        raise ValueError(f"reg_weight must be >= 0, got {reg_weight}")
+    if reg_weight:
+        check_tol(reg_tol)
+        if schedule.eps_final is None:
+            raise ValueError("the warm-up regularisers need the schedule's final eps (RecipeSchedule.eps_final)")
 
     def objective(trainable, frozen, x, y, step):  # type: ignore[no-untyped-def]
         params = merge(trainable, frozen)
@@ -101,9 +123,14 @@ def certified_objective(
             "cert_acc": cert_acc,
             **values,
         }
+        if reg_weight:
+            regs = warmup_regularisers(arch, params, x, eps, reg_tol, lo, hi)
+            weight = warmup_weight(reg_weight, eps, schedule.eps_final)
+            loss = loss + weight * (regs["reg_tightness"] + regs["reg_relu"])
+            aux |= {**regs, "reg_weight": weight}
         return loss, aux
 
-    return objective
+    return with_batch_stats(arch, objective) if bn_mode == "batch" else objective
 
 
 def at_mean(objective: Objective, mean: LayerParams, frozen: LayerParams, x, y, step) -> dict[str, jax.Array]:  # type: ignore[no-untyped-def]

@@ -85,11 +85,13 @@ def step_decay(base: float, decay_steps: Sequence[int], factor: float = 0.1) -> 
 
 @dataclasses.dataclass(frozen=True)
 class RecipeSchedule:
-    """The ε, κ and β schedules of one training run (all ``step -> value``)."""
+    """The ε, κ and β schedules of one training run (all ``step -> value``); ``eps_final`` is the ε the
+    ramp ends at (None if unknown, e.g. a hand-built schedule)."""
 
     eps: Schedule
     kappa: Schedule
     beta: Schedule
+    eps_final: float | None = None
 
     def __call__(self, step: jax.Array | int) -> dict[str, jax.Array]:
         return {"eps": self.eps(step), "kappa": self.kappa(step), "beta": self.beta(step)}
@@ -126,4 +128,5 @@ def recipe_schedule(
         eps=eps_fn,
         kappa=linear_ramp(1.0, kappa_final, warmup, end),
         beta=linear_ramp(1.0, beta_final, warmup, end),
+        eps_final=float(eps),
     )

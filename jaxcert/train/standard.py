@@ -11,6 +11,12 @@ from jaxcert.train.state import Trainer
 
 
 def standard_trainer(
-    arch: Arch, optimizer: optax.GradientTransformation, *, l1: float = 0.0, bn_momentum: float = 0.1
+    arch: Arch,
+    optimizer: optax.GradientTransformation,
+    *,
+    l1: float = 0.0,
+    bn_momentum: float = 0.1,
+    bn_mode: str = "eval",
 ) -> Trainer:
-    return gradient_trainer(arch, plain_gradient(clean_objective(arch, l1=l1)), optimizer, bn_momentum=bn_momentum)
+    objective = clean_objective(arch, l1=l1, bn_mode=bn_mode)
+    return gradient_trainer(arch, plain_gradient(objective), optimizer, bn_momentum=bn_momentum)
