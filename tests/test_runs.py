@@ -112,6 +112,17 @@ def test_fresh_starts_over_and_a_different_config_in_the_folder_is_an_error_nami
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")][-1] == 20
 
 
+def test_a_config_saved_before_a_field_existed_resumes_when_the_field_is_at_its_default():
+    from jaxcert.train.loop import config_differences
+
+    config = get_config("tiny")
+    saved = json.loads(json.dumps(config.to_dict()))
+    del saved["bn_mode"], saved["reg_weight"]  # written before these fields existed
+    assert config_differences(saved, config) == {}
+    changed = override(config, reg_weight=0.5)
+    assert config_differences(saved, changed) == {"reg_weight": (0.0, 0.5)}
+
+
 def test_default_output_folders_are_distinct_per_override_and_stable_across_reruns():
     folder = lambda *argv: resolve_config(parse_train_args(["--config", "tiny", *argv])).out
     assert folder() == get_config("tiny").out
