@@ -150,5 +150,7 @@ def test_short_training_in_batch_mode_runs_with_each_trainer(method):
 def test_bn_mode_is_checked():
     with pytest.raises(ValueError, match="bn_mode"):
         TrainConfig(bn_mode="train")
+    with pytest.raises(ValueError, match="pgd"):
+        TrainConfig(bn_mode="batch", method="pgd")
     with pytest.raises(ValueError, match="bn_mode"):
         certified_objective(ARCH, "ibp", SCHEDULE, bn_mode="train")

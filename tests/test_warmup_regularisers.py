@@ -1,5 +1,7 @@
 """Shi et al. (2021) warm-up regularisers: bound tightness and ReLU balance from IBP intervals."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -108,11 +110,12 @@ def test_one_gradient_step_on_each_regulariser_improves_it():
     params, x, _ = setup()
     trainable, frozen = split_trainable(params)
 
+    @functools.partial(jax.jit, static_argnums=1)
     def regs(t, tol):
         return warmup_regularisers(ARCH, merge(t, frozen), x, EPS, tol)
 
     def step(name, tol, lr):
-        grad = jax.grad(lambda t: regs(t, tol)[name])(trainable)
+        grad = jax.jit(jax.grad(lambda t: regs(t, tol)[name]))(trainable)
         return jax.tree_util.tree_map(lambda p, g: p - lr * g, trainable, grad)
 
     tol = 5.0  # above the tightness of every layer: the hinge is active
@@ -129,6 +132,8 @@ def test_bad_regulariser_settings_are_clear_errors():
         TrainConfig(reg_weight=-1.0)
     with pytest.raises(ValueError, match="reg_tol"):
         TrainConfig(reg_tol=0.0)
+    with pytest.raises(ValueError, match="certified loss"):
+        TrainConfig(reg_weight=0.5, method="standard")
     with pytest.raises(ValueError, match="reg_tol"):
         certified_objective(ARCH, "ibp", schedule, reg_weight=0.5, reg_tol=0.0)
     hand_built = schedule.__class__(schedule.eps, schedule.kappa, schedule.beta)  # no eps_final

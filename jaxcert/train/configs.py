@@ -124,6 +124,10 @@ class TrainConfig:
             raise ValueError(f"unknown bn_mode {self.bn_mode!r}; expected 'eval' or 'batch'")
         if self.reg_weight < 0 or self.reg_tol <= 0:
             raise ValueError(f"reg_weight must be >= 0 and reg_tol > 0, got {self.reg_weight} and {self.reg_tol}")
+        if self.bn_mode == "batch" and self.method == "pgd":
+            raise ValueError("bn_mode='batch' is not supported by method 'pgd' (PGD training uses eval mode)")
+        if self.reg_weight and self.method in ("standard", "pgd"):
+            raise ValueError(f"reg_weight (warm-up regularisers) needs a certified loss, not method {self.method!r}")
         if self.init not in ("ibp", "default"):
             raise ValueError(f"unknown init {self.init!r}; expected 'ibp' or 'default'")
         for name in ("warmup_frac", "ramp_frac"):
