@@ -20,7 +20,7 @@ TINY_NETS = {
         (4, 4, 2),
     ),
     "bn": (
-        (Conv(3, 3, 2, 1), BatchNorm(), ReLU(), Flatten(), Dense(5), ReLU(), Dense(3)),
+        (Conv(3, 3, 2, 1), BatchNorm(), ReLU(), Flatten(), Dense(5), BatchNorm(), ReLU(), Dense(3)),
         (4, 4, 1),
     ),
 }

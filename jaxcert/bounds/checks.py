@@ -28,8 +28,15 @@ def check_input(arch: Arch, params: LayerParams, x: jax.Array) -> None:
                     f"layer {i} ({spec}) expects a flat input of size {p['kernel'].shape[0]}, "
                     f"got shape {shape} (input shape {tuple(x.shape[1:])})"
                 )
-        elif isinstance(spec, Conv | BatchNorm):
-            channels = p["kernel"].shape[2] if isinstance(spec, Conv) else p["scale"].shape[0]
+        elif isinstance(spec, BatchNorm):
+            channels = p["scale"].shape[0]
+            if len(shape) not in (1, 3) or shape[-1] != channels:
+                raise ValueError(
+                    f"layer {i} ({spec}) expects flat or HWC input with {channels} channels (last axis), got shape "
+                    f"{shape} (input shape {tuple(x.shape[1:])})"
+                )
+        elif isinstance(spec, Conv):
+            channels = p["kernel"].shape[2]
             if len(shape) != 3 or shape[-1] != channels:
                 raise ValueError(
                     f"layer {i} ({spec}) expects HWC input with {channels} channels, got shape {shape} "
