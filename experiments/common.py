@@ -11,6 +11,7 @@ down-sampled images) and writes no checkpoints. Results go to ``experiments/resu
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import math
 import time
@@ -23,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from jaxcert.certify import certify_dataset
 from jaxcert.data import Dataset, batches, load_dataset, num_batches
 from jaxcert.evaluate import evaluate_per_example
 from jaxcert.nets.layers import Arch
@@ -35,14 +37,57 @@ from jaxcert.train.state import TrainState
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
-def parse_args(description: str, argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """``--quick`` (tiny smoke setting), ``--out DIR`` (results directory), ``--no-progress``, ``--seed``."""
+def parse_args(description: str, argv: Sequence[str] | None = None, *, sized: bool = False) -> argparse.Namespace:
+    """``--quick`` (tiny smoke setting), ``--out DIR`` (results directory), ``--no-progress``, ``--seed``.
+
+    ``sized`` scripts also take ``--full`` (the setting sized for an accelerator), ``--seeds N`` (seeds
+    ``seed … seed+N-1``) and ``--eps`` (comma-separated radii); ``args.setting`` names the chosen setting."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--quick", action="store_true", help="tiny setting (< 1 minute), used by the tests")
     p.add_argument("--out", type=Path, default=RESULTS_DIR, help="directory for <name>.json and <name>.md")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="first seed")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
-    return p.parse_args(argv)
+    if sized:
+        p.add_argument("--full", action="store_true", help="the setting sized for an accelerator (hours on a CPU)")
+        p.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the setting's)")
+        p.add_argument("--eps", type=str, default=None, help="comma-separated radii (default: the setting's)")
+        p.add_argument(
+            "--set", action="append", default=[], metavar="KEY=VALUE",
+            help="override one entry of the setting (a Python literal), e.g. --set reg_weight=0.5",
+        )  # fmt: skip
+    args = p.parse_args(argv)
+    if sized:
+        if args.quick and args.full:
+            p.error("--quick and --full exclude each other")
+        args.setting = "quick" if args.quick else "full" if args.full else "default"
+        if args.seeds is not None and args.seeds < 1:
+            p.error(f"--seeds must be >= 1, got {args.seeds}")
+        if args.eps is not None:
+            try:
+                args.eps = tuple(float(e) for e in args.eps.split(","))
+            except ValueError:
+                p.error(f"--eps must be comma-separated numbers, got {args.eps!r}")
+            if any(not math.isfinite(e) or e < 0 for e in args.eps):
+                p.error(f"--eps values must be finite and >= 0, got {args.eps}")
+    return args
+
+
+def sized_setting(settings: dict[str, dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+    """The setting ``args.setting`` of ``settings`` with ``--set``, ``--seeds`` and ``--eps`` applied."""
+    s = dict(settings[args.setting])
+    for item in args.set:
+        key, sep, text = item.partition("=")
+        if not sep or key not in s:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(s))}")
+        try:
+            s[key] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            raise ValueError(f"--set {item!r}: {text!r} is not a Python literal") from None
+    if args.seeds is not None:
+        s["seeds"] = args.seeds
+    if args.eps is not None:
+        s["eps"] = args.eps
+    return s
 
 
 def downsample(ds: Dataset, factor: int) -> Dataset:
@@ -137,6 +182,77 @@ def accuracies(
     return out
 
 
+def certify_accuracies(
+    arch: Arch,
+    params: LayerParams,
+    ds: Dataset,
+    eps: float,
+    cascade: Sequence[str],
+    *,
+    pgd_steps: int = 5,
+    pgd_restarts: int = 1,
+    apgd_steps: int = 0,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict[str, float]:
+    """Accuracies of ``params`` on all of ``ds`` by :func:`jaxcert.certify.certify_dataset`: attacks, then the
+    relaxation ``cascade`` (each relaxation tried on the examples the previous ones left open).
+
+    ``cert_acc/<r>``: certified by the cascade up to and including ``r``; ``cert_acc``: by the whole cascade
+    (the strongest verifier of the run); ``robust_acc``: not falsified by any attack; plus ``certify_seconds``."""
+    report = certify_dataset(
+        arch, params, ds, eps, relaxations=tuple(cascade), pgd_steps=pgd_steps, pgd_restarts=pgd_restarts,
+        apgd_steps=apgd_steps, seed=seed, progress=progress,
+    )  # fmt: skip
+    return {**report.accuracies(), "certify_seconds": report.seconds}
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and (population) standard deviation."""
+    return float(np.mean(values)), float(np.std(values))
+
+
+def summarise(runs: Sequence[dict[str, Any]], group: Sequence[str], metrics: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per distinct value of the ``group`` keys (in order of first appearance): those keys, ``seeds``
+    (the number of runs) and, for each metric present, its mean over the runs and ``<metric>_std``."""
+    out: list[dict[str, Any]] = []
+    keys: list[tuple] = []
+    for run in runs:
+        k = tuple(run[g] for g in group)
+        if k not in keys:
+            keys.append(k)
+    for k in keys:
+        chosen = [r for r in runs if tuple(r[g] for g in group) == k]
+        row: dict[str, Any] = dict(zip(group, k, strict=True)) | {"seeds": len(chosen)}
+        for m in metrics:
+            values = [r[m] for r in chosen if r.get(m) is not None]
+            if values:
+                row[m], row[f"{m}_std"] = mean_std(values)
+        out.append(row)
+    return out
+
+
+def pm(row: dict[str, Any], key: str, percent: bool = False, digits: int = 3) -> str:
+    """``mean ± std`` cell of a :func:`summarise` row (``-`` when missing)."""
+    if key not in row:
+        return "-"
+    m, s = row[key], row[f"{key}_std"]
+    return f"{100 * m:.1f} ± {100 * s:.1f}" if percent else f"{m:.{digits}g} ± {s:.2g}"
+
+
+def compare(a: Sequence[float], b: Sequence[float], *, z: float = 2.0) -> dict[str, Any]:
+    """Is mean(a) > mean(b)? ``diff`` = mean(a) − mean(b), ``se`` = sqrt(s_a²/n_a + s_b²/n_b) (sample
+    variances; one run each gives se = nan) and the verdict: "reproduced" if diff > z·se, "not reproduced"
+    if diff < −z·se, else "inconclusive"."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    diff = float(a.mean() - b.mean())
+    if a.size < 2 or b.size < 2:
+        return {"diff": diff, "se": float("nan"), "verdict": "inconclusive (one seed)"}
+    se = float(np.sqrt(a.var(ddof=1) / a.size + b.var(ddof=1) / b.size))
+    verdict = "reproduced" if diff > z * se else "not reproduced" if diff < -z * se else "inconclusive"
+    return {"diff": diff, "se": se, "verdict": verdict}
+
+
 def fmt(value: Any, digits: int = 3) -> str:
     """A table cell: percentages for accuracies are the caller's business; floats get ``digits`` significant
     digits, ``None`` prints as ``-``."""
@@ -166,12 +282,19 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, 
 
 
 def write_results(
-    out_dir: Path, name: str, settings: dict[str, Any], rows: list[dict[str, Any]], table: str, seconds: float
+    out_dir: Path,
+    name: str,
+    settings: dict[str, Any],
+    rows: list[dict[str, Any]],
+    table: str,
+    seconds: float,
+    **extra: Any,
 ) -> Path:
-    """Write ``<name>.json`` ({"experiment", "settings", "rows", "seconds"}) and ``<name>.md`` (the table)."""
+    """Write ``<name>.json`` ({"experiment", "settings", "rows", "seconds", **extra}) and ``<name>.md``
+    (the table)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}.json"
-    record = {"experiment": name, "settings": settings, "rows": rows, "seconds": seconds}
+    record = {"experiment": name, "settings": settings, "rows": rows, "seconds": seconds, **extra}
     path.write_text(json.dumps(record, indent=2, default=_jsonable))
     (out_dir / f"{name}.md").write_text(table + "\n")
     return path

@@ -35,8 +35,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import numpy as np
-from common import accuracies, fit, markdown_table, parse_args, save_run, write_partial, write_results
+from common import accuracies, fit, markdown_table, mean_std, parse_args, pm, save_run, write_partial, write_results
 from tune_pgpe import train_validation_split
 
 from jaxcert.nets.architectures import mlp
@@ -90,10 +89,6 @@ def config_for(row: dict[str, Any], s: dict[str, Any], seed: int, init_from: str
     return dataclasses.replace(base, **{**fields, **warm})
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    return float(np.mean(values)), float(np.std(values))
-
-
 def summarise(label: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean and std over the seeds of the scores of one row."""
     out: dict[str, Any] = {"label": label, "seeds": len(runs)}
@@ -102,14 +97,6 @@ def summarise(label: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
         if values:
             out[key], out[f"{key}_std"] = mean_std(values)
     return out
-
-
-def pm(row: dict[str, Any], key: str, percent: bool = False, digits: int = 3) -> str:
-    """``mean ± std`` cell."""
-    if key not in row:
-        return "-"
-    m, s = row[key], row[f"{key}_std"]
-    return f"{100 * m:.1f} ± {100 * s:.1f}" if percent else f"{m:.{digits}g} ± {s:.2g}"
 
 
 def select_rows(rows: tuple[dict[str, Any], ...], substring: str | None) -> tuple[dict[str, Any], ...]:

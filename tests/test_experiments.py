@@ -43,9 +43,10 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
 
 
 def check_table(record: dict) -> None:
-    """The markdown file holds a header, a separator and one line per row, and is also printed."""
+    """The markdown file holds a header, a separator and one line per row (per summary row where the
+    script aggregates seeds), and is also printed."""
     lines = record["markdown"].strip().splitlines()
-    assert len(lines) == 2 + len(record["rows"])
+    assert len(lines) == 2 + len(record.get("summary", record["rows"]))
     assert lines[0].startswith("| ") and lines[1].startswith("|---")
     assert record["markdown"].strip() in record["stdout"]
 
@@ -59,32 +60,57 @@ def check_accuracy_chain(row: dict, relaxations: tuple[str, ...]) -> None:
     assert row["cert_acc/any"] + TOL >= max(certs)
 
 
+def check_cascade(row: dict, cascade: list[str]) -> None:
+    """A certify cascade: cert ⇒ not falsified ⇒ PGD-robust ⇒ clean, per example, so the means are ordered;
+    the cumulative ``cert_acc/<r>`` grow along the cascade and end at ``cert_acc``."""
+    assert 0.0 <= row["cert_acc"] <= row["robust_acc"] + TOL <= row["pgd_acc"] + 2 * TOL <= row["clean_acc"] + 3 * TOL
+    stages = [row[f"cert_acc/{r}"] for r in cascade]
+    assert stages == sorted(stages) and stages[-1] == pytest.approx(row["cert_acc"])
+    assert row["certify_seconds"] > 0
+
+
+def check_summary(record: dict, group: tuple[str, ...], metric: str) -> None:
+    """Each summary row is the mean ± std of its group's per-seed runs."""
+    for agg in record["summary"]:
+        values = [r[metric] for r in record["rows"] if all(r[g] == agg[g] for g in group)]
+        assert agg["seeds"] == len(values) == len(record["settings"]["seeds"])
+        assert agg[metric] == pytest.approx(np.mean(values)) and agg[f"{metric}_std"] == pytest.approx(np.std(values))
+
+
 def test_paradox_rows(results: dict[str, dict]) -> None:
     record = results["paradox"]
-    rows = record["rows"]
-    assert [r["relaxation"] for r in rows] == ["ibp", "crown"]
-    assert record["settings"]["eps"] == 0.1
+    rows, settings = record["rows"], record["settings"]
+    assert settings["arch"] == "cnn3" and settings["eps"] == [0.1]
+    assert [(r["relaxation"], r["eps"]) for r in rows] == [("ibp", 0.1), ("crown", 0.1)]
     for row in rows:
-        check_accuracy_chain(row, ("ibp", "crown"))
-        assert row["cert_acc/train"] == row[f"cert_acc/{row['relaxation']}"]
-        for key in ("jump_coarse", "rel_jump_coarse", "rel_jump_fine", "sens_1e-3", "sens_1e-2", "grad_norm"):
+        check_cascade(row, settings["cascade"])
+        for key in ("sens_1e-3", "sens_1e-2", "grad_norm"):
             assert np.isfinite(row[key]) and row[key] >= 0, key
         assert -1.0 - TOL <= row["min_cosine"] <= 1.0 + TOL
         assert row["unstable_ibp"] >= 0
         assert row["cert_loss"] > 0  # the certified cross-entropy is strictly positive
     # The quick reference verifier is CROWN itself, so CROWN's own tightness is exactly 1.
     assert rows[1]["tightness"] == pytest.approx(1.0, rel=1e-5)
+    check_summary(record, ("relaxation", "eps"), "cert_acc")
+    assert [f["claim"] for f in record["findings"]] == ["cert(IBP-trained) > cert(crown-trained)"]
     check_table(record)
 
 
 def test_gls_vs_ibp_rows(results: dict[str, dict]) -> None:
     record = results["gls_vs_ibp"]
-    rows = record["rows"]
-    assert [(r["method"], r["relaxation"]) for r in rows] == [("certified", "ibp"), ("rgs", "crown"), ("pgpe", "crown")]
+    rows, settings = record["rows"], record["settings"]
+    expected = [("certified", "ibp"), ("rgs", "deeppoly"), ("pgpe", "deeppoly")]
+    assert [(r["method"], r["relaxation"]) for r in rows] == expected
     for row in rows:
-        check_accuracy_chain(row, ("ibp", "crown", "crown-ibp"))
-        assert row["cert_acc/train"] == row[f"cert_acc/{row['relaxation']}"]
+        check_cascade(row, settings["cascade"])
         assert np.isfinite(row["train_loss"]) and row["train_seconds"] > 0
+    check_summary(record, ("method", "relaxation", "eps"), "cert_acc")
+    claims = [f["claim"] for f in record["findings"]]
+    assert claims == ["cert(RGS-deeppoly) > cert(gradient IBP)", "cert(PGPE-deeppoly) > cert(gradient IBP)"]
+    for finding in record["findings"]:
+        assert finding["diff"] == pytest.approx(
+            rows[claims.index(finding["claim"]) + 1]["cert_acc"] - rows[0]["cert_acc"]
+        )
     check_table(record)
 
 
@@ -172,3 +198,28 @@ def test_pgpe_study_row_selection_keeps_the_warm_start_source() -> None:
     assert warm[0]["method"] == "certified" and all(r.get("warm") for r in warm[1:]) and len(warm) == 3
     with pytest.raises(ValueError, match="no row label contains"):
         select_rows(rows, "nope")
+
+
+def test_seed_comparison_verdicts_follow_the_standard_error() -> None:
+    sys.path.insert(0, str(EXPERIMENTS))
+    from common import compare, parse_args, sized_setting
+
+    clear = compare([0.60, 0.61, 0.62], [0.50, 0.51, 0.52])
+    assert clear["verdict"] == "reproduced" and clear["diff"] == pytest.approx(0.10)
+    assert clear["se"] == pytest.approx(np.sqrt(2 * np.var([0.60, 0.61, 0.62], ddof=1) / 3))
+    assert compare([0.50, 0.51, 0.52], [0.60, 0.61, 0.62])["verdict"] == "not reproduced"
+    assert compare([0.50, 0.60, 0.55], [0.52, 0.58, 0.54])["verdict"] == "inconclusive"
+    assert compare([0.6], [0.5])["verdict"].startswith("inconclusive")
+    args = parse_args("x", ["--seeds", "2", "--eps", "0.1,0.3"], sized=True)
+    assert (args.setting, args.seeds, args.eps) == ("default", 2, (0.1, 0.3))
+    with pytest.raises(SystemExit):
+        parse_args("x", ["--eps", "-0.1"], sized=True)
+    with pytest.raises(SystemExit):
+        parse_args("x", ["--quick", "--full"], sized=True)
+    settings = {"default": {"seeds": 3, "eps": (0.1,), "reg_weight": 0.0, "relaxations": ("ibp", "crown")}}
+    args = parse_args("x", ["--set", "reg_weight=0.5", "--set", "relaxations=('ibp',)", "--seeds", "2"], sized=True)
+    assert sized_setting(settings, args) == {"seeds": 2, "eps": (0.1,), "reg_weight": 0.5, "relaxations": ("ibp",)}
+    with pytest.raises(ValueError, match="KEY one of"):
+        sized_setting(settings, parse_args("x", ["--set", "nope=1"], sized=True))
+    with pytest.raises(ValueError, match="not a Python literal"):
+        sized_setting(settings, parse_args("x", ["--set", "reg_weight=abc"], sized=True))
