@@ -35,6 +35,7 @@ import optax
 
 from jaxcert.bounds.backsub import backsubstitute, reject_options, split_two_sided, two_sided_rows
 from jaxcert.bounds.crown import Interval, check_bound_upper, crown_intermediate, make_line_fn, output_rows
+from jaxcert.bounds.alpha_intermediate import joint_alpha_row_bounds
 from jaxcert.bounds.crown_ibp import ibp_intermediate
 from jaxcert.bounds.ibp import interval_layers
 from jaxcert.bounds.loss import certified_cross_entropy
@@ -151,23 +152,37 @@ def alpha_crown_bounds(
     unstable_budget: int | None = None,
     patches: bool | str = "auto",
     max_rows_bytes: int = MAX_ROWS_BYTES,
+    optimize_intermediate: bool = False,
     **unknown: Any,
 ) -> tuple[jax.Array, jax.Array]:
     """alpha-CROWN bounds ``(lb, ub)`` of ``C f(x)`` over ``[lower, upper]`` (see the module doc).
 
     ``bound_upper=False`` optimises and back-substitutes the lower rows only (the upper bound is the
     interval one); ``unstable_budget``, ``patches`` and ``max_rows_bytes`` are the options of the
-    intermediate CROWN passes.
+    intermediate CROWN passes. ``optimize_intermediate=True`` also optimises the slopes used inside the
+    intermediate passes (:mod:`jaxcert.bounds.alpha_intermediate`; needs ``intermediate="crown"``).
     """
     reject_options(unknown, "alpha-crown")
     _check_steps(steps, lr)
     check_bound_upper(bound_upper)
+    if not isinstance(optimize_intermediate, bool):
+        raise ValueError(f"alpha-crown: optimize_intermediate must be True or False, got {optimize_intermediate!r}")
+    if optimize_intermediate and intermediate != "crown":
+        raise ValueError(f"alpha-crown: optimize_intermediate=True needs intermediate='crown', got {intermediate!r}")
     body, body_params, W, b = fold_spec(arch, params, C, lower.shape[0])
     bounds, lines, out = fixed_intermediate(
         body, body_params, lower, upper, intermediate, init, tau, gamma, unstable_budget=unstable_budget,
         patches=patches, max_rows_bytes=max_rows_bytes,
     )  # fmt: skip
     A, a, finish = output_rows(W, b, bound_upper, out)
+    if optimize_intermediate:
+        line_fn = make_line_fn(body, init, None, tau, gamma)
+        return finish(
+            joint_alpha_row_bounds(
+                body, body_params, bounds, lines, line_fn, A, a, lower, upper, steps=steps, lr=lr,
+                unstable_budget=unstable_budget, patches=patches, max_rows_bytes=max_rows_bytes,
+            )
+        )  # fmt: skip
     rows = A.shape[1]
     init_slopes = {
         i: jnp.broadcast_to(ln.lower_slope[:, None], (ln.lower_slope.shape[0], rows, *ln.lower_slope.shape[1:]))
@@ -221,4 +236,9 @@ def lee_bounds(
 
 
 register("alpha-crown", alpha_crown_bounds, one_sided=True, steps=20, lr=0.1, intermediate="crown")
+#: alpha-CROWN whose intermediate passes' slopes are optimised too (jointly with the final ones).
+register(
+    "alpha-crown-full", alpha_crown_bounds, one_sided=True, steps=20, lr=0.1, intermediate="crown",
+    optimize_intermediate=True,
+)  # fmt: skip
 register("crown-lee", lee_bounds, intermediate="crown")
