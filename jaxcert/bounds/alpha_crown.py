@@ -33,9 +33,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxcert.bounds.alpha_intermediate import joint_alpha_row_bounds
 from jaxcert.bounds.backsub import backsubstitute, reject_options, split_two_sided, two_sided_rows
 from jaxcert.bounds.crown import Interval, check_bound_upper, crown_intermediate, make_line_fn, output_rows
-from jaxcert.bounds.alpha_intermediate import joint_alpha_row_bounds
 from jaxcert.bounds.crown_ibp import ibp_intermediate
 from jaxcert.bounds.ibp import interval_layers
 from jaxcert.bounds.loss import certified_cross_entropy

@@ -57,7 +57,9 @@ def refined_relus(arch: Arch) -> list[int]:
     return [j for j in relu_indices(arch) if not _interval_is_exact(arch[:j])]
 
 
-def initial_slopes(arch: Arch, bounds: Mapping[int, Interval], lines: Mapping[int, ReluLines], rows: int) -> JointSlopes:
+def initial_slopes(
+    arch: Arch, bounds: Mapping[int, Interval], lines: Mapping[int, ReluLines], rows: int
+) -> JointSlopes:
     """The start: min-area slopes for every intermediate pass, the ``init`` slopes for every final row."""
     relus = relu_indices(arch)
     adaptive = {i: relu_lines(*bounds[i]).lower_slope for i in relus}
