@@ -17,6 +17,13 @@ initial ones included, so the result is never looser than CROWN with the ``init`
 runs on ``stop_gradient``-ed inputs; the returned bounds are recomputed once at the chosen slopes and
 are differentiable in the parameters (the slopes held fixed).
 
+**Optimised intermediate slopes** (option ``optimize_intermediate=True``; registered as
+"alpha-crown-full"): the slopes ``β_{j,i}`` of ReLU ``i`` used inside the CROWN pass that bounds ReLU
+``j > i`` are optimised too, jointly with ``α``, by the same ascent on ``Σ_rows lb_row(α, β)``; each step
+recomputes the pre-activation bounds from ``β`` and intersects them with the initial ones,
+``l_j = max(l⁰_j, CROWN_j(β))``, ``u_j = min(u⁰_j, CROWN_j(β))``. See
+:mod:`jaxcert.bounds.alpha_intermediate` (slopes kept per example; never looser than CROWN).
+
 **Lee et al. slopes** ("crown-lee"): one sign-gradient step on the certified loss picks, per neuron,
 ``α = 1`` where ``∂L/∂α < 0`` at the min-area slopes and ``α = 0`` otherwise. ``L`` is the certified
 cross-entropy of the margin lower bounds when a spec ``C`` is given, else the total width
