@@ -91,9 +91,15 @@ def intermediate_with_slopes(
     neurons: Mapping[int, Any],
     patches: bool | str = "auto",
     max_rows_bytes: int = MAX_ROWS_BYTES,
+    through: bool = False,
 ) -> dict[int, Interval]:
     """Pre-activation bounds recomputed pass by pass with the slopes ``inter[j][i]``, each intersected with
-    ``init_bounds`` (see the module doc)."""
+    ``init_bounds`` (see the module doc).
+
+    ``through=True`` (for the optimisation): the value is the intersection, but the gradient always flows
+    into the recomputed bound, also where the initial one is kept. At the start the two are equal up to
+    rounding, and the gradient of ``max`` at such a near-tie would follow float noise (e.g. differ between
+    a jitted ``vmap`` and a loop); this way it is the gradient of the recomputed bound, the useful signal."""
     bounds: dict[int, Interval] = {}
     for j in relu_indices(arch):
         if j not in inter:
@@ -103,7 +109,10 @@ def intermediate_with_slopes(
         z_lo, z_hi = neuron_bounds(arch, params, j, neurons[j], lines, lower, upper, patches, max_rows_bytes)
         lo0, hi0 = init_bounds[j]
         new_lo, new_hi = scatter_refined(lo0, hi0, neurons[j], z_lo, z_hi)
-        bounds[j] = (jnp.maximum(lo0, new_lo), jnp.minimum(hi0, new_hi))
+        lo, hi = jnp.maximum(lo0, new_lo), jnp.minimum(hi0, new_hi)
+        if through:
+            lo, hi = new_lo + jax.lax.stop_gradient(lo - new_lo), new_hi + jax.lax.stop_gradient(hi - new_hi)
+        bounds[j] = (lo, hi)
     return bounds
 
 
@@ -120,10 +129,12 @@ def joint_row_bounds(
     upper: jax.Array,
     patches: bool | str = "auto",
     max_rows_bytes: int = MAX_ROWS_BYTES,
+    through: bool = False,
 ) -> jax.Array:
-    """Row lower bounds (B, R) of ``⟨A, f(x)⟩ + a`` with the intermediate and final slopes ``slopes``."""
+    """Row lower bounds (B, R) of ``⟨A, f(x)⟩ + a`` with the intermediate and final slopes ``slopes``
+    (``through``: see :func:`intermediate_with_slopes`)."""
     bounds = intermediate_with_slopes(
-        arch, params, lower, upper, init_bounds, slopes["inter"], neurons, patches, max_rows_bytes
+        arch, params, lower, upper, init_bounds, slopes["inter"], neurons, patches, max_rows_bytes, through
     )
     lines = {i: with_lower_slope(line_fn(i, *b), slopes["final"][i], *b) for i, b in bounds.items()}
     return backsubstitute(arch, params, A, a, lines, lower, upper)
@@ -188,7 +199,7 @@ def joint_alpha_row_bounds(
 
     def objective(slopes: JointSlopes) -> jax.Array:
         p, b0, A_, a_, lo, hi = frozen
-        return joint_row_bounds(arch, p, slopes, b0, neurons, line_fn, A_, a_, lo, hi, **options)
+        return joint_row_bounds(arch, p, slopes, b0, neurons, line_fn, A_, a_, lo, hi, **options, through=True)
 
     best = jax.lax.stop_gradient(optimise_per_example(objective, start, steps, lr))
     chosen = joint_row_bounds(arch, params, best, init_bounds, neurons, line_fn, A, a, lower, upper, **options)
