@@ -15,7 +15,8 @@ initial CROWN bounds ``[l⁰_j, u⁰_j]``,
 (any slope in [0, 1] is sound, so the intersection is sound and never looser than the initial bounds);
 the upper line of ReLU j is the chord of ``[l_j, u_j]``, so tighter bounds tighten every later pass.
 Projected Adam ascent (as in :mod:`jaxcert.bounds.alpha_crown`) maximises the sum of the final row lower
-bounds over ``(α, β)``, gradients flowing through the recomputed bounds. The slopes ``β`` are shared by
+bounds over ``(α, β)``, gradients flowing through the recomputed bounds (in the loop also where the
+initial bound is kept: straight-through, see :func:`intermediate_with_slopes`). The slopes ``β`` are shared by
 the rows of a pass (one per example and neuron, not per start-node neuron: that would cost
 ``2 N_j`` times more memory, prohibitive on convolutional layers), so rows are not independent; the best
 slopes are kept per *example* (the one with the largest sum of its row bounds, the start included). The
