@@ -17,6 +17,13 @@ initial ones included, so the result is never looser than CROWN with the ``init`
 runs on ``stop_gradient``-ed inputs; the returned bounds are recomputed once at the chosen slopes and
 are differentiable in the parameters (the slopes held fixed).
 
+**Optimised intermediate slopes** (option ``optimize_intermediate=True``; registered as
+"alpha-crown-full"): the slopes ``β_{j,i}`` of ReLU ``i`` used inside the CROWN pass that bounds ReLU
+``j > i`` are optimised too, jointly with ``α``, by the same ascent on ``Σ_rows lb_row(α, β)``; each step
+recomputes the pre-activation bounds from ``β`` and intersects them with the initial ones,
+``l_j = max(l⁰_j, CROWN_j(β))``, ``u_j = min(u⁰_j, CROWN_j(β))``. See
+:mod:`jaxcert.bounds.alpha_intermediate` (slopes kept per example; never looser than CROWN).
+
 **Lee et al. slopes** ("crown-lee"): one sign-gradient step on the certified loss picks, per neuron,
 ``α = 1`` where ``∂L/∂α < 0`` at the min-area slopes and ``α = 0`` otherwise. ``L`` is the certified
 cross-entropy of the margin lower bounds when a spec ``C`` is given, else the total width
@@ -33,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxcert.bounds.alpha_intermediate import joint_alpha_row_bounds
 from jaxcert.bounds.backsub import backsubstitute, reject_options, split_two_sided, two_sided_rows
 from jaxcert.bounds.crown import Interval, check_bound_upper, crown_intermediate, make_line_fn, output_rows
 from jaxcert.bounds.crown_ibp import ibp_intermediate
@@ -151,23 +159,37 @@ def alpha_crown_bounds(
     unstable_budget: int | None = None,
     patches: bool | str = "auto",
     max_rows_bytes: int = MAX_ROWS_BYTES,
+    optimize_intermediate: bool = False,
     **unknown: Any,
 ) -> tuple[jax.Array, jax.Array]:
     """alpha-CROWN bounds ``(lb, ub)`` of ``C f(x)`` over ``[lower, upper]`` (see the module doc).
 
     ``bound_upper=False`` optimises and back-substitutes the lower rows only (the upper bound is the
     interval one); ``unstable_budget``, ``patches`` and ``max_rows_bytes`` are the options of the
-    intermediate CROWN passes.
+    intermediate CROWN passes. ``optimize_intermediate=True`` also optimises the slopes used inside the
+    intermediate passes (:mod:`jaxcert.bounds.alpha_intermediate`; needs ``intermediate="crown"``).
     """
     reject_options(unknown, "alpha-crown")
     _check_steps(steps, lr)
     check_bound_upper(bound_upper)
+    if not isinstance(optimize_intermediate, bool):
+        raise ValueError(f"alpha-crown: optimize_intermediate must be True or False, got {optimize_intermediate!r}")
+    if optimize_intermediate and intermediate != "crown":
+        raise ValueError(f"alpha-crown: optimize_intermediate=True needs intermediate='crown', got {intermediate!r}")
     body, body_params, W, b = fold_spec(arch, params, C, lower.shape[0])
     bounds, lines, out = fixed_intermediate(
         body, body_params, lower, upper, intermediate, init, tau, gamma, unstable_budget=unstable_budget,
         patches=patches, max_rows_bytes=max_rows_bytes,
     )  # fmt: skip
     A, a, finish = output_rows(W, b, bound_upper, out)
+    if optimize_intermediate:
+        line_fn = make_line_fn(body, init, None, tau, gamma)
+        return finish(
+            joint_alpha_row_bounds(
+                body, body_params, bounds, lines, line_fn, A, a, lower, upper, steps=steps, lr=lr,
+                unstable_budget=unstable_budget, patches=patches, max_rows_bytes=max_rows_bytes,
+            )
+        )  # fmt: skip
     rows = A.shape[1]
     init_slopes = {
         i: jnp.broadcast_to(ln.lower_slope[:, None], (ln.lower_slope.shape[0], rows, *ln.lower_slope.shape[1:]))
@@ -221,4 +243,9 @@ def lee_bounds(
 
 
 register("alpha-crown", alpha_crown_bounds, one_sided=True, steps=20, lr=0.1, intermediate="crown")
+#: alpha-CROWN whose intermediate passes' slopes are optimised too (jointly with the final ones).
+register(
+    "alpha-crown-full", alpha_crown_bounds, one_sided=True, steps=20, lr=0.1, intermediate="crown",
+    optimize_intermediate=True,
+)  # fmt: skip
 register("crown-lee", lee_bounds, intermediate="crown")
