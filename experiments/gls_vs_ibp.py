@@ -76,7 +76,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "train_limit": None, "test_limit": None, "batch_size": 128, "base_steps": 10000, "finetune_steps": 5000,
         "eps": (0.1, 0.3), "seeds": 3, "rows": ROWS, "lr": 5e-4, "finetune_lr": 5e-5, "rgs_samples": 8,
         "rgs_sigma": 0.01, "pgpe_population": 256, "pgpe_lr": 0.01, "pgpe_max_speed": 0.02, "pgpe_sigma_rel": 0.1,
-        "cascade": ("ibp", "crown-ibp", "crown", "alpha-crown-full"), "pgd_steps": 20, "apgd_steps": 100,
+        "cascade": ("ibp", "crown-ibp", "crown", "alpha-crown", "alpha-crown-full"),
+        "pgd_steps": 20, "apgd_steps": 100,
         "pgd_restarts": 3,
     },
 }  # fmt: skip

@@ -80,7 +80,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "full": {
         "train_limit": None, "test_limit": None, "steps": 20000, "batch_size": 128, "eps": (0.1, 0.3), "seeds": 3,
         "relaxations": ("ibp", "hbox", "deepz", "crown-ibp", "crown"),
-        "cascade": ("ibp", "crown-ibp", "crown", "alpha-crown-full"), "pgd_steps": 20, "pgd_restarts": 3,
+        "cascade": ("ibp", "crown-ibp", "crown", "alpha-crown", "alpha-crown-full"),
+        "pgd_steps": 20, "pgd_restarts": 3,
         "apgd_steps": 100, "analysis_batch": 128, "reference": "alpha-crown-full", "grids": (101, 401),
         "sweep_range": 0.05, "sens_samples": 16, "landscape_points": 6, "reg_weight": 0.0,
     },

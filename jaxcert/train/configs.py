@@ -15,7 +15,16 @@ METHODS = ("standard", "pgd", "certified", "rgs", "pgpe")
 PGPE_OPTIMIZERS = ("clipup", "sgd", "adam")
 
 #: Rough cost rank of the relaxations (interval < CROWN-IBP < zonotope < back-substitution < optimised).
-_COST = {"ibp": 0, "box": 0, "hbox": 1, "crown-ibp": 2, "deepz": 3, "alpha-crown": 5, "crown-lee": 5, "alpha-crown-full": 6}
+_COST = {
+    "ibp": 0,
+    "box": 0,
+    "hbox": 1,
+    "crown-ibp": 2,
+    "deepz": 3,
+    "alpha-crown": 5,
+    "crown-lee": 5,
+    "alpha-crown-full": 6,
+}
 
 
 def relaxation_cost(name: str) -> int:
