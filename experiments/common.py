@@ -52,6 +52,10 @@ def parse_args(description: str, argv: Sequence[str] | None = None, *, sized: bo
         p.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the setting's)")
         p.add_argument("--eps", type=str, default=None, help="comma-separated radii (default: the setting's)")
         p.add_argument(
+            "--from-partial", action="store_true",
+            help="train nothing: report the runs saved in <out>/<name>.partial.json by an interrupted run",
+        )  # fmt: skip
+        p.add_argument(
             "--set", action="append", default=[], metavar="KEY=VALUE",
             help="override one entry of the setting (a Python literal), e.g. --set reg_weight=0.5",
         )  # fmt: skip
@@ -306,6 +310,17 @@ def write_partial(out_dir: Path, name: str, rows: list[dict[str, Any]]) -> Path:
     path = out_dir / f"{name}.partial.json"
     path.write_text(json.dumps({"experiment": name, "rows": rows}, indent=2, default=_jsonable))
     return path
+
+
+def read_partial(out_dir: Path, name: str) -> list[dict[str, Any]]:
+    """The rows an interrupted run left in ``<name>.partial.json`` (:func:`write_partial`)."""
+    path = out_dir / f"{name}.partial.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no partial results at {path}: run the experiment first (without --from-partial)")
+    rows = json.loads(path.read_text())["rows"]
+    if not rows:
+        raise ValueError(f"{path} holds no finished run")
+    return rows
 
 
 def _jsonable(value: Any) -> Any:

@@ -43,6 +43,7 @@ from common import (
     markdown_table,
     parse_args,
     pm,
+    read_partial,
     save_run,
     sized_setting,
     summarise,
@@ -131,13 +132,11 @@ def findings(runs: list[dict[str, Any]], epsilons: tuple[float, ...]) -> list[di
     return out
 
 
-def run(argv: list[str] | None = None) -> dict:
-    args = parse_args(__doc__.splitlines()[0], argv, sized=True)
-    s = sized_setting(SETTINGS, args)
-    start = time.time()
+def train_and_certify(s: dict[str, Any], seeds: list[int], args: Any) -> list[dict[str, Any]]:
+    """Per (ε, seed): the warm start, then one run per row from it, each certified on the test set; the rows
+    so far are saved after each run (``<name>.partial.json``)."""
     train_ds, test_ds = fashion_subset(s["train_limit"], s["test_limit"])
     arch = cnn3(train_ds.num_classes, "fashion_mnist")
-    seeds = [args.seed + i for i in range(s["seeds"])]
     runs: list[dict[str, Any]] = []
     progress = not args.no_progress
     with tempfile.TemporaryDirectory(prefix="gls_vs_ibp_") as tmp:
@@ -161,6 +160,19 @@ def run(argv: list[str] | None = None) -> dict:
                     write_partial(args.out, NAME, runs)
                     print(f"{desc}: clean {acc['clean_acc']:.3f} cert {acc['cert_acc']:.3f} "
                           f"(IBP {acc['cert_acc/ibp']:.3f})", flush=True)  # fmt: skip
+    return runs
+
+
+def run(argv: list[str] | None = None) -> dict:
+    args = parse_args(__doc__.splitlines()[0], argv, sized=True)
+    s = sized_setting(SETTINGS, args)
+    start = time.time()
+    seeds = [args.seed + i for i in range(s["seeds"])]
+    if args.from_partial:
+        runs = read_partial(args.out, NAME)
+        s["eps"], seeds = list(dict.fromkeys(r["eps"] for r in runs)), list(dict.fromkeys(r["seed"] for r in runs))
+    else:
+        runs = train_and_certify(s, seeds, args)
     summary_rows = summarise(runs, ("method", "relaxation", "eps"), METRICS)
     cells = [
         {"method": r["method"], "relaxation": r["relaxation"], "eps": r["eps"], "seeds": r["seeds"],

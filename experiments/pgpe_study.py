@@ -1,6 +1,6 @@
 """What makes PGPE (zeroth-order GLS) train: mean optimiser, σ, population, warm start.
 
-The small MLP of ``gls_vs_ibp.py`` (196-32-32-10 on 14×14 average-pooled Fashion-MNIST, IBP
+The small MLP of the MLP-scale GLS study (196-32-32-10 on 14×14 average-pooled Fashion-MNIST, IBP
 initialisation, the first 5000 training images) is trained on the certified loss of IBP at ε = 0.1 by
 
 - gradient descent (the reference, and the source of the warm starts),
@@ -77,7 +77,7 @@ SETTINGS = {
 
 def config_for(row: dict[str, Any], s: dict[str, Any], seed: int, init_from: str | None = None) -> TrainConfig:
     """The TrainConfig of ``row``: PGPE with ClipUp (``clipup_lr``, ``max_speed``) unless the row says
-    otherwise; the recipe of ``gls_vs_ibp.py`` (5 % clean warm-up, ε ramped over half the run), or ε = 0.1
+    otherwise; the recipe of the MLP study (5 % clean warm-up, ε ramped over half the run), or ε = 0.1
     from the start for a warm start."""
     fields = {k: v for k, v in row.items() if k not in ("label", "warm", "seeds")}
     warm = {"init_from": init_from, "warmup_frac": 0.0, "ramp_frac": 0.0} if init_from else {}

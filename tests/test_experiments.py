@@ -39,6 +39,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
         loaded[name] = json.loads((out / f"{name}.json").read_text())
         loaded[name]["markdown"] = (out / f"{name}.md").read_text()
         loaded[name]["stdout"] = logs[name]
+        loaded[name]["out"] = out
     return loaded
 
 
@@ -112,6 +113,28 @@ def test_gls_vs_ibp_rows(results: dict[str, dict]) -> None:
             rows[claims.index(finding["claim"]) + 1]["cert_acc"] - rows[0]["cert_acc"]
         )
     check_table(record)
+
+
+def test_an_interrupted_run_is_reported_from_its_partial_rows(results: dict[str, dict], tmp_path: Path) -> None:
+    for name in ("paradox", "gls_vs_ibp"):
+        partial = results[name]["out"] / f"{name}.partial.json"
+        (tmp_path / partial.name).write_text(partial.read_text())
+        cmd = [sys.executable, str(EXPERIMENTS / f"{name}.py"), "--quick", "--from-partial", "--out", str(tmp_path)]
+        subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+        rebuilt = json.loads((tmp_path / f"{name}.json").read_text())
+        assert rebuilt["summary"] == results[name]["summary"] and rebuilt["findings"] == results[name]["findings"]
+        assert (tmp_path / f"{name}.md").read_text() == results[name]["markdown"]
+    with pytest.raises(subprocess.CalledProcessError) as missing:
+        cmd = [
+            sys.executable,
+            str(EXPERIMENTS / "paradox.py"),
+            "--quick",
+            "--from-partial",
+            "--out",
+            str(tmp_path / "x"),
+        ]
+        subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=300)
+    assert "no partial results" in missing.value.stderr
 
 
 def test_robust_vs_certified_rows(results: dict[str, dict]) -> None:
