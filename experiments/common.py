@@ -323,6 +323,19 @@ def read_partial(out_dir: Path, name: str) -> list[dict[str, Any]]:
     return rows
 
 
+def runs_of(
+    args: argparse.Namespace, s: dict[str, Any], name: str, train_and_certify: Any
+) -> tuple[list[dict[str, Any]], list[int]]:
+    """``(runs, seeds)``: ``train_and_certify(s, seeds, args)`` over seeds ``seed … seed+N-1``, or with
+    ``--from-partial`` the runs of an interrupted run (``s["eps"]`` and the seeds then those it finished)."""
+    seeds = [args.seed + i for i in range(s["seeds"])]
+    if not args.from_partial:
+        return train_and_certify(s, seeds, args), seeds
+    runs = read_partial(args.out, name)
+    s["eps"] = list(dict.fromkeys(r["eps"] for r in runs))
+    return runs, list(dict.fromkeys(r["seed"] for r in runs))
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, np.generic | np.ndarray | jax.Array):
         return np.asarray(value).tolist()

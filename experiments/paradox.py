@@ -51,7 +51,7 @@ from common import (
     markdown_table,
     parse_args,
     pm,
-    read_partial,
+    runs_of,
     sized_setting,
     summarise,
     write_partial,
@@ -179,12 +179,7 @@ def run(argv: list[str] | None = None) -> dict:
     args = parse_args(__doc__.splitlines()[0], argv, sized=True)
     s = sized_setting(SETTINGS, args)
     start = time.time()
-    seeds = [args.seed + i for i in range(s["seeds"])]
-    if args.from_partial:
-        runs = read_partial(args.out, NAME)
-        s["eps"], seeds = list(dict.fromkeys(r["eps"] for r in runs)), list(dict.fromkeys(r["seed"] for r in runs))
-    else:
-        runs = train_and_certify(s, seeds, args)
+    runs, seeds = runs_of(args, s, NAME, train_and_certify)
     summary_rows = summarise(runs, ("relaxation", "eps"), METRICS)
     cells = [
         {"relaxation": r["relaxation"], "eps": r["eps"], "seeds": r["seeds"],
