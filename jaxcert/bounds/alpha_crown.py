@@ -38,7 +38,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from jaxcert.bounds.alpha_intermediate import joint_alpha_row_bounds
 from jaxcert.bounds.backsub import backsubstitute, reject_options, split_two_sided, two_sided_rows
@@ -49,6 +48,7 @@ from jaxcert.bounds.loss import certified_cross_entropy
 from jaxcert.bounds.registry import register
 from jaxcert.bounds.relu_slopes import ReluLines, with_lower_slope
 from jaxcert.bounds.row_chunks import MAX_ROWS_BYTES
+from jaxcert.bounds.slope_ascent import projected_ascent
 from jaxcert.bounds.spec import fold_spec
 from jaxcert.nets.layers import Arch
 from jaxcert.nets.network import LayerParams
@@ -113,35 +113,6 @@ def _check_steps(steps: Any, lr: Any) -> None:
         raise ValueError(f"alpha-crown: lr must be > 0, got {lr}")
 
 
-def optimise_slopes(objective: Any, init: Slopes, steps: int, lr: float | jax.Array) -> Slopes:
-    """Per-row projected Adam ascent on ``objective(slopes) -> (B, R)``; the best slopes of each row.
-
-    Slopes are shaped (B, R, *neurons); rows are independent (each row's bound depends only on its own
-    slopes), so keeping the best slopes of every row separately is consistent.
-    """
-    optimizer = optax.adam(lr)
-    first = next(iter(init.values())) if init else None
-
-    def keep_best(improved: jax.Array, new: Slopes, old: Slopes) -> Slopes:
-        return {i: jnp.where(improved.reshape(improved.shape + (1,) * (new[i].ndim - 2)), new[i], old[i]) for i in new}
-
-    def step(_: int, carry: tuple) -> tuple:
-        slopes, state, best_slopes, best = carry
-        value, vjp = jax.vjp(objective, slopes)
-        (grad,) = vjp(jnp.ones_like(value))
-        improved = value > best
-        best_slopes, best = keep_best(improved, slopes, best_slopes), jnp.maximum(value, best)
-        updates, state = optimizer.update(jax.tree_util.tree_map(jnp.negative, grad), state, slopes)
-        slopes = jax.tree_util.tree_map(lambda s, u: jnp.clip(s + u, 0.0, 1.0), slopes, updates)
-        return slopes, state, best_slopes, best
-
-    if first is None or steps == 0:
-        return init
-    best = jnp.full(first.shape[:2], -jnp.inf, first.dtype)
-    carry = (init, optimizer.init(init), init, best)
-    return jax.lax.fori_loop(0, steps, step, carry)[2]
-
-
 def alpha_crown_bounds(
     arch: Arch,
     params: LayerParams,
@@ -196,7 +167,7 @@ def alpha_crown_bounds(
         for i, ln in lines.items()
     }
     objective = frozen_bounds_fn(body, body_params, bounds, lines, A, a, lower, upper)
-    best = jax.lax.stop_gradient(optimise_slopes(objective, jax.lax.stop_gradient(init_slopes), steps, lr))
+    best = jax.lax.stop_gradient(projected_ascent(objective, jax.lax.stop_gradient(init_slopes), steps, lr))
     return finish(bounds_with_slopes(body, body_params, best, bounds, lines, A, a, lower, upper))
 
 

@@ -34,18 +34,18 @@ Cost per step: every intermediate CROWN pass plus the final one, forward and bac
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from jaxcert.bounds.backsub import backsubstitute
 from jaxcert.bounds.crown import Interval, LineFn, _interval_is_exact, neuron_bounds, relu_indices
 from jaxcert.bounds.neuron_rows import rows_needed, scatter_refined, select_unstable
 from jaxcert.bounds.relu_slopes import ReluLines, relu_lines, with_lower_slope
 from jaxcert.bounds.row_chunks import MAX_ROWS_BYTES
+from jaxcert.bounds.slope_ascent import projected_ascent
 from jaxcert.nets.layers import Arch
 from jaxcert.nets.network import LayerParams
 
@@ -141,36 +141,6 @@ def joint_row_bounds(
     return backsubstitute(arch, params, A, a, lines, lower, upper)
 
 
-def optimise_per_example(
-    objective: Callable[[JointSlopes], jax.Array], init: JointSlopes, steps: int, lr: float | jax.Array
-) -> JointSlopes:
-    """Projected Adam ascent on ``Σ objective(slopes)`` (B, R); per example, the slopes of the step with the
-    largest ``Σ_rows`` (the start included). Every leaf has the batch as its leading axis."""
-    if steps == 0 or not jax.tree_util.tree_leaves(init):
-        return init
-    optimizer = optax.adam(lr)
-
-    def keep_best(improved: jax.Array, new: JointSlopes, old: JointSlopes) -> JointSlopes:
-        pick = lambda n, o: jnp.where(improved.reshape(improved.shape + (1,) * (n.ndim - 1)), n, o)
-        return jax.tree_util.tree_map(pick, new, old)
-
-    def step(_: int, carry: tuple) -> tuple:
-        slopes, state, best_slopes, best = carry
-        value, vjp = jax.vjp(objective, slopes)
-        (grad,) = vjp(jnp.ones_like(value))
-        total = jnp.sum(value, axis=1)
-        improved = total > best
-        best_slopes, best = keep_best(improved, slopes, best_slopes), jnp.maximum(total, best)
-        updates, state = optimizer.update(jax.tree_util.tree_map(jnp.negative, grad), state, slopes)
-        slopes = jax.tree_util.tree_map(lambda s, u: jnp.clip(s + u, 0.0, 1.0), slopes, updates)
-        return slopes, state, best_slopes, best
-
-    batch = jax.tree_util.tree_leaves(init)[0].shape[0]
-    dtype = jax.tree_util.tree_leaves(init)[0].dtype
-    carry = (init, optimizer.init(init), init, jnp.full((batch,), -jnp.inf, dtype))
-    return jax.lax.fori_loop(0, steps, step, carry)[2]
-
-
 def joint_alpha_row_bounds(
     arch: Arch,
     params: LayerParams,
@@ -202,7 +172,7 @@ def joint_alpha_row_bounds(
         p, b0, A_, a_, lo, hi = frozen
         return joint_row_bounds(arch, p, slopes, b0, neurons, line_fn, A_, a_, lo, hi, **options, through=True)
 
-    best = jax.lax.stop_gradient(optimise_per_example(objective, start, steps, lr))
+    best = jax.lax.stop_gradient(projected_ascent(objective, start, steps, lr, per_example=True))
     chosen = joint_row_bounds(arch, params, best, init_bounds, neurons, line_fn, A, a, lower, upper, **options)
     crown = backsubstitute(arch, params, A, a, lines, lower, upper)
     return jnp.maximum(chosen, crown)
