@@ -6,6 +6,9 @@ certification and the certified loss use, :func:`jaxcert.bounds.margin_lower_bou
 * ``single``: one parameter set, throughput = batch / time;
 * ``grad``:   a training step's work: the certified cross-entropy of the margin lower bounds and its
   gradient in the parameters, throughput = batch / time;
+* ``fused``:  the training step's work with loss fusion (``crown-ibp`` only): the fused bound of the
+  certified cross-entropy (one back-substituted row per example, :mod:`jaxcert.bounds.loss_fusion`)
+  and its gradient, throughput = batch / time;
 * ``vmap``:   ``jax.vmap`` over S parameter samples (as in Gaussian Loss Smoothing),
   throughput = batch * S / time (examples·samples/s);
 * ``map``:    (optional, ``--modes``) ``jax.lax.map`` over the same S samples, one after the other: the
@@ -42,6 +45,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxcert.bounds import certified_cross_entropy, margin_lower_bounds, relaxation_names
+from jaxcert.bounds.loss_fusion import fused_certified_loss
 from jaxcert.nets import Conv, Dense, Flatten, Normalize, ReLU, get_architecture, init_params
 from jaxcert.nets.layers import Arch
 from jaxcert.nets.network import LayerParams, merge, split_trainable
@@ -70,7 +74,7 @@ DEFAULTS = {
     "repeats": 3,
     "max_seconds": 60.0,
 }
-MODES = ("single", "grad", "vmap", "map")
+MODES = ("single", "grad", "fused", "vmap", "map")
 QUICK = {"archs": "tiny", "batch": 4, "samples": 2, "repeats": 2, "max_seconds": 10.0}
 
 
@@ -112,10 +116,16 @@ def parse_relaxation(entry: str) -> tuple[str, dict[str, Any]]:
     return name, options
 
 
-def margin_fn(arch: Arch, entry: str, *, grad: bool = False) -> Callable[..., Any]:
+def margin_fn(arch: Arch, entry: str, *, grad: bool = False, fused: bool = False) -> Callable[..., Any]:
     """``(params, x, eps, y) ->`` margin lower bounds by ``entry`` (see :func:`parse_relaxation`), or with
-    ``grad`` the mean certified cross-entropy of them and its gradient in the parameters."""
+    ``grad`` the mean certified cross-entropy of them and its gradient in the parameters, or with ``fused``
+    the mean fused certified loss (``crown-ibp`` only) and its gradient."""
     name, options = parse_relaxation(entry)
+    if fused:
+        if name != "crown-ibp":
+            raise ValueError(f"loss fusion is CROWN-IBP's training loss, not {name!r}'s")
+        fused_loss = lambda params, x, eps, y: jnp.mean(fused_certified_loss(arch, params, x, y, eps, **options).loss)
+        return jax.value_and_grad(fused_loss)
 
     def bounds(params: LayerParams, x: jax.Array, eps: Any, y: jax.Array) -> jax.Array:
         return margin_lower_bounds(arch, params, x, y, eps, relaxation=name, **options)
@@ -191,7 +201,7 @@ def bench_one(
         kx, ky, kp = jax.random.split(jax.random.key(seed), 3)
         x = jax.random.uniform(kx, (batch, *in_shape))
         y = jax.random.randint(ky, (batch,), 0, arch[-1].features)
-        fn = margin_fn(arch, relaxation, grad=mode == "grad")
+        fn = margin_fn(arch, relaxation, grad=mode == "grad", fused=mode == "fused")
         if mode in ("vmap", "map"):
             params = parameter_samples(params, samples, 1e-2, kp)
             fn = batched_over_samples(fn, mode)
@@ -246,7 +256,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, help=f"timed calls per entry (default {DEFAULTS['repeats']})")
     parser.add_argument("--max-seconds", type=float, help="time budget of the timed calls of one entry")
     parser.add_argument("--memory-gb", type=float, help="memory limit in GiB (default: from the machine)")
-    parser.add_argument("--modes", default="single,vmap", help="comma-separated: single, vmap, map")
+    parser.add_argument("--modes", default="single,vmap", help=f"comma-separated: {', '.join(MODES)}")
     parser.add_argument("--quick", action="store_true", help="tiny settings for a smoke test")
     parser.add_argument("--compile-only", action="store_true", help="XLA's memory estimate only, no timed calls")
     parser.add_argument("--out", default="experiments/results/bench_bounds.json", help="JSON output path")

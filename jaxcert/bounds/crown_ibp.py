@@ -51,6 +51,14 @@ def _concrete(x: Any) -> float | None:
     return None if isinstance(x, jax.core.Tracer) else float(np.asarray(x))
 
 
+def check_beta(beta: float | jax.Array) -> float | None:
+    """β's value when concrete (``None`` when traced); ``ValueError`` outside [0, 1]."""
+    beta_value = _concrete(beta)
+    if beta_value is not None and not 0.0 <= beta_value <= 1.0:
+        raise ValueError(f"crown-ibp: beta must be in [0, 1] (a convex combination keeps bounds sound), got {beta}")
+    return beta_value
+
+
 def crown_ibp_bounds(
     arch: Arch,
     params: LayerParams,
@@ -70,9 +78,7 @@ def crown_ibp_bounds(
     ``bound_upper=False`` back-substitutes the lower rows only (``ub`` is then the IBP bound)."""
     reject_options(unknown, "crown-ibp")
     check_bound_upper(bound_upper)
-    beta_value = _concrete(beta)
-    if beta_value is not None and not 0.0 <= beta_value <= 1.0:
-        raise ValueError(f"crown-ibp: beta must be in [0, 1] (a convex combination keeps bounds sound), got {beta}")
+    beta_value = check_beta(beta)
     line_fn = make_line_fn(arch, lower_slope, lower_slopes, tau, gamma)
     body, body_params, W, b = fold_spec(arch, params, C, lower.shape[0])
     layers = interval_layers(body, body_params, lower, upper)

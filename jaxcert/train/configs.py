@@ -57,6 +57,7 @@ class TrainConfig:
     bn_mode: str = "eval"  # BatchNorm statistics in training losses and bounds: eval (running) | batch (clean batch's)
     reg_weight: float = 0.0  # Shi et al. warm-up regularisers (tightness + ReLU balance): weight λ (0: off)
     reg_tol: float = 0.5  # Shi et al. warm-up regularisers: tolerance τ
+    loss_fusion: bool = False  # crown-ibp: bound the certified loss itself, one back-substituted row per example
     # optimisation
     steps: int = 1000  # training steps
     batch_size: int = 128  # examples per step
@@ -137,6 +138,11 @@ class TrainConfig:
             raise ValueError("bn_mode='batch' is not supported by method 'pgd' (PGD training uses eval mode)")
         if self.reg_weight and self.method in ("standard", "pgd"):
             raise ValueError(f"reg_weight (warm-up regularisers) needs a certified loss, not method {self.method!r}")
+        if self.loss_fusion and (self.method in ("standard", "pgd") or self.relaxation != "crown-ibp"):
+            raise ValueError(
+                f"loss_fusion needs a certified loss with relaxation 'crown-ibp', got method {self.method!r} "
+                f"and relaxation {self.relaxation!r}"
+            )
         if self.init not in ("ibp", "default"):
             raise ValueError(f"unknown init {self.init!r}; expected 'ibp' or 'default'")
         for name in ("warmup_frac", "ramp_frac"):

@@ -153,7 +153,7 @@ def make_trainer(
             lo=lo, hi=hi, **common,
         )  # fmt: skip
     loss_options = {"l1": config.l1, "lo": lo, "hi": hi, "bn_mode": config.bn_mode}
-    loss_options |= {"reg_weight": config.reg_weight, "reg_tol": config.reg_tol}
+    loss_options |= {"reg_weight": config.reg_weight, "reg_tol": config.reg_tol, "loss_fusion": config.loss_fusion}
     if config.method == "certified":
         return certified_trainer(arch, config.relaxation, optimizer, schedule, **loss_options, **common)
     objective = certified_objective(arch, config.relaxation, schedule, **loss_options)

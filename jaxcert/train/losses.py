@@ -13,6 +13,10 @@ certified, RGS and PGPE trainers; ``frozen`` holds the BatchNorm running statist
 Shi et al.'s warm-up regularisers during the ε ramp (:mod:`jaxcert.train.warmup_regularisers`):
 
     L(θ) += λ (1 - ε_t / ε_final) · (L_tight + L_relu)     while 0 < ε_t < ε_final.
+
+With ``loss_fusion=True`` (CROWN-IBP only) ``CE_cert`` is the fused bound of the certified cross-entropy,
+one back-substituted row per example instead of one per margin (:mod:`jaxcert.bounds.loss_fusion`); the
+batch's ``cert_acc`` is then IBP's (the fused bound has no margins).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxcert.bounds import certified_cross_entropy, cross_entropy, get_relaxation, is_certified, margin_lower_bounds
+from jaxcert.bounds.loss_fusion import fused_certified_loss
 from jaxcert.nets.layers import Arch
 from jaxcert.nets.network import LayerParams, forward, merge
 from jaxcert.train.batch_norm import check_bn_mode, with_batch_stats
@@ -34,6 +39,17 @@ Objective = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
 
 #: Relaxations whose bound is mixed with IBP by the scheduled coefficient β.
 BETA_RELAXATIONS = frozenset({"crown-ibp"})
+#: Relaxations whose certified loss can be fused (bounded with one row per example).
+FUSABLE_RELAXATIONS = frozenset({"crown-ibp"})
+
+
+def check_loss_fusion(loss_fusion: bool, relaxation: str) -> None:
+    """``ValueError`` unless loss fusion is off or ``relaxation`` has a fused certified loss."""
+    if loss_fusion and relaxation not in FUSABLE_RELAXATIONS:
+        raise ValueError(
+            f"loss_fusion bounds the certified loss with CROWN-IBP's back-substitution: it needs relaxation "
+            f"{' or '.join(sorted(FUSABLE_RELAXATIONS))}, got {relaxation!r}"
+        )
 
 
 def l1_penalty(trainable: LayerParams) -> jax.Array:
@@ -81,10 +97,12 @@ def certified_objective(
     bn_mode: str = "eval",
     reg_weight: float = 0.0,
     reg_tol: float = 0.5,
+    loss_fusion: bool = False,
     **options: Any,
 ) -> Objective:
     """The mixed objective ``κ CE + (1-κ) CE_cert + λ Σ|W|`` with ε, κ, β from ``schedule(step)``.
 
+    ``loss_fusion=True`` (``crown-ibp`` only): ``CE_cert`` is the fused bound (see the module doc).
     ``bn_mode="batch"``: the clean batch's BatchNorm statistics in the forward pass and the bounds.
     ``reg_weight > 0``: plus the warm-up regularisers with tolerance ``reg_tol`` (needs ``schedule.eps_final``),
     logged as ``reg_tightness``, ``reg_relu``, ``tightness`` and ``reg_weight`` (the scheduled weight).
@@ -94,6 +112,7 @@ def certified_objective(
     """
     get_relaxation(relaxation)  # unknown name -> ValueError now, not at trace time
     check_bn_mode(bn_mode)
+    check_loss_fusion(loss_fusion, relaxation)
     if reg_weight < 0:
         raise ValueError(f"reg_weight must be >= 0, got {reg_weight}")
     if reg_weight:
@@ -112,8 +131,12 @@ def certified_objective(
             opts["beta"] = values["beta"]
         else:
             values.pop("beta")
-        lb = margin_lower_bounds(arch, params, x, y, eps, relaxation=relaxation, lo=lo, hi=hi, **opts)
-        cert_ce = jnp.mean(certified_cross_entropy(lb))
+        if loss_fusion:
+            cert_loss, lb = fused_certified_loss(arch, params, x, y, eps, lo=lo, hi=hi, **opts)
+        else:
+            lb = margin_lower_bounds(arch, params, x, y, eps, relaxation=relaxation, lo=lo, hi=hi, **opts)
+            cert_loss = certified_cross_entropy(lb)
+        cert_ce = jnp.mean(cert_loss)
         cert_acc = jnp.mean(is_certified(lb).astype(jnp.float32))
         loss = mixed_loss(kappa, ce, cert_ce, l1, trainable)
         aux = {
