@@ -13,13 +13,16 @@ so its vector-Jacobian product with a cotangent ``G`` (shaped like the convoluti
 Differentiating ``jax.linear_transpose`` instead gives a kernel gradient with both input and kernel
 dilation, which XLA:CPU runs ~20× slower than the plain kernel gradient of the same size (CNN3's second
 convolution, 9 rows × 128 examples; ``experiments/bench_bounds.py`` measures the train step). The
-values are those of :func:`jax.linear_transpose` exactly; the gradients agree to float tolerance.
+values are those of :func:`jax.linear_transpose` (on CPU, for strided layers where it pays, computed by
+phases, :mod:`jaxcert.bounds.conv_phases`, equal to float tolerance); the gradients agree to float
+tolerance.
 """
 
 from __future__ import annotations
 
 import jax
 
+from jaxcert.bounds.conv_phases import phase_transpose, phases_pay_on_cpu
 from jaxcert.nets.layers import Conv
 
 
@@ -28,10 +31,17 @@ def conv_transpose(conv: Conv, kernel: jax.Array, rows: jax.Array, in_shape: tup
     forward = lambda k, x: conv.linear({"kernel": k}, x)
     primal = jax.ShapeDtypeStruct((rows.shape[0], *in_shape), rows.dtype)
 
-    @jax.custom_vjp
-    def transpose(k: jax.Array, a: jax.Array) -> jax.Array:
+    def by_linear_transpose(k: jax.Array, a: jax.Array) -> jax.Array:
         (back,) = jax.linear_transpose(lambda x: forward(k, x), primal)(a)
         return back
+
+    @jax.custom_vjp
+    def transpose(k: jax.Array, a: jax.Array) -> jax.Array:
+        if not phases_pay_on_cpu(conv, in_shape):
+            return by_linear_transpose(k, a)
+        return jax.lax.platform_dependent(
+            k, a, cpu=lambda k_, a_: phase_transpose(conv, k_, a_, in_shape), default=by_linear_transpose
+        )
 
     def transpose_fwd(k: jax.Array, a: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
         return transpose(k, a), (k, a)
