@@ -12,7 +12,7 @@ import pytest
 
 from jaxcert.train.__main__ import main, resolve_config
 from jaxcert.train.__main__ import parse_args as parse_train_args
-from jaxcert.train.checkpoint import Checkpoints
+from jaxcert.train.checkpoint import Checkpoints, interrupts_deferred
 from jaxcert.train.configs import get_config, override
 from jaxcert.train.logging import read_metrics
 from jaxcert.train.loop import train
@@ -65,21 +65,38 @@ def test_rerunning_a_killed_command_resumes_by_default_and_ends_as_an_uninterrup
 def test_ctrl_c_saves_a_checkpoint_at_the_current_step_and_says_how_to_resume(tmp_path):
     out = tmp_path / "run"
     cmd = _cli(out, "--steps", "100000", "--checkpoint-every", "20", "--no-eval")
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        for line in proc.stdout:
-            if line.startswith("checkpoint saved at step 20"):
-                proc.send_signal(signal.SIGINT)
-                break
-        _, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
+    with open(tmp_path / "stderr.txt", "w+") as stderr:  # a file, not a pipe: the child never blocks on it
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=stderr, text=True)
+        try:
+            for line in proc.stdout:
+                if line.startswith("checkpoint saved at step 20"):
+                    proc.send_signal(signal.SIGINT)
+                    break
+            proc.communicate(timeout=180)
+        finally:
+            proc.kill()
+        stderr.seek(0)
+        err = stderr.read()
     assert proc.returncode == 130, err
     step = int(re.search(r"interrupted at step (\d+)", err).group(1))
     assert step >= 20 and "Resume with" in err and "Traceback" not in err
     checkpoints = Checkpoints(out / "checkpoints", every=20)
     assert checkpoints.latest_step() == step
     checkpoints.close()
+
+
+def test_ctrl_c_during_a_checkpoint_save_is_raised_once_the_checkpoint_is_complete(tmp_path):
+    before = signal.getsignal(signal.SIGINT)
+    finished = []
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            finished.append(True)  # the block is not cut short
+    assert finished == [True]
+    assert signal.getsignal(signal.SIGINT) is before  # the handler is restored
+    with interrupts_deferred():  # no signal: nothing raised
+        finished.append(True)
+    assert finished == [True, True]
 
 
 def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one_with_a_warning(tmp_path, capsys):

@@ -7,13 +7,17 @@ Together with batches that are a function of ``(seed, epoch)`` and step keys
 orbax writes each step to a temporary directory and renames it when complete, so a checkpoint
 interrupted by the kill is never restored. A checkpoint that cannot be read back (a truncated or
 corrupted file) is reported with a warning, deleted, and the previous one is used
-(:meth:`Checkpoints.restore_valid`).
+(:meth:`Checkpoints.restore_valid`). Ctrl-C during a save is held until the save has finished
+(:func:`interrupts_deferred`), so the interrupted run's last checkpoint is the step it stopped at.
 """
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +25,24 @@ import jax
 import orbax.checkpoint as ocp
 
 from jaxcert.train.state import TrainState
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold SIGINT (Ctrl-C) until the block has finished, then raise ``KeyboardInterrupt``.
+
+    Only the main thread can install signal handlers; elsewhere the block runs unprotected."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+    if received:
+        raise KeyboardInterrupt
 
 
 class Checkpoints:
@@ -43,12 +65,14 @@ class Checkpoints:
         return step % self.every == 0
 
     def save(self, state: TrainState, meta: dict[str, Any]) -> int:
-        """Save at ``state.step`` (no-op if that step is already saved); returns the step."""
+        """Save at ``state.step`` (no-op if that step is already saved); returns the step. A Ctrl-C during
+        the save is raised once the checkpoint is complete."""
         step = int(state.step)
-        if step not in self.manager.all_steps():
-            args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-            self.manager.save(step, args=args, force=True)
-            self.manager.wait_until_finished()
+        with interrupts_deferred():
+            if step not in self.manager.all_steps():
+                args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+                self.manager.save(step, args=args, force=True)
+                self.manager.wait_until_finished()
         return step
 
     def read_meta(self, step: int | None = None) -> dict[str, Any] | None:
