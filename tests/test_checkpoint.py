@@ -17,6 +17,7 @@ from jaxcert.train.checkpoint import Checkpoints
 from jaxcert.train.configs import get_config, override
 from jaxcert.train.logging import read_metrics
 from jaxcert.train.loop import setup, train
+from tests.cli_runs import signal_on_line
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,16 +60,8 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_with_nothing_lost(tmp_pat
     cmd = [sys.executable, "-m", "jaxcert.train", "--config", "tiny", "--steps", str(steps), "--checkpoint-every",
            str(every), "--no-progress", "--no-eval", "--out", str(killed_dir)]  # fmt: skip
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        for line in proc.stdout:
-            if line.startswith("checkpoint saved at step"):
-                proc.send_signal(signal.SIGKILL)
-                break
-        proc.wait(timeout=60)
-    finally:
-        proc.kill()
-    assert proc.returncode == -signal.SIGKILL
+    returncode, _ = signal_on_line(cmd, "checkpoint saved at step", signal.SIGKILL, cwd=ROOT, env=env)
+    assert returncode == -signal.SIGKILL
     ckpt = Checkpoints(killed_dir / "checkpoints", every=every)
     interrupted_at = ckpt.latest_step()
     assert interrupted_at is not None and interrupted_at < steps, "the run must be killed before it finished"

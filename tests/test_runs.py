@@ -16,6 +16,7 @@ from jaxcert.train.checkpoint import Checkpoints, interrupts_deferred
 from jaxcert.train.configs import get_config, override
 from jaxcert.train.logging import read_metrics
 from jaxcert.train.loop import train
+from tests.cli_runs import signal_on_line
 from tests.test_checkpoint import assert_trees_equal
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,18 +35,9 @@ def test_rerunning_a_killed_command_resumes_by_default_and_ends_as_an_uninterrup
     steps, every = 160, 40
     out = tmp_path / "killed"
     cmd = _cli(out, "--steps", str(steps), "--checkpoint-every", str(every))
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    saved = []
-    try:
-        for line in proc.stdout:
-            if line.startswith("checkpoint saved at step"):
-                saved.append(int(line.split()[-1]))
-                proc.send_signal(signal.SIGKILL)
-                break
-        proc.wait(timeout=60)
-    finally:
-        proc.kill()
-    assert proc.returncode == -signal.SIGKILL and saved and saved[-1] < steps
+    returncode, line = signal_on_line(cmd, "checkpoint saved at step", signal.SIGKILL, cwd=ROOT, env=ENV)
+    saved = [int(line.split()[-1])] if line else []
+    assert returncode == -signal.SIGKILL and saved and saved[-1] < steps
 
     rerun = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=180)  # the same command
     assert rerun.returncode == 0, rerun.stderr
@@ -66,18 +58,12 @@ def test_ctrl_c_saves_a_checkpoint_at_the_current_step_and_says_how_to_resume(tm
     out = tmp_path / "run"
     cmd = _cli(out, "--steps", "100000", "--checkpoint-every", "20", "--no-eval")
     with open(tmp_path / "stderr.txt", "w+") as stderr:  # a file, not a pipe: the child never blocks on it
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=stderr, text=True)
-        try:
-            for line in proc.stdout:
-                if line.startswith("checkpoint saved at step 20"):
-                    proc.send_signal(signal.SIGINT)
-                    break
-            proc.communicate(timeout=180)
-        finally:
-            proc.kill()
+        returncode, _ = signal_on_line(
+            cmd, "checkpoint saved at step 20", signal.SIGINT, cwd=ROOT, env=ENV, stderr=stderr, timeout=180
+        )
         stderr.seek(0)
         err = stderr.read()
-    assert proc.returncode == 130, err
+    assert returncode == 130, err
     step = int(re.search(r"interrupted at step (\d+)", err).group(1))
     assert step >= 20 and "Resume with" in err and "Traceback" not in err
     checkpoints = Checkpoints(out / "checkpoints", every=20)

@@ -59,6 +59,12 @@ def check_beta(beta: float | jax.Array) -> float | None:
     return beta_value
 
 
+def mix(beta: float | jax.Array, tight: jax.Array, ibp: jax.Array) -> jax.Array:
+    """``β · tight + (1 - β) · ibp`` with β clipped to [0, 1] (a convex combination of two sound bounds)."""
+    beta = jnp.clip(jnp.asarray(beta, tight.dtype), 0.0, 1.0)
+    return beta * tight + (1 - beta) * ibp
+
+
 def crown_ibp_bounds(
     arch: Arch,
     params: LayerParams,
@@ -90,8 +96,7 @@ def crown_ibp_bounds(
     lb, ub = finish(backsubstitute(body, body_params, A, a, lines, lower, upper))
     if beta_value == 1.0:
         return lb, ub
-    beta = jnp.clip(jnp.asarray(beta, lb.dtype), 0.0, 1.0)
-    return beta * lb + (1 - beta) * lb_ibp, beta * ub + (1 - beta) * ub_ibp
+    return mix(beta, lb, lb_ibp), mix(beta, ub, ub_ibp)
 
 
 register("crown-ibp", crown_ibp_bounds, one_sided=True, beta=1.0)

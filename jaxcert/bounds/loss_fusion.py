@@ -47,7 +47,7 @@ from jaxcert.bounds.backsub import backsubstitute, reject_options
 from jaxcert.bounds.box import input_box
 from jaxcert.bounds.checks import check_input
 from jaxcert.bounds.crown import make_line_fn, relu_indices
-from jaxcert.bounds.crown_ibp import check_beta
+from jaxcert.bounds.crown_ibp import check_beta, mix
 from jaxcert.bounds.ibp import affine_interval, interval_layers
 from jaxcert.bounds.loss import certified_cross_entropy
 from jaxcert.bounds.spec import batch_margin_spec, fold_spec
@@ -117,8 +117,7 @@ def fused_loss_from_box(
     fused = shift[:, 0] + jnp.log(u_max)
     if beta_value == 1.0:
         return FusedLoss(fused, margin_lb)
-    beta = jnp.clip(jnp.asarray(beta, fused.dtype), 0.0, 1.0)
-    return FusedLoss(beta * fused + (1 - beta) * ibp_loss, margin_lb)
+    return FusedLoss(mix(beta, fused, ibp_loss), margin_lb)
 
 
 def fused_certified_loss(

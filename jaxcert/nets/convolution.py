@@ -35,6 +35,11 @@ import jax
 import jax.numpy as jnp
 
 
+def output_size(size: int, kernel: int, stride: int, padding: int) -> int:
+    """Output length of a convolution along one axis: ``⌊(size + 2·padding - kernel) / stride⌋ + 1``."""
+    return (size + 2 * padding - kernel) // stride + 1
+
+
 def xla_conv2d(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
     """XLA's convolution: NHWC input, HWIO kernel, symmetric zero padding."""
     return jax.lax.conv_general_dilated(
@@ -53,8 +58,7 @@ def shifted_slices_conv2d(x: jax.Array, kernel: jax.Array, stride: int, padding:
     the last axis of both operands' memory order, the layout XLA:CPU's matrix product runs fastest."""
     kh, kw, cin, cout = kernel.shape
     batch, height, width, _ = x.shape
-    out_h = (height + 2 * padding - kh) // stride + 1
-    out_w = (width + 2 * padding - kw) // stride + 1
+    out_h, out_w = output_size(height, kh, stride, padding), output_size(width, kw, stride, padding)
     x_pad = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
     out = jnp.zeros((batch, out_h * out_w, cout), jnp.result_type(x, kernel))
     for i in range(kh):
@@ -80,8 +84,8 @@ MIN_TERMS = 32768
 
 def slices_pay_on_cpu(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], stride: int, padding: int) -> bool:
     """Whether the shifted-slices kernel gradient beats XLA's on CPU for these (static) shapes."""
-    out_h = (x_shape[1] + 2 * padding - kernel_shape[0]) // stride + 1
-    out_w = (x_shape[2] + 2 * padding - kernel_shape[1]) // stride + 1
+    out_h = output_size(x_shape[1], kernel_shape[0], stride, padding)
+    out_w = output_size(x_shape[2], kernel_shape[1], stride, padding)
     return out_h * out_w >= MIN_POSITIONS and x_shape[0] * out_h * out_w >= MIN_TERMS
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxcert.nets.convolution import conv2d
+from jaxcert.nets.convolution import conv2d, output_size
 
 Params = dict[str, jax.Array]
 Shape = tuple[int, ...]
@@ -87,7 +87,7 @@ class Conv(LayerSpec):
         if len(in_shape) != 3:
             raise ValueError(f"Conv expects an HWC input, got shape {in_shape}")
         h, w, _ = in_shape
-        size = lambda n: (n + 2 * self.padding - self.kernel) // self.stride + 1
+        size = lambda n: output_size(n, self.kernel, self.stride, self.padding)
         return (size(h), size(w), self.features)
 
     def _conv(self, w: jax.Array, x: jax.Array) -> jax.Array:
