@@ -7,8 +7,9 @@ spatial axis shown; channels contract as usual), the transpose maps rows ``A`` o
 
 :func:`jax.linear_transpose` computes it as a convolution of ``A`` dilated by ``s`` (zeros between
 entries), which spends ``(s² - 1)/s²`` of its multiplications on those zeros and which XLA:CPU runs
-about 4× slower than the forward convolution for CNN3's second layer. Splitting the output positions by
-phase ``t = s·T + φ`` (``φ = 0..s-1``) leaves only the taps ``i ≡ φ + p (mod s)``, ``i = s·m + r_φ``:
+about 4× slower than the forward convolution for CNN3's second layer (a one-layer timing). Splitting the
+output positions by phase ``t = s·T + φ`` (``φ = 0..s-1``) leaves only the taps ``i ≡ φ + p (mod s)``,
+``i = s·m + r_φ``:
 
     convᵀ(A)[s·T + φ] = Σ_m A[T + q_φ - m] W[s·m + r_φ]ᵀ,      r_φ = (φ + p) mod s,  q_φ = ⌊(φ + p)/s⌋,
 
