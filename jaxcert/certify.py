@@ -1,6 +1,10 @@
 """Certify a network example by example: ``python -m jaxcert.certify RUN_DIR`` and :func:`certify_dataset`.
 
-Every example of the test set ends in exactly one state, decided in this order (cheapest first):
+Every example of the test set ends in exactly one state. The stages run cheapest per decided example
+first, each only on the examples the earlier ones left open (:func:`stage_plan`): the clean prediction,
+the cascade's cheap relaxations (IBP, CROWN-IBP), each PGD and APGD-CE restart, the rest of the cascade
+(CROWN, alpha-CROWN), then optionally the MILP. A verified example is never attacked (it has no
+counterexample) and a falsified one is never bounded. The states:
 
     falsified   a concrete counterexample x' was found and checked by a forward pass:
                 ‖x' - x‖∞ ≤ ε, lo ≤ x' ≤ hi and argmax f(x') ≠ y — the clean point itself (misclassified),
@@ -14,7 +18,10 @@ Every example of the test set ends in exactly one state, decided in this order (
 Since a verified example has no counterexample in the box, ``cert_acc ≤ robust_acc ≤ pgd_acc ≤ clean_acc``
 (``robust_acc``: not falsified by any attack). ``cert_acc/<r>`` is the fraction certified by the cascade up
 to and including relaxation ``r``. Everything is traced at matmul precision ``"highest"`` (see
-:mod:`jaxcert.evaluate`). Results: ``certify.json`` (summary and per-example states) and ``certify.md``.
+:mod:`jaxcert.evaluate`). Results: a JSON report (summary, per-stage timings, per-example states) and a
+markdown one. Training writes ``certify.json`` / ``certify.md`` (its final evaluation, summarised in
+``results.json``); this command writes ``certify-<eps>-<n>.json`` / ``.md`` beside them (``--output``
+names them), and ``--replace`` replaces the training-time report and updates ``results.json`` instead.
 With ``--distributed`` (``distributed=True``) the processes of a multi-process run share the work and
 process 0 writes the same report as one process would (``_Split``).
 """
@@ -34,6 +41,9 @@ import numpy as np
 
 STATES = ("verified", "falsified", "unknown", "timeout")
 DEFAULT_RELAXATIONS = ("ibp", "crown-ibp", "crown", "alpha-crown")
+#: Cost rank (``jaxcert.train.configs.relaxation_cost``) of CROWN/DeepPoly: cheaper relaxations run before
+#: the attacks, and on whole batches.
+CROWN_COST = 4
 #: Relative and absolute slack of the box check of a counterexample (float32 rounding of x ± ε).
 _BOX_TOL = 1e-6
 
@@ -46,13 +56,13 @@ class CertifyReport:
     relaxations: tuple[str, ...]
     labels: np.ndarray
     clean: np.ndarray  # argmax f(x) = y
-    pgd_robust: np.ndarray  # clean and PGD found no counterexample
-    apgd_robust: np.ndarray | None  # clean and APGD-CE found none (None: APGD not run)
+    pgd_robust: np.ndarray  # clean and PGD found no counterexample (verified examples are not attacked: none exists)
     states: np.ndarray  # one of STATES
     by: np.ndarray  # what decided: "clean", "pgd", "apgd", a relaxation, "milp", or ""
     margin_lower: np.ndarray  # best certified lower bound of min_j (z_y - z_j) over the box (nan: not bounded)
     counterexamples: np.ndarray  # x' of the falsified examples (nan elsewhere)
     settings: dict[str, Any]
+    stages: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # {"stage", "examples", "seconds"}
     seconds: float = 0.0
 
     @property
@@ -63,11 +73,10 @@ class CertifyReport:
         return {s: int(np.sum(self.states == s)) for s in STATES}
 
     def accuracies(self) -> dict[str, float]:
-        """``clean_acc``, ``pgd_acc``, ``apgd_acc``, ``robust_acc``, ``cert_acc`` and the cumulative
-        ``cert_acc/<relaxation>`` (and ``cert_acc/milp``) as fractions of ``n``."""
+        """``clean_acc``, ``pgd_acc`` (not falsified by PGD), ``robust_acc`` (by no attack: PGD, APGD-CE on
+        what PGD left, the MILP), ``cert_acc`` and the cumulative ``cert_acc/<relaxation>`` (and
+        ``cert_acc/milp``) as fractions of ``n``."""
         out = {"clean_acc": float(np.mean(self.clean)), "pgd_acc": float(np.mean(self.pgd_robust))}
-        if self.apgd_robust is not None:
-            out["apgd_acc"] = float(np.mean(self.apgd_robust))
         out["robust_acc"] = float(np.mean(self.states != "falsified"))
         out["cert_acc"] = float(np.mean(self.states == "verified"))
         done = np.zeros(self.n, bool)
@@ -89,7 +98,7 @@ class CertifyReport:
         ]
         summary = {"examples": self.n, "eps": self.eps, **self.counts(), **self.accuracies()}
         summary["seconds"] = self.seconds
-        return {"summary": summary, "settings": self.settings, "examples": examples}
+        return {"summary": summary, "settings": self.settings, "stages": self.stages, "examples": examples}
 
     def markdown(self) -> str:
         """A markdown summary: the accuracies, and the states by the method that decided them."""
@@ -108,17 +117,37 @@ class CertifyReport:
             decided = self.by[self.states == state]
             for method in sorted(set(decided.tolist())):
                 lines.append(f"| {state} | {method or '-'} | {int(np.sum(decided == method))} |")
+        if self.stages:
+            lines += ["", "| stage (in order) | open examples | seconds |", "|---|---|---|"]
+            lines += [f"| {s['stage']} | {s['examples']} | {s['seconds']:.1f} |" for s in self.stages]
         lines += ["", f"Settings: `{json.dumps(self.settings)}`; {self.seconds:.1f} s.", ""]
         return "\n".join(lines)
 
 
-def write_report(report: CertifyReport, directory: str | Path) -> tuple[Path, Path]:
-    """``certify.json`` and ``certify.md`` in ``directory``."""
+def write_report(report: CertifyReport, directory: str | Path, name: str = "certify") -> tuple[Path, Path]:
+    """``<name>.json`` and ``<name>.md`` in ``directory``."""
     directory = Path(directory)
-    json_path, md_path = directory / "certify.json", directory / "certify.md"
+    json_path, md_path = directory / f"{name}.json", directory / f"{name}.md"
     json_path.write_text(json.dumps(report.to_json(), indent=2))
     md_path.write_text(report.markdown())
     return json_path, md_path
+
+
+def report_name(eps: float, n: int) -> str:
+    """The default name of a report written by the command line: ``certify-eps<eps>-n<n>``."""
+    return f"certify-eps{eps:g}-n{n}"
+
+
+def update_results(report: CertifyReport, run_dir: str | Path) -> Path:
+    """Make ``run_dir/results.json`` summarise ``report`` (after it replaced the training-time
+    ``certify.json``): its radius, examples, cascade and accuracies replace the old ones; the training
+    figures (steps, seconds, data sources) stay."""
+    path = Path(run_dir) / "results.json"
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    kept = {k: v for k, v in old.items() if not (k.endswith("_acc") or "_acc/" in k)}
+    kept |= {"eps": report.eps, "test_examples": report.n, "relaxations": list(report.relaxations)}
+    path.write_text(json.dumps({**kept, **report.accuracies(), "certified_by": "jaxcert.certify"}, indent=2))
+    return path
 
 
 @functools.cache
@@ -132,15 +161,15 @@ def _jitted() -> dict[str, Any]:
     from jaxcert.bounds import margin_lower_bounds
     from jaxcert.nets.network import forward
 
-    @functools.partial(jax.jit, static_argnames=("arch", "pgd_steps", "pgd_restarts", "apgd_steps", "apgd_restarts"))
-    def attacks(arch, params, x, y, eps, key, lo, hi, *, pgd_steps, pgd_restarts, apgd_steps, apgd_restarts):  # type: ignore[no-untyped-def]
+    @functools.partial(jax.jit, static_argnames=("arch", "steps"))
+    def pgd_restart(arch, params, x, y, eps, key, lo, hi, *, steps):  # type: ignore[no-untyped-def]
         with jax.default_matmul_precision("highest"):
-            fn = lambda v: forward(arch, params, v)
-            k_pgd, k_apgd = jax.random.split(key)
-            x_pgd = pgd(fn, x, y, eps, key=k_pgd, steps=pgd_steps, restarts=pgd_restarts, lo=lo, hi=hi)
-            if apgd_steps == 0:
-                return x_pgd, x
-            return x_pgd, apgd(fn, x, y, eps, key=k_apgd, steps=apgd_steps, restarts=apgd_restarts, lo=lo, hi=hi)
+            return pgd(lambda v: forward(arch, params, v), x, y, eps, key=key, steps=steps, restarts=1, lo=lo, hi=hi)
+
+    @functools.partial(jax.jit, static_argnames=("arch", "steps"))
+    def apgd_restart(arch, params, x, y, eps, key, lo, hi, *, steps):  # type: ignore[no-untyped-def]
+        with jax.default_matmul_precision("highest"):
+            return apgd(lambda v: forward(arch, params, v), x, y, eps, key=key, steps=steps, restarts=1, lo=lo, hi=hi)
 
     @functools.partial(jax.jit, static_argnames=("arch",))
     def predict(arch, params, x):  # type: ignore[no-untyped-def]
@@ -160,7 +189,13 @@ def _jitted() -> dict[str, Any]:
         with jax.default_matmul_precision("highest"):
             return crown_preactivation_bounds(arch, params, lower, upper)
 
-    return {"attacks": attacks, "predict": predict, "min_margin": min_margin, "preactivation": preactivation}
+    return {
+        "pgd": pgd_restart,
+        "apgd": apgd_restart,
+        "predict": predict,
+        "min_margin": min_margin,
+        "preactivation": preactivation,
+    }
 
 
 def bound_batch_size(relaxation: str, batch_size: int) -> int:
@@ -168,7 +203,7 @@ def bound_batch_size(relaxation: str, batch_size: int) -> int:
     (CROWN/DeepPoly variants, alpha-CROWN), whose memory grows with the number of neurons per example."""
     from jaxcert.train.configs import relaxation_cost
 
-    return batch_size if relaxation_cost(relaxation) < 4 else max(1, batch_size // 8)
+    return batch_size if relaxation_cost(relaxation) < CROWN_COST else max(1, batch_size // 8)
 
 
 def _chunks(index: np.ndarray, size: int):
@@ -262,14 +297,15 @@ def certify_dataset(
     distributed: bool = False,
 ) -> CertifyReport:
     """States of the first ``limit`` examples of ``ds`` (a :class:`jaxcert.data.Dataset`) at radius ``eps``
-    (ℓ∞, clipped to ``ds.input_range``): attacks, then the relaxation cascade, then optionally the MILP.
+    (ℓ∞, clipped to ``ds.input_range``), by the stages of :func:`stage_plan`, each run only on the examples
+    the earlier ones left open: the clean prediction, the cheap relaxations of the cascade, every PGD
+    restart and APGD-CE restart, the expensive relaxations, then optionally the MILP.
 
     ``distributed``: every process of a multi-process run calls this with the same arguments and the work
     is split over the ``P`` processes (see :class:`_Split`); every process gets the whole report, equal to a
     single process's."""
     import jax
     import jax.numpy as jnp
-    from tqdm import tqdm
 
     from jaxcert.bounds import check_eps, get_relaxation
 
@@ -294,76 +330,84 @@ def certify_dataset(
     lo, hi = (float(v) for v in ds.input_range)
     x, y = np.asarray(ds.x, np.float32), np.asarray(ds.y)
     size = min(batch_size, n)
-    key = jax.random.key(seed)
-    eps32 = jnp.float32(eps)
+    k_pgd, k_apgd = jax.random.split(jax.random.key(seed))
+    eps32, lo32, hi32 = jnp.float32(eps), jnp.float32(lo), jnp.float32(hi)
 
     split = _Split(n, ("", "clean", "pgd", "apgd", *relaxations, "milp"), distributed)
-    states = np.full(n, "unknown", dtype=object)
-    by = np.full(n, "", dtype=object)
-    margin_lower = np.full(n, np.nan)
-    adversarial = np.full(x.shape, np.nan, np.float32)
-    clean = np.zeros(n, bool)
-    pgd_broken = np.zeros(n, bool)
-    apgd_broken = np.zeros(n, bool)
+    st = _State.empty(x)
+    timings: list[dict[str, Any]] = []
 
-    mine = split.mine(range(-(-n // size)))
-    bar = tqdm(total=sum(min(size, n - b * size) for b in mine), desc="attacks", disable=not progress, leave=False,
-               file=sys.stderr)  # fmt: skip
-    for b, (idx, k) in enumerate(_chunks(np.arange(n), size)):
-        if b not in mine:
-            continue
-        rows = idx[:k]
-        clean[rows] = np.asarray(fns["predict"](arch, params, x[idx]))[:k] == y[rows]
-        wrong = rows[~clean[rows]]
-        states[wrong], by[wrong] = "falsified", "clean"
-        adversarial[wrong] = x[wrong]
-        x_pgd, x_apgd = fns["attacks"](
-            arch, params, x[idx], y[idx], eps32, jax.random.fold_in(key, b), jnp.float32(lo), jnp.float32(hi),
-            pgd_steps=pgd_steps, pgd_restarts=pgd_restarts, apgd_steps=apgd_steps, apgd_restarts=apgd_restarts,
-        )  # fmt: skip
-        for name, x_adv, broken in (("pgd", x_pgd, pgd_broken), ("apgd", x_apgd, apgd_broken)):
-            if name == "apgd" and apgd_steps == 0:
-                continue
-            x_adv = np.asarray(x_adv)[:k]
-            hit = is_counterexample(arch, params, x[rows], x_adv, y[rows], eps, lo, hi) & clean[rows]
-            broken[rows] |= hit
-            fresh = hit & (states[rows] == "unknown")
-            states[rows[fresh]], by[rows[fresh]] = "falsified", name
-            adversarial[rows[fresh]] = x_adv[fresh]
-        bar.update(k)
-    bar.close()
-    owner = split.owner([np.arange(b * size, min(n, (b + 1) * size)) for b in range(-(-n // size))])
-    states, by, clean, pgd_broken, apgd_broken, adversarial = split.merge(
-        owner, states, by, clean, pgd_broken, apgd_broken, adversarial
-    )
-
-    for name in relaxations:
-        open_ = np.flatnonzero(states == "unknown")
-        if open_.size == 0:
-            break
-        chunks = list(_chunks(open_, min(bound_batch_size(name, size), open_.size)))
-        mine = split.mine(range(len(chunks)))
-        bar = tqdm(total=sum(chunks[c][1] for c in mine), desc=name, disable=not progress, leave=False,
-                   file=sys.stderr)  # fmt: skip
-        for c in sorted(mine):
+    def run(desc: str, rows: np.ndarray, chunk: int, work: Any, fields: tuple[str, ...]) -> None:
+        """``work(c, idx, k)`` on this process's chunks of ``rows``, then every process gets every row."""
+        began = time.time()
+        chunks = list(_chunks(rows, chunk)) if rows.size else []
+        mine = sorted(split.mine(range(len(chunks))))
+        bar = _bar(desc, sum(chunks[c][1] for c in mine), progress)
+        for c in mine:
             idx, k = chunks[c]
-            lb = np.asarray(fns["min_margin"](arch, params, x[idx], y[idx], eps32, relaxation=name, lo=lo, hi=hi))[:k]
-            rows = idx[:k]
-            margin_lower[rows] = np.fmax(margin_lower[rows], lb)
-            proven = rows[lb > 0]
-            states[proven], by[proven] = "verified", name
+            work(c, idx, k)
             bar.update(k)
         bar.close()
-        owner = split.owner([idx[:k] for idx, k in chunks])
-        states, by, margin_lower = split.merge(owner, states, by, margin_lower)
+        st.merge(split, [idx[:k] for idx, k in chunks], fields)
+        timings.append({"stage": desc, "examples": int(rows.size), "seconds": round(time.time() - began, 3)})
+
+    def clean_work(c: int, idx: np.ndarray, k: int) -> None:
+        rows = idx[:k]
+        st.clean[rows] = np.asarray(fns["predict"](arch, params, x[idx]))[:k] == y[rows]
+        wrong = rows[~st.clean[rows]]
+        st.states[wrong], st.by[wrong] = "falsified", "clean"
+        st.adversarial[wrong] = x[wrong]
+
+    def bound_work(name: str):  # type: ignore[no-untyped-def]
+        def work(c: int, idx: np.ndarray, k: int) -> None:
+            lb = np.asarray(fns["min_margin"](arch, params, x[idx], y[idx], eps32, relaxation=name, lo=lo, hi=hi))[:k]
+            rows = idx[:k]
+            st.margin_lower[rows] = np.fmax(st.margin_lower[rows], lb)
+            proven = rows[lb > 0]
+            st.states[proven], st.by[proven] = "verified", name
+
+        return work
+
+    def attack_work(name: str, restart: int):  # type: ignore[no-untyped-def]
+        key, broken = (k_pgd, st.pgd_broken) if name == "pgd" else (k_apgd, st.apgd_broken)
+
+        def work(c: int, idx: np.ndarray, k: int) -> None:
+            chunk_key = jax.random.fold_in(jax.random.fold_in(key, restart), c)
+            if name == "pgd":
+                x_adv = fns["pgd"](arch, params, x[idx], y[idx], eps32, chunk_key, lo32, hi32, steps=pgd_steps)
+            else:
+                x_adv = fns["apgd"](arch, params, x[idx], y[idx], eps32, chunk_key, lo32, hi32, steps=apgd_steps)
+            rows, x_adv = idx[:k], np.asarray(x_adv)[:k]
+            hit = is_counterexample(arch, params, x[rows], x_adv, y[rows], eps, lo, hi) & st.clean[rows]
+            broken[rows] |= hit
+            fresh = hit & (st.states[rows] == "unknown")
+            st.states[rows[fresh]], st.by[rows[fresh]] = "falsified", name
+            st.adversarial[rows[fresh]] = x_adv[fresh]
+
+        return work
+
+    bound_fields = ("states", "by", "margin_lower")
+    attack_fields = ("states", "by", "pgd_broken", "apgd_broken", "adversarial")
+    for stage in stage_plan(relaxations, pgd_restarts, apgd_restarts if apgd_steps > 0 else 0):
+        if stage.kind == "clean":
+            run("clean", np.arange(n), size, clean_work, ("states", "by", "clean", "adversarial"))
+            continue
+        open_ = np.flatnonzero(st.states == "unknown")
+        if stage.kind == "bound":
+            chunk = chunk_size(open_.size, bound_batch_size(stage.name, size))
+            run(stage.name, open_, chunk, bound_work(stage.name), bound_fields)
+        else:
+            label = stage.name if stage.restarts == 1 else f"{stage.name} {stage.restart + 1}/{stage.restarts}"
+            run(label, open_, chunk_size(open_.size, size), attack_work(stage.name, stage.restart), attack_fields)
 
     if milp:
-        open_ = np.flatnonzero(states == "unknown")
+        began = time.time()
+        open_ = np.flatnonzero(st.states == "unknown")
         rows = open_[sorted(split.mine(range(open_.size)))]
-        _milp_stage(arch, params, x, y, eps, lo, hi, states, by, margin_lower, adversarial, milp_time_limit, progress,
-                    rows)  # fmt: skip
-        owner = split.owner([open_[i : i + 1] for i in range(open_.size)])
-        states, by, margin_lower, adversarial = split.merge(owner, states, by, margin_lower, adversarial)
+        _milp_stage(arch, params, x, y, eps, lo, hi, st.states, st.by, st.margin_lower, st.adversarial,
+                    milp_time_limit, progress, rows)  # fmt: skip
+        st.merge(split, [open_[i : i + 1] for i in range(open_.size)], ("states", "by", "margin_lower", "adversarial"))
+        timings.append({"stage": "milp", "examples": int(open_.size), "seconds": round(time.time() - began, 3)})
 
     settings = {
         "data": f"{ds.name}: {getattr(ds, 'source', '') or 'memory'}",
@@ -380,16 +424,86 @@ def certify_dataset(
         eps=float(eps),
         relaxations=relaxations,
         labels=y,
-        clean=clean,
-        pgd_robust=clean & ~pgd_broken,
-        apgd_robust=None if apgd_steps == 0 else clean & ~apgd_broken,
-        states=states.astype(str),
-        by=by.astype(str),
-        margin_lower=margin_lower,
-        counterexamples=adversarial,
+        clean=st.clean,
+        pgd_robust=st.clean & ~st.pgd_broken,
+        states=st.states.astype(str),
+        by=st.by.astype(str),
+        margin_lower=st.margin_lower,
+        counterexamples=st.adversarial,
         settings=settings,
+        stages=timings,
         seconds=time.time() - start_time,
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One stage of :func:`certify_dataset`: ``kind`` "clean", "bound" (relaxation ``name``) or "attack"
+    (``name`` "pgd" or "apgd", restart ``restart`` of ``restarts``)."""
+
+    kind: str
+    name: str
+    restart: int = 0
+    restarts: int = 1
+
+
+def stage_plan(relaxations: tuple[str, ...], pgd_restarts: int, apgd_restarts: int) -> list[Stage]:
+    """The order of the stages, cheapest per decided example first: the clean prediction; the cascade's
+    leading relaxations of cost rank below CROWN's (IBP, CROWN-IBP: many examples per second); each PGD
+    restart, then each APGD-CE restart (``apgd_restarts`` 0: none); the rest of the cascade.
+
+    Each stage sees only the examples still open, so a verified example is never attacked (it has no
+    counterexample) and a falsified one is neither attacked again nor bounded."""
+    from jaxcert.train.configs import relaxation_cost
+
+    cheap = 0
+    while cheap < len(relaxations) and relaxation_cost(relaxations[cheap]) < CROWN_COST:
+        cheap += 1
+    attacks = [Stage("attack", "pgd", r, pgd_restarts) for r in range(pgd_restarts)]
+    attacks += [Stage("attack", "apgd", r, apgd_restarts) for r in range(apgd_restarts)]
+    bounds = [Stage("bound", name) for name in relaxations]
+    return [Stage("clean", "clean"), *bounds[:cheap], *attacks, *bounds[cheap:]]
+
+
+def chunk_size(open_examples: int, cap: int) -> int:
+    """Examples per call for ``open_examples`` open ones: the next power of two (at least 8), at most ``cap``
+    — few distinct shapes, so few compilations, and little padding when only a few examples are left."""
+    return max(1, min(cap, max(8, 1 << max(open_examples - 1, 0).bit_length())))
+
+
+@dataclasses.dataclass
+class _State:
+    """The per-example arrays :func:`certify_dataset` fills stage by stage."""
+
+    states: np.ndarray
+    by: np.ndarray
+    margin_lower: np.ndarray
+    adversarial: np.ndarray
+    clean: np.ndarray
+    pgd_broken: np.ndarray
+    apgd_broken: np.ndarray
+
+    @classmethod
+    def empty(cls, x: np.ndarray) -> _State:
+        n = x.shape[0]
+        return cls(
+            states=np.full(n, "unknown", dtype=object), by=np.full(n, "", dtype=object),
+            margin_lower=np.full(n, np.nan), adversarial=np.full(x.shape, np.nan, np.float32),
+            clean=np.zeros(n, bool), pgd_broken=np.zeros(n, bool), apgd_broken=np.zeros(n, bool),
+        )  # fmt: skip
+
+    def merge(self, split: _Split, chunks: list[np.ndarray], fields: tuple[str, ...]) -> None:
+        """After a stage: row ``r`` of each of ``fields`` from the process that handled its chunk."""
+        merged = split.merge(split.owner(chunks), *(getattr(self, f) for f in fields))
+        for f, value in zip(fields, merged, strict=True):
+            setattr(self, f, value)
+
+
+def _bar(desc: str, total: int, progress: bool):  # type: ignore[no-untyped-def]
+    """A tqdm bar on stderr (with its ETA) for one stage."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not progress, leave=False, file=sys.stderr)
 
 
 def _milp_stage(arch, params, x, y, eps, lo, hi, states, by, margin_lower, adversarial, time_limit, progress, rows):  # type: ignore[no-untyped-def]
@@ -442,6 +556,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--milp-time-limit", type=float, default=10.0, help="seconds per example")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", help="report name in RUN_DIR (default: certify-eps<eps>-n<examples>)")
+    p.add_argument("--replace", action="store_true",
+                   help="replace the training-time certify.json/.md and update results.json to match")  # fmt: skip
     p.add_argument("--data-dir", help="where the test split is (default: the run's data_dir or the usual places)")
     p.add_argument("--no-progress", action="store_true")
     d = p.add_argument_group("multi-process (the examples split over the processes; process 0 writes the report)")
@@ -471,6 +588,8 @@ def main(argv: list[str] | None = None) -> int:
         ds = load_test_split(config, data_dir=args.data_dir, limit=args.limit)
         eps = config.test_eps if args.eps is None else args.eps
         relaxations = tuple(r.strip() for r in args.relaxations.split(",") if r.strip())
+        if args.replace and args.output:
+            raise ValueError("--replace writes certify.json; it excludes --output")
         if main_process:
             print(f"certifying {args.run_dir} on {len(ds)} test examples of {ds.name} ({ds.source or 'memory'}) at "
                   f"eps={eps}: {' -> '.join(relaxations)}{' -> milp' if args.milp else ''}")  # fmt: skip
@@ -485,9 +604,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not main_process:  # a multi-process run reports once, from process 0
         return 0
-    json_path, md_path = write_report(report, args.run_dir)
+    if args.replace:
+        json_path, md_path = write_report(report, args.run_dir)
+        written = [json_path, md_path, update_results(report, args.run_dir)]
+    else:
+        written = list(write_report(report, args.run_dir, args.output or report_name(eps, report.n)))
     print(report.markdown())
-    print(f"written: {json_path}, {md_path}")
+    print(f"written: {', '.join(str(p) for p in written)}")
     return 0
 
 

@@ -41,6 +41,8 @@ class TrainConfig:
     data_dir: str | None = None  # folder (or npz file) holding the data set; must exist
     download: bool = False  # let tensorflow-datasets download the data set when no offline copy is found
     train_limit: int | None = None  # use only the first N training examples
+    val_size: int = 0  # hold out the last N training examples (after train_limit) as a validation split
+    val_every: int = 0  # evaluate on the validation split every N steps and at the end (0: at each checkpoint)
     arch: str = "cnn3"  # cnn3 | cnn5 | cnn7 | cnn7_bn | paradox_fc | paradox_conv | mlp_small
     init: str = "ibp"  # "ibp" (Shi et al.) or "default"
     init_from: str | None = None  # warm start: a saved run's directory; its latest checkpoint's weights replace init
@@ -110,6 +112,8 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.val_size < 0 or self.val_every < 0:
+            raise ValueError(f"val_size and val_every must be >= 0, got {self.val_size} and {self.val_every}")
         if self.mesh_data < 0:
             raise ValueError(f"mesh_data must be >= 0 (0: automatic), got {self.mesh_data}")
         if self.member_chunk < 0:

@@ -54,7 +54,7 @@ from jaxcert.train.warm_start import load_run_params
 RESUME_FREE_FIELDS = frozenset(
     {"out", "data_dir", "checkpoint_every", "keep_checkpoints", "log_every", "test_limit", "eval_eps",
      "eval_relaxations", "eval_pgd_steps", "eval_pgd_restarts", "eval_apgd_steps", "eval_batch_size",
-     "devices", "member_chunk", "member_unroll", "download",
+     "devices", "member_chunk", "member_unroll", "download", "val_every",
      "mesh_data", "distributed", "coordinator", "num_processes", "process_id", "distributed_timeout"}
 )  # fmt: skip
 
@@ -77,7 +77,8 @@ class RunInterrupted(KeyboardInterrupt):
 
 
 def load_data(config: TrainConfig) -> tuple[Dataset, Dataset]:
-    """Train and test splits; ``"spheres"`` is the synthetic concentric-spheres problem (d = 10).
+    """Train and test splits; ``"spheres"`` is the synthetic concentric-spheres problem (d = 10). The
+    training split is whole: :func:`setup` holds out the validation examples (:func:`validation_split`).
     A ``data_dir`` that does not exist is a ``FileNotFoundError`` (unless ``download``)."""
     if config.data_dir is not None and not config.download and not Path(config.data_dir).exists():
         raise FileNotFoundError(f"--data-dir {config.data_dir!r} does not exist")
@@ -94,6 +95,17 @@ def load_data(config: TrainConfig) -> tuple[Dataset, Dataset]:
     train = load_dataset(config.dataset, "train", limit=config.train_limit, **options)
     test = load_dataset(config.dataset, "test", limit=config.test_limit, **options)
     return train, test
+
+
+def validation_split(train: Dataset, val_size: int) -> tuple[Dataset, Dataset | None]:
+    """``(train without its last val_size examples, those examples)``; ``(train, None)`` for ``val_size`` 0.
+    The held-out examples are never trained on, so tuning on them leaves the test split unseen."""
+    if val_size == 0:
+        return train, None
+    if val_size >= len(train):
+        raise ValueError(f"val_size {val_size} leaves no training examples (the split has {len(train)})")
+    n = len(train) - val_size
+    return train.subset(slice(0, n)), dataclasses.replace(train.subset(slice(n, None)), name=f"{train.name}-val")
 
 
 def initial_params(config: TrainConfig, arch: Arch, in_shape: tuple[int, ...]) -> LayerParams:
@@ -223,6 +235,7 @@ class Setup(NamedTuple):
     params: LayerParams
     trainer: Trainer
     mesh: Any
+    val_ds: Dataset | None = None
 
 
 def setup(config: TrainConfig) -> Setup:
@@ -232,12 +245,13 @@ def setup(config: TrainConfig) -> Setup:
     if config.method in ("certified", "rgs", "pgpe"):
         get_relaxation(config.relaxation)  # unknown relaxation: clear error before loading anything
     train_ds, test_ds = load_data(config)
+    train_ds, val_ds = validation_split(train_ds, config.val_size)
     arch = get_architecture(config.arch, train_ds.num_classes, train_ds.normalization)
     params = initial_params(config, arch, train_ds.in_shape)
     mesh = _mesh(config)
     member_mesh = mesh if mesh is not None and SAMPLES in mesh.axis_names else None
     trainer = make_trainer(config, arch, params, train_ds.input_range, member_mesh)
-    return Setup(train_ds, test_ds, arch, params, trainer, mesh)
+    return Setup(train_ds, test_ds, arch, params, trainer, mesh, val_ds)
 
 
 def train(config: TrainConfig, *, resume: bool = True, progress: bool = True, evaluate: bool = True) -> dict:
@@ -249,7 +263,7 @@ def train(config: TrainConfig, *, resume: bool = True, progress: bool = True, ev
     out.mkdir(parents=True, exist_ok=True)
     if not resume:
         clear_run(out)
-    train_ds, test_ds, arch, params, trainer, mesh = setup(config)
+    train_ds, test_ds, arch, params, trainer, mesh, val_ds = setup(config)
     multi, main = dist.multi_process(mesh), dist.is_main_process()  # several processes: global arrays, process 0 writes
     if main:
         _say(f"data: {config.dataset}, {len(train_ds)} training examples from {train_ds.source or 'memory'}")
@@ -281,7 +295,10 @@ def train(config: TrainConfig, *, resume: bool = True, progress: bool = True, ev
     step = int(state.step)
     window: dict[str, list[float]] = {}
     start_time = time.time()
-    bar = tqdm(total=config.steps, initial=step, disable=not (progress and main), desc=out.name, dynamic_ncols=True)
+    if step < config.steps:
+        _say(f"compiling the training step ({config.method}{_members(config)}); the first step includes it")
+    bar = None  # made after the first step, so that its rate and ETA leave the compilation out
+    clock = _StepClock(step, config.steps)
     try:
         while step < config.steps:
             epoch, first = divmod(step, per_epoch)
@@ -295,6 +312,13 @@ def train(config: TrainConfig, *, resume: bool = True, progress: bool = True, ev
                 state, metrics = trainer.step(state, xb, yb, jax.random.fold_in(key, step))
                 step += 1
                 host = {k: float(v) for k, v in dist.to_host(metrics).items()}
+                shown = host.get("loss_at_mean", host["loss"])  # GLS: the loss of the returned net
+                message = clock.tick(step, shown)
+                if message:
+                    _say(message)
+                if bar is None:
+                    bar = tqdm(total=config.steps, initial=step - 1, disable=not (progress and main), desc=out.name,
+                               dynamic_ncols=True)  # fmt: skip
                 if not np.isfinite(host["loss"]):
                     raise NonFiniteLossError(
                         f"non-finite training loss {host['loss']} at step {step} (epoch {epoch}); metrics: {host}. "
@@ -303,25 +327,31 @@ def train(config: TrainConfig, *, resume: bool = True, progress: bool = True, ev
                 for k, v in host.items():
                     window.setdefault(k, []).append(v)
                 bar.update(1)
+                bar.set_postfix(loss=f"{shown:.3f}", eps=f"{host.get('eps', 0.0):.3f}", refresh=False)
                 if step % config.log_every == 0 or step == config.steps:
                     record = {"step": step, "epoch": epoch, **{k: float(np.mean(v)) for k, v in window.items()}}
                     record["time"] = time.time() - start_time
                     if log is not None:
                         log.write(record)
-                    shown = record.get("loss_at_mean", record["loss"])  # GLS: the loss of the returned net
-                    bar.set_postfix(loss=f"{shown:.3f}", eps=f"{host.get('eps', 0.0):.3f}")
                     window = {}
+                if val_ds is not None and _validation_due(config, checkpoints, step):
+                    record = {"step": step, "epoch": epoch, **validate(config, arch, state, val_ds, multi)}
+                    if log is not None:
+                        log.write(record)
+                    _say(f"step {step}: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in record.items() if "acc" in k))
                 if checkpoints.due(step) or step == config.steps:
                     checkpoints.save(state, meta)
                     _say(f"checkpoint saved at step {step}")
                 if step >= config.steps:
                     break
     except KeyboardInterrupt:
-        bar.close()
+        if bar is not None:
+            bar.close()
         saved = checkpoints.save(state, meta)
         checkpoints.close()
         raise RunInterrupted(saved, checkpoints.directory) from None
-    bar.close()
+    if bar is not None:
+        bar.close()
     checkpoints.close()
     train_time = time.time() - start_time
 
@@ -361,6 +391,73 @@ def train(config: TrainConfig, *, resume: bool = True, progress: bool = True, ev
         schedule = None if config.method == "standard" else _schedule_curve(config)
         plot_metrics(records, out / "curves.png", title=title, schedule=schedule)
     return result
+
+
+#: Relaxations of the validation curve (cheap: a few seconds for thousands of CNN3 examples).
+VALIDATION_RELAXATIONS = ("ibp", "crown-ibp")
+
+
+def _validation_due(config: TrainConfig, checkpoints: Checkpoints, step: int) -> bool:
+    """Validate every ``val_every`` steps (0: whenever a checkpoint is due), and after the last step."""
+    return step == config.steps or (step % config.val_every == 0 if config.val_every else checkpoints.due(step))
+
+
+def validate(config: TrainConfig, arch: Arch, state: TrainState, val_ds: Dataset, multi: bool) -> dict[str, float]:
+    """``val_clean_acc``, ``val_pgd_acc`` (PGD of the final evaluation's steps), ``val_cert_acc/<r>`` for IBP
+    and CROWN-IBP, and ``val_cert_acc`` (either) on the validation split at the evaluation radius."""
+    from jaxcert.evaluate import evaluate_per_example
+
+    params = dist.to_host(state.full_params) if multi else state.full_params
+    per = evaluate_per_example(
+        arch, params, val_ds, config.test_eps, relaxations=VALIDATION_RELAXATIONS, pgd_steps=config.eval_pgd_steps,
+        pgd_restarts=1, batch_size=config.eval_batch_size, seed=config.seed,
+    )  # fmt: skip
+    scores = {f"val_{k}": float(np.mean(v)) for k, v in per.items()}
+    scores["val_cert_acc"] = float(np.mean(np.any([per[f"cert_acc/{r}"] for r in VALIDATION_RELAXATIONS], axis=0)))
+    return scores
+
+
+def _members(config: TrainConfig) -> str:
+    """``", 32 members in one vmap"``-style description of the GLS member axis (empty for other methods)."""
+    size = {"rgs": config.samples, "pgpe": config.population}.get(config.method)
+    if size is None:
+        return ""
+    how = "in one vmap" if config.member_chunk in (0, size) else f"in chunks of {config.member_chunk}"
+    return f", {size} {'samples' if config.method == 'rgs' else 'members'} {how}"
+
+
+class _StepClock:
+    """Times the first steps of a run and says what the run will cost: after the first step (which compiles)
+    the compile time and first loss, after ``measure`` more steps the time per step and the estimated time
+    of the remaining steps (``(total - step) · mean step time``)."""
+
+    def __init__(self, step: int, total: int, measure: int = 3) -> None:
+        self.first, self.total, self.measure = step, total, measure
+        self.began = self.after_first = time.time()
+
+    def tick(self, step: int, loss: float) -> str | None:
+        """Called after each step; returns the line to print, if any."""
+        now = time.time()
+        done = step - self.first
+        if done == 1:
+            self.after_first = now
+            return f"step {step}: loss {loss:.4f} (compiled and ran in {now - self.began:.1f} s)"
+        if done == 1 + self.measure or (done > 1 and step == self.total and done < 1 + self.measure):
+            per_step = (now - self.after_first) / (done - 1)
+            left = (self.total - step) * per_step
+            return (f"step {step}: loss {loss:.4f}; {per_step:.3g} s per step, about {_duration(left)} for the "
+                    f"remaining {self.total - step} of {self.total} steps")  # fmt: skip
+        return None
+
+
+def _duration(seconds: float) -> str:
+    """``"1 h 05 min"``, ``"4 min 10 s"`` or ``"12 s"``."""
+    seconds = round(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+    if seconds >= 60:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds} s"
 
 
 def _schedule_curve(config: TrainConfig) -> dict[str, np.ndarray]:
