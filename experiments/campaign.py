@@ -9,8 +9,8 @@ CROWN-IBP-certified accuracy): the validation curve says where the arm plateaus
 (``plateau_epoch``: the first validation point within 0.5 points of the best). The test split is used
 once, at the end, by the cascade of ``python -m jaxcert.certify`` on all 10 000 images.
 
-Arms (``--arms``): ``ibp`` (IBP certified loss), ``crown-ibp`` (CROWN-IBP, β ramped to 1 with ε: the
-CROWN-IBP bound alone at the end, Zhang et al.'s variant), ``crown-ibp-fused`` (the same, loss fusion).
+Arms (``--arms``): ``ibp`` (IBP certified loss), ``crown-ibp`` (CROWN-IBP with β = 1 throughout: the
+CROWN-IBP bound alone), ``crown-ibp-fused`` (the same, loss fusion).
 
 Verdicts compare arms seed by seed (every arm of a seed shares its initialisation and data order): the
 mean ± standard error of the per-seed differences, "A > B" when the mean exceeds 2 s.e.
