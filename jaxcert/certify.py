@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxcert.cli import OneLineParser, one_line_warnings
+
 STATES = ("verified", "falsified", "unknown", "timeout")
 DEFAULT_RELAXATIONS = ("ibp", "crown-ibp", "crown", "alpha-crown")
 #: Relative and absolute slack of the box check of a counterexample (float32 rounding of x ± ε).
@@ -427,7 +429,7 @@ def _num_outputs(arch: Any, params: Any, x: np.ndarray) -> int:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="python -m jaxcert.certify", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("run_dir", help="a training run folder (the --out of python -m jaxcert.train)")
@@ -492,4 +494,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with one_line_warnings():
+        sys.exit(main())
