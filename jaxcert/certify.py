@@ -39,6 +39,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxcert.cli import OneLineParser, one_line_warnings
+
 STATES = ("verified", "falsified", "unknown", "timeout")
 DEFAULT_RELAXATIONS = ("ibp", "crown-ibp", "crown", "alpha-crown")
 #: Cost rank (``jaxcert.train.configs.relaxation_cost``) of CROWN/DeepPoly: cheaper relaxations run before
@@ -541,7 +543,7 @@ def _num_outputs(arch: Any, params: Any, x: np.ndarray) -> int:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="python -m jaxcert.certify", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("run_dir", help="a training run folder (the --out of python -m jaxcert.train)")
@@ -615,4 +617,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with one_line_warnings():
+        sys.exit(main())

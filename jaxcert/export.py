@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxcert.cli import OneLineParser, one_line_warnings
+
 OPSET = 17
 IR_VERSION = 8
 
@@ -190,8 +192,8 @@ def export_run(run_dir: str | Path, *, examples: int = 10, indices: list[int] | 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m jaxcert.export", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p = OneLineParser(prog="python -m jaxcert.export", description=__doc__,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("run_dir", help="a training run folder (the --out of python -m jaxcert.train)")
     p.add_argument("--examples", type=int, default=10, help="properties for the first N test examples")
     p.add_argument("--indices", help="comma list of test example indices (instead of --examples)")
@@ -211,4 +213,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with one_line_warnings():
+        sys.exit(main())

@@ -23,6 +23,8 @@ SPHERES = ((10,), 2, "none", (float("-inf"), float("inf")))
 def run_config(run_dir: str | Path) -> TrainConfig:
     """The :class:`TrainConfig` saved in ``run_dir/config.json`` (clear errors for a missing folder or file)."""
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise FileNotFoundError(f"{str(run_dir)!r} is a file, not a run folder (the --out folder of a training run)")
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run folder {str(run_dir)!r} does not exist")
     path = run_dir / "config.json"

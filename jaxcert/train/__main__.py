@@ -1,8 +1,10 @@
 """``python -m jaxcert.train --config NAME [--config-file F] [--FIELD VALUE ...]``: train, checkpoint,
 evaluate, print accuracies.
 
-Rerunning a command resumes from the checkpoints in its output folder (``--fresh`` starts over);
-Ctrl-C saves a checkpoint. Every field of the config is a flag (see the "config fields" below).
+Rerunning a command resumes from the checkpoints in its output folder (``--fresh`` starts over); rerunning
+a finished run changes nothing. Ctrl-C saves a checkpoint. Every field of the config is a flag (see the
+"config fields" below). Errors are one line (``error: ...``, exit status 2), found before any set-up work
+where possible.
 """
 
 from __future__ import annotations
@@ -13,14 +15,17 @@ import json
 import shlex
 import sys
 
+from jaxcert.cli import OneLineParser, one_line, one_line_warnings
 from jaxcert.train.config_cli import add_config_flags, config_fields, default_out, read_config_file
 from jaxcert.train.configs import CONFIGS, TrainConfig, get_config
+from jaxcert.train.preflight import preflight
+from jaxcert.train.resume import finished_message
 
 EXIT_INTERRUPTED = 130
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="python -m jaxcert.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--config", default="quickstart", help=f"named recipe: {', '.join(sorted(CONFIGS))}")
@@ -49,27 +54,43 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
     return config
 
 
+def _error(err: Exception | str) -> int:
+    """Print ``error: ...`` (one line) on stderr; returns the exit status 2."""
+    print(f"error: {one_line(str(err))}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.fresh and args.resume:
-        print("error: --fresh and --resume exclude each other", file=sys.stderr)
-        return 2
+        return _error("--fresh and --resume exclude each other")
     try:
         config = resolve_config(args)
     except (ValueError, FileNotFoundError, TypeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return _error(e)
     if args.print_config:
         print(json.dumps(config.to_dict(), indent=2))
         return 0
+    try:  # before any set-up work: names, folders, a resumable or a finished run
+        preflight(config, resume=not args.fresh)
+        finished = None if args.fresh else finished_message(config, evaluate=not args.no_eval)
+    except (ValueError, FileNotFoundError) as e:
+        return _error(e)
+    if finished:
+        print(finished)
+        return 0
+    from jaxcert.data import DatasetNotFoundError
     from jaxcert.train.distributed import DistributedInitError, is_main_process
-    from jaxcert.train.loop import RunInterrupted, train
+    from jaxcert.train.loop import NonFiniteLossError, RunInterrupted, train
 
     try:
-        result = train(config, resume=not args.fresh, progress=not args.no_progress, evaluate=not args.no_eval)
-    except (ValueError, FileNotFoundError, DistributedInitError) as e:  # bad settings, a foreign checkpoint, no data
+        with one_line_warnings():
+            result = train(config, resume=not args.fresh, progress=not args.no_progress, evaluate=not args.no_eval)
+    except DatasetNotFoundError as e:  # its message lists the ways to get the data, one per line
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except (ValueError, OSError, DistributedInitError, NonFiniteLossError) as e:  # a foreign checkpoint, a diverged run
+        return _error(e)
     except RunInterrupted as e:
         print(f"\ninterrupted at step {e.step}: checkpoint saved in {e.checkpoint_dir}.", file=sys.stderr)
         print(f"Resume with (add --fresh to start over instead): {_command()}", file=sys.stderr)

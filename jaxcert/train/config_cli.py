@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from jaxcert.train.configs import TrainConfig
+from jaxcert.train.configs import TrainConfig, annotation_parts, check_field, describe_type
 
 _SCALARS: dict[str, Callable[[str], Any]] = {"int": int, "float": float, "str": str}
 _NONE_WORDS = ("none", "null")
@@ -109,7 +109,10 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
             import yaml
         except ImportError as err:
             raise ValueError(f"{path}: reading YAML needs PyYAML (pip install pyyaml); or write it as JSON") from err
-        data = yaml.safe_load(text)
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ValueError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from err
     else:
         try:
             data = json.loads(text)
@@ -121,7 +124,28 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     unknown = sorted(set(data) - known)
     if unknown:
         raise ValueError(f"{path}: unknown config fields: {', '.join(unknown)}")
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    types = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
+    return {k: file_value(path, k, types[k], v) for k, v in data.items()}
+
+
+def file_value(path: Path, field: str, annotation: str, value: Any) -> Any:
+    """A config-file value as the field takes it: lists become tuples, and a string for a non-string field is
+    parsed like the field's flag (YAML reads ``1e-3`` as a string). A value of the wrong type (or a string it
+    cannot parse) is a ``ValueError`` naming the file and the field."""
+    kind, _, is_tuple = annotation_parts(annotation)
+    parse, _ = field_parser(annotation)
+    if isinstance(value, list):
+        value = tuple(value)
+    elif isinstance(value, str) and parse is not None and (kind != "str" or is_tuple):
+        try:
+            value = parse(value)
+        except ValueError:
+            raise ValueError(f"{path}: {field} must be {describe_type(annotation)}, got {value!r}") from None
+    try:
+        check_field(field, annotation, value)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path}: {err}") from None
+    return value
 
 
 def default_out(config: TrainConfig, overrides: dict[str, Any]) -> str:

@@ -8,6 +8,10 @@ Schedules are given as fractions of ``steps``: clean warm-up ``warmup_frac``, th
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
+import numbers
+import re
 from typing import Any
 
 METHODS = ("standard", "pgd", "certified", "rgs", "pgpe")
@@ -106,14 +110,30 @@ class TrainConfig:
     eval_batch_size: int = 250  # examples per evaluation batch
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            check_field(f.name, str(f.type), getattr(self, f.name))
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; known: {', '.join(METHODS)}")
-        positive = ("steps", "batch_size", "checkpoint_every", "keep_checkpoints", "log_every", "samples")
+        positive = ("steps", "batch_size", "checkpoint_every", "keep_checkpoints", "log_every", "samples", "population")
+        positive += ("eval_batch_size", "eval_pgd_restarts")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.val_size < 0 or self.val_every < 0:
             raise ValueError(f"val_size and val_every must be >= 0, got {self.val_size} and {self.val_every}")
+        for name in ("train_limit", "test_limit"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1 (or none: no limit), got {getattr(self, name)}")
+        if self.num_processes is not None and self.num_processes < 1:
+            raise ValueError(f"num_processes must be >= 1, got {self.num_processes}")
+        nonnegative = ("attack_steps", "eval_pgd_steps", "eval_apgd_steps", "devices", "grad_clip", "l1", "sigma")
+        for name in nonnegative:
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.eval_eps is not None and self.eval_eps < 0:
+            raise ValueError(f"eval_eps must be >= 0 (or none: eps), got {self.eval_eps}")
+        if self.distributed_timeout <= 0:
+            raise ValueError(f"distributed_timeout must be > 0 seconds, got {self.distributed_timeout}")
         if self.mesh_data < 0:
             raise ValueError(f"mesh_data must be >= 0 (0: automatic), got {self.mesh_data}")
         if self.member_chunk < 0:
@@ -147,6 +167,10 @@ class TrainConfig:
                 f"loss_fusion needs a certified loss with relaxation 'crown-ibp', got method {self.method!r} "
                 f"and relaxation {self.relaxation!r}"
             )
+        if self.eps_ramp not in ("linear", "smooth"):
+            raise ValueError(f"unknown eps_ramp {self.eps_ramp!r}; expected 'linear' or 'smooth'")
+        if self.attack_norm not in ("linf", "l2"):
+            raise ValueError(f"unknown attack_norm {self.attack_norm!r}; expected 'linf' or 'l2'")
         if self.init not in ("ibp", "default"):
             raise ValueError(f"unknown init {self.init!r}; expected 'ibp' or 'default'")
         for name in ("warmup_frac", "ramp_frac"):
@@ -191,6 +215,47 @@ class TrainConfig:
             raise ValueError(f"unknown config fields: {', '.join(sorted(unknown))}")
         tuples = {k: tuple(v) for k, v in d.items() if isinstance(v, list)}
         return cls(**{**d, **tuples})
+
+
+@functools.cache
+def annotation_parts(annotation: str) -> tuple[str, bool, bool]:
+    """``(scalar type name, optional, tuple)`` of a field annotation, e.g. ``("float", False, True)`` for
+    ``"tuple[float, ...]"`` and ``("int", True, False)`` for ``"int | None"``."""
+    text = annotation.replace(" ", "")
+    optional = text.endswith("|None")
+    text = text.removesuffix("|None")
+    match = re.fullmatch(r"tuple\[(\w+),\.\.\.\]", text)
+    return (match.group(1) if match else text), optional, match is not None
+
+
+def describe_type(annotation: str) -> str:
+    """``"an int"``, ``"a float or none"``, ``"a tuple of str"``, ... for error messages."""
+    kind, optional, is_tuple = annotation_parts(annotation)
+    text = f"a tuple of {kind}" if is_tuple else f"an {kind}" if kind == "int" else f"a {kind}"
+    return text + (" or none" if optional else "")
+
+
+def _is_a(kind: str, value: Any) -> bool:
+    """``value`` is of the scalar ``kind`` (an int also counts as a float; a bool counts as neither)."""
+    if kind == "bool":
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    types = {"int": numbers.Integral, "float": numbers.Real, "str": str}.get(kind)
+    return types is None or isinstance(value, types)
+
+
+def check_field(name: str, annotation: str, value: Any) -> None:
+    """``TypeError`` naming the field unless ``value`` fits ``annotation``; ``ValueError`` for a float
+    (or a float in a tuple) that is NaN or infinite: no field of the config has a use for those."""
+    kind, optional, is_tuple = annotation_parts(annotation)
+    if value is None and optional:
+        return
+    items = value if is_tuple and isinstance(value, tuple) else (value,)
+    if (is_tuple and not isinstance(value, tuple)) or not all(_is_a(kind, v) for v in items):
+        raise TypeError(f"{name} must be {describe_type(annotation)}, got {value!r}")
+    if kind == "float" and not all(math.isfinite(v) for v in items):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
 
 
 _BASE = TrainConfig()

@@ -7,7 +7,8 @@ with :class:`NonFiniteLossError`. With ``init_from`` the run starts from a saved
 (:mod:`jaxcert.train.warm_start`); resuming it restores its own checkpoint, not the warm start.
 
 Runs resume by default: :func:`train` continues from the newest readable checkpoint in ``config.out``
-(refusing one written by a config that differs in a field outside :data:`RESUME_FREE_FIELDS`), and
+(refusing one written by a config that differs in a field outside :data:`RESUME_FREE_FIELDS`, or in
+``steps`` where that moves the schedule: :mod:`jaxcert.train.resume`), and
 ``resume=False`` deletes the folder's checkpoints and metrics first. Ctrl-C saves a checkpoint at the
 current step and raises :class:`RunInterrupted`.
 """
@@ -42,6 +43,7 @@ from jaxcert.train.init import ibp_init
 from jaxcert.train.logging import MetricsLog, plot_metrics, read_metrics
 from jaxcert.train.losses import certified_objective
 from jaxcert.train.pgpe import pgpe_trainer
+from jaxcert.train.resume import RESUME_FREE_FIELDS, config_differences, resume_refusal  # noqa: F401 (re-exported)
 from jaxcert.train.rgs import rgs_trainer
 from jaxcert.train.schedules import recipe_schedule, step_decay
 from jaxcert.train.sharding import BATCH, SAMPLES, shard_batch, training_mesh
@@ -49,15 +51,6 @@ from jaxcert.train.sigma import Sigma, relative_sigma
 from jaxcert.train.standard import standard_trainer
 from jaxcert.train.state import Trainer, TrainState
 from jaxcert.train.warm_start import load_run_params
-
-#: Config fields that may differ between a run and its resumption (they do not change the trajectory).
-RESUME_FREE_FIELDS = frozenset(
-    {"out", "data_dir", "checkpoint_every", "keep_checkpoints", "log_every", "test_limit", "eval_eps",
-     "eval_relaxations", "eval_pgd_steps", "eval_pgd_restarts", "eval_apgd_steps", "eval_batch_size",
-     "devices", "member_chunk", "member_unroll", "download", "val_every",
-     "mesh_data", "distributed", "coordinator", "num_processes", "process_id", "distributed_timeout"}
-)  # fmt: skip
-
 
 #: Files of a run that ``resume=False`` (``--fresh``) deletes.
 RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "results.json", "curves.png", "certify.json", "certify.md")
@@ -199,23 +192,10 @@ def _say(message: str) -> None:
     sys.stdout.flush()
 
 
-def config_differences(saved: dict[str, Any], config: TrainConfig) -> dict[str, tuple[Any, Any]]:
-    """``{field: (saved value, current value)}`` for the fields that would change the trajectory; a field
-    missing from ``saved`` (written before the field existed) counts as its default."""
-    current = json.loads(json.dumps(config.to_dict()))
-    saved = {**json.loads(json.dumps(TrainConfig().to_dict())), **saved}
-    keys = [k for k in sorted(current) if k not in RESUME_FREE_FIELDS and saved.get(k) != current[k]]
-    return {k: (saved.get(k), current[k]) for k in keys}
-
-
 def _check_resumable(saved: dict[str, Any], config: TrainConfig) -> None:
-    changed = config_differences(saved, config)
-    if changed:
-        details = "; ".join(f"{k}: {old!r} in the folder, {new!r} now" for k, (old, new) in changed.items())
-        raise ValueError(
-            f"cannot resume: {config.out} holds a checkpoint of a different config (differing in {details}). "
-            "Pass --fresh to start over there, or --out for another folder"
-        )
+    refusal = resume_refusal(saved, config)
+    if refusal:
+        raise ValueError(refusal)
 
 
 def clear_run(out: Path) -> None:
@@ -260,10 +240,10 @@ def train(config: TrainConfig, *, resume: bool = True, progress: bool = True, ev
     ``resume=True`` (the default) continues from the newest readable checkpoint in ``config.out``, if any;
     ``resume=False`` deletes the folder's previous checkpoints and metrics and starts at step 0."""
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    train_ds, test_ds, arch, params, trainer, mesh, val_ds = setup(config)
+    out.mkdir(parents=True, exist_ok=True)  # after the set-up: a failed one leaves no folder, deletes nothing
     if not resume:
         clear_run(out)
-    train_ds, test_ds, arch, params, trainer, mesh, val_ds = setup(config)
     multi, main = dist.multi_process(mesh), dist.is_main_process()  # several processes: global arrays, process 0 writes
     if main:
         _say(f"data: {config.dataset}, {len(train_ds)} training examples from {train_ds.source or 'memory'}")
