@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"error: {args.run_dir} is not a training run folder (no config.json)")
     checkouts = [Path(c) for c in args.checkouts.split(",") if c]
     extra = [] if args.limit is None else ["--limit", str(args.limit)]
+    commits = {c: git_commit(c) for c in checkouts}  # before the rounds: the code that runs
     best: dict[Path, dict[str, Any]] = {}
     for round_ in range(args.repeats):
         for checkout in checkouts:
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             )
             if checkout not in best or result["seconds"] < best[checkout]["seconds"]:
                 best[checkout] = result
-    rows = [{"checkout": str(c), "commit": git_commit(c), **best[c]} for c in checkouts]
+    rows = [{"checkout": str(c), "commit": commits[c], **best[c]} for c in checkouts]
     table = markdown_table(rows)
     print(table)
     out = {"rows": rows, "run_dir": str(args.run_dir), "limit": args.limit, "repeats": args.repeats,
