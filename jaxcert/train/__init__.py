@@ -1,4 +1,5 @@
-"""Training: losses, schedules and trainers (standard, PGD, certified, GLS-RGS, GLS-PGPE).
+"""Training: losses, schedules and trainers (standard, PGD, certified, GLS-RGS, GLS-PGPE); the state-of-the-art
+objectives (SABR, TAPS, STAPS, MTL-/CC-/EXP-IBP) in :mod:`jaxcert.train.methods`.
 
 The names below are imported on first use (PEP 562), so that ``python -m jaxcert.train --help`` and the
 config modules do not pay for importing JAX.
@@ -40,6 +41,7 @@ _SOURCES = {
     "leaf_scales": "sigma",
     "relative_sigma": "sigma",
     "load_run_params": "warm_start",
+    "make_objective": "methods",
 }
 
 __all__ = sorted(_SOURCES)

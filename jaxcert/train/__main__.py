@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     scores = result["eval"]
     line = " | ".join(f"{k} {100 * v:.1f}%" for k, v in scores.items() if k.endswith("acc") or "acc/" in k)
-    print(f"{result['out'].name} ({config.method}, {config.relaxation}, eps={config.test_eps}): {line}")
+    print(f"{result['out'].name} ({config.method_label}, {config.relaxation}, eps={config.test_eps}): {line}")
     print(f"outputs in {result['out']}")
     return 0
 

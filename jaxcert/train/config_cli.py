@@ -151,9 +151,10 @@ def file_value(path: Path, field: str, annotation: str, value: Any) -> Any:
 def default_out(config: TrainConfig, overrides: dict[str, Any]) -> str:
     """Output folder of a run without ``--out``: the recipe's own folder when nothing is overridden, else
     ``runs/<name>-<method>-<relaxation>-<hash of the overrides>`` (deterministic: the same command maps to
-    the same folder, so rerunning it resumes; different overrides never share a folder)."""
+    the same folder, so rerunning it resumes; different overrides never share a folder). ``<method>`` is
+    :attr:`TrainConfig.method_label`: GLS of a state-of-the-art objective reads e.g. ``rgs-sabr``."""
     changes = {k: v for k, v in overrides.items() if k != "out"}
     if not changes:
         return config.out
     digest = hashlib.sha256(json.dumps(changes, sort_keys=True, default=list).encode()).hexdigest()[:8]
-    return f"runs/{config.name}-{config.method}-{config.relaxation}-{digest}"
+    return f"runs/{config.name}-{config.method_label}-{config.relaxation}-{digest}"

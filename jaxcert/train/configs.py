@@ -15,6 +15,18 @@ import re
 from typing import Any
 
 METHODS = ("standard", "pgd", "certified", "rgs", "pgpe")
+# --- state-of-the-art certified objectives (jaxcert.train.methods) ------------------------------------------
+#: Certified objectives of the certified, RGS and PGPE trainers (field ``objective``); every one but
+#: ``certified`` is also a method of its own: ``--method sabr`` is ``--method certified --objective sabr``.
+OBJECTIVES = ("certified", "sabr", "taps", "staps", "mtl-ibp", "cc-ibp", "exp-ibp")
+SOTA_METHODS = OBJECTIVES[1:]
+#: Trainers whose objective is a certified objective (one of OBJECTIVES).
+OBJECTIVE_TRAINERS = ("certified", "rgs", "pgpe")
+#: Objectives that propagate only intervals through the feature extractor (TAPS): IBP relaxations only.
+INTERVAL_ONLY_OBJECTIVES = ("taps", "staps")
+INTERVAL_RELAXATIONS = ("ibp", "box")
+METHODS = (*METHODS, *SOTA_METHODS)
+# --- end of the state-of-the-art block ------------------------------------------------------------------------
 #: Mean optimisers of PGPE (:mod:`jaxcert.train.es_optimizers`).
 PGPE_OPTIMIZERS = ("clipup", "sgd", "adam")
 
@@ -39,7 +51,7 @@ def relaxation_cost(name: str) -> int:
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     name: str = "custom"  # run name (the named recipe it came from)
-    method: str = "certified"  # standard | pgd | certified | rgs | pgpe
+    method: str = "certified"  # standard|pgd|certified|rgs|pgpe, or sabr|taps|staps|mtl-ibp|cc-ibp|exp-ibp (certified)
     # data and network
     dataset: str = "fashion_mnist"  # fashion_mnist | mnist | cifar10 | spheres
     data_dir: str | None = None  # folder (or npz file) holding the data set; must exist
@@ -72,7 +84,13 @@ class TrainConfig:
     grad_clip: float = 10.0  # global-norm gradient clipping (0: off)
     # PGD training
     attack_norm: str = "linf"  # PGD training threat model: linf | l2
-    attack_steps: int = 5  # PGD training steps per batch
+    attack_steps: int = 5  # PGD training steps per batch (also the PGD inside sabr/taps/staps/mtl/cc/exp-ibp)
+    # --- state-of-the-art certified objectives (jaxcert.train.methods; docs/training.md) ---
+    objective: str = "certified"  # loss of certified/rgs/pgpe: certified|sabr|taps|staps|mtl-ibp|cc-ibp|exp-ibp
+    sabr_lambda: float = 0.4  # SABR/STAPS: small-box ratio lambda in (0, 1] (1: the whole eps-box)
+    method_alpha: float = 0.5  # MTL-IBP/CC-IBP/EXP-IBP: weight alpha in [0, 1] of the verified loss (0: PGD, 1: IBP)
+    taps_split: int = -3  # TAPS/STAPS: feature extractor = the first N layers (negative: all but the last -N)
+    # --- end of the state-of-the-art fields ---
     # Gaussian loss smoothing
     sigma: float = 0.01  # absolute σ, the same for every weight (used when sigma_rel is 0)
     sigma_rel: float = 0.0  # if > 0: σ per leaf = sigma_rel · std of the leaf at init (jaxcert.train.sigma)
@@ -178,6 +196,53 @@ class TrainConfig:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.warmup_frac + self.ramp_frac > 1.0:
             raise ValueError("warmup_frac + ramp_frac must be <= 1")
+        self._check_objective()
+
+    # --- state-of-the-art certified objectives: validation -------------------------------------------------------
+    def _check_objective(self) -> None:
+        """One-line errors for bad objective settings; ``--method sabr`` etc. set ``objective`` to the method."""
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {self.objective!r}; known: {', '.join(OBJECTIVES)}")
+        if self.method in SOTA_METHODS:
+            if self.objective not in ("certified", self.method):
+                raise ValueError(
+                    f"method {self.method!r} is the objective {self.method!r}; objective {self.objective!r} "
+                    f"conflicts (use --method certified/rgs/pgpe --objective {self.objective})"
+                )
+            object.__setattr__(self, "objective", self.method)  # normalised: the objective actually trained
+        elif self.objective != "certified" and self.method not in OBJECTIVE_TRAINERS:
+            raise ValueError(
+                f"objective {self.objective!r} needs method {', '.join(OBJECTIVE_TRAINERS)} or {self.objective}, "
+                f"not {self.method!r}"
+            )
+        if not 0.0 < self.sabr_lambda <= 1.0:
+            raise ValueError(f"sabr_lambda must be in (0, 1], got {self.sabr_lambda}")
+        if not 0.0 <= self.method_alpha <= 1.0:
+            raise ValueError(f"method_alpha must be in [0, 1], got {self.method_alpha}")
+        if self.objective == "certified":
+            return
+        name = repr(self.objective)
+        if self.attack_steps < 1:
+            raise ValueError(f"objective {name} runs PGD: attack_steps must be >= 1, got {self.attack_steps}")
+        if self.attack_norm != "linf":
+            raise ValueError(f"objective {name} is defined for the linf box, not attack_norm {self.attack_norm!r}")
+        if self.loss_fusion:
+            raise ValueError(f"loss_fusion fuses the plain certified loss; objective {name} needs margin bounds")
+        if self.objective in INTERVAL_ONLY_OBJECTIVES and self.relaxation not in INTERVAL_RELAXATIONS:
+            raise ValueError(
+                f"objective {self.objective!r} bounds its feature extractor with IBP: relaxation must be "
+                f"{' or '.join(INTERVAL_RELAXATIONS)}, got {self.relaxation!r}"
+            )
+
+    @property
+    def method_label(self) -> str:
+        """The method, followed by the objective when a certified/GLS method trains another objective than the
+        plain certified loss: ``"sabr"``, ``"rgs-sabr"``, ``"certified"`` (run folders, messages, plot titles)."""
+        if self.objective in ("certified", self.method):
+            return self.method
+        return f"{self.method}-{self.objective}"
+
+    # --- end of the state-of-the-art validation --------------------------------------------------------------------
 
     @property
     def warmup_steps(self) -> int:

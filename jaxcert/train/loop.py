@@ -39,9 +39,10 @@ from jaxcert.train.certified import certified_trainer
 from jaxcert.train.checkpoint import Checkpoints
 from jaxcert.train.configs import TrainConfig
 from jaxcert.train.es_optimizers import mean_optimizer
+from jaxcert.train.gradient import gradient_trainer, plain_gradient
 from jaxcert.train.init import ibp_init
 from jaxcert.train.logging import MetricsLog, plot_metrics, read_metrics
-from jaxcert.train.losses import certified_objective
+from jaxcert.train.methods import make_objective, split_index
 from jaxcert.train.pgpe import pgpe_trainer
 from jaxcert.train.resume import RESUME_FREE_FIELDS, config_differences, resume_refusal  # noqa: F401 (re-exported)
 from jaxcert.train.rgs import rgs_trainer
@@ -159,9 +160,16 @@ def make_trainer(
         )  # fmt: skip
     loss_options = {"l1": config.l1, "lo": lo, "hi": hi, "bn_mode": config.bn_mode}
     loss_options |= {"reg_weight": config.reg_weight, "reg_tol": config.reg_tol, "loss_fusion": config.loss_fusion}
-    if config.method == "certified":
+    if config.method == "certified" and config.objective == "certified":
         return certified_trainer(arch, config.relaxation, optimizer, schedule, **loss_options, **common)
-    objective = certified_objective(arch, config.relaxation, schedule, **loss_options)
+    # --- state-of-the-art objectives: config.objective, by gradient (--method sabr, ...) or by GLS ---
+    objective = make_objective(
+        config.objective, arch, config.relaxation, schedule, seed=config.seed, attack_steps=config.attack_steps,
+        sabr_lambda=config.sabr_lambda, method_alpha=config.method_alpha, taps_split=config.taps_split, **loss_options,
+    )  # fmt: skip
+    if config.method not in ("rgs", "pgpe"):
+        return gradient_trainer(arch, plain_gradient(objective), optimizer, **common)
+    # --- end of the state-of-the-art block ---
     if config.method == "rgs":
         return rgs_trainer(
             arch, objective, optimizer, sigma=gls_sigma(config, params), samples=config.samples,
@@ -218,12 +226,20 @@ class Setup(NamedTuple):
     val_ds: Dataset | None = None
 
 
+def check_split(config: TrainConfig) -> None:
+    """TAPS/STAPS: ``ValueError`` for a ``taps_split`` out of range of the architecture (the layer count does not
+    depend on the data set), before anything is loaded or written."""
+    if config.objective in ("taps", "staps"):
+        split_index(config.taps_split, len(get_architecture(config.arch)))
+
+
 def setup(config: TrainConfig) -> Setup:
     """Data, architecture, initial params and trainer of ``config`` (everything but the loop)."""
     if config.distributed:  # before anything touches the devices
         dist.initialize(config.coordinator, config.num_processes, config.process_id, timeout=config.distributed_timeout)
-    if config.method in ("certified", "rgs", "pgpe"):
+    if config.method not in ("standard", "pgd"):
         get_relaxation(config.relaxation)  # unknown relaxation: clear error before loading anything
+    check_split(config)
     train_ds, test_ds = load_data(config)
     train_ds, val_ds = validation_split(train_ds, config.val_size)
     arch = get_architecture(config.arch, train_ds.num_classes, train_ds.normalization)
@@ -239,6 +255,7 @@ def train(config: TrainConfig, *, resume: bool = True, progress: bool = True, ev
 
     ``resume=True`` (the default) continues from the newest readable checkpoint in ``config.out``, if any;
     ``resume=False`` deletes the folder's previous checkpoints and metrics and starts at step 0."""
+    check_split(config)
     out = Path(config.out)
     train_ds, test_ds, arch, params, trainer, mesh, val_ds = setup(config)
     out.mkdir(parents=True, exist_ok=True)  # after the set-up: a failed one leaves no folder, deletes nothing
@@ -276,7 +293,7 @@ def train(config: TrainConfig, *, resume: bool = True, progress: bool = True, ev
     window: dict[str, list[float]] = {}
     start_time = time.time()
     if step < config.steps:
-        _say(f"compiling the training step ({config.method}{_members(config)}); the first step includes it")
+        _say(f"compiling the training step ({config.method_label}{_members(config)}); the first step includes it")
     bar = None  # made after the first step, so that its rate and ETA leave the compilation out
     clock = _StepClock(step, config.steps)
     try:
@@ -357,17 +374,19 @@ def train(config: TrainConfig, *, resume: bool = True, progress: bool = True, ev
             progress=progress and main, distributed=multi,
         )  # fmt: skip
         scores = report.accuracies()
+        training = {"method": config.method, "objective": config.objective, "relaxation": config.relaxation}
+        report.settings["training"] = training  # the trained method in certify.json/.md
         if main:
             write_report(report, out)
         result["eval"] = scores
-        summary = {"eps": config.test_eps, "test_examples": n_test, "relaxations": list(cascade)}
+        summary = {"eps": config.test_eps, "test_examples": n_test, "relaxations": list(cascade), **training}
         summary |= {"data_source": {"train": train_ds.source, "test": test_ds.source}}
         summary |= {"train_seconds": train_time, "steps": config.steps, **scores}
         if main:
             (out / "results.json").write_text(json.dumps(summary, indent=2))
         records = [*records, {"step": config.steps, **{f"test_{k}": v for k, v in scores.items()}}] if main else []
     if records:
-        title = f"{out.name}: {config.method}/{config.relaxation}"
+        title = f"{out.name}: {config.method_label}/{config.relaxation}"
         schedule = None if config.method == "standard" else _schedule_curve(config)
         plot_metrics(records, out / "curves.png", title=title, schedule=schedule)
     return result

@@ -1,0 +1,87 @@
+"""State-of-the-art certified objectives, each usable by the certified, RGS and PGPE trainers.
+
+:func:`make_objective` builds the objective ``(trainable, frozen, x, y, step) -> (loss, aux)`` of a name in
+:data:`jaxcert.train.configs.OBJECTIVES`:
+
+    certified   κ CE + (1-κ) CE_cert(lb over the ε-box)      (:func:`jaxcert.train.losses.certified_objective`)
+    sabr        κ CE + (1-κ) R_SABR (small box of ratio λ)   (:mod:`.sabr`)
+    taps/staps  κ CE + (1-κ) R_TAPS (on the ε-box / SABR's small box)   (:mod:`.taps`)
+    mtl-ibp, cc-ibp, exp-ibp   κ CE + (1-κ) R_α             (:mod:`.expressive`)
+
+each with the scheduled ε_t (and κ_t, β_t), the L1 term and the warm-up regularisers of the recipe
+(:mod:`.objective`). Every objective is pure and jittable, and vmappable over GLS members.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jaxcert.nets.layers import Arch
+from jaxcert.train.configs import INTERVAL_RELAXATIONS, OBJECTIVES
+from jaxcert.train.losses import Objective, certified_objective
+from jaxcert.train.methods.expressive import EXPRESSIVE_LOSSES, expressive_term
+from jaxcert.train.methods.objective import RobustTerm, method_objective
+from jaxcert.train.methods.sabr import sabr_term
+from jaxcert.train.methods.taps import split_index, taps_term
+from jaxcert.train.schedules import RecipeSchedule
+
+__all__ = ["OBJECTIVES", "make_objective", "robust_term", "split_index"]
+
+
+def robust_term(
+    name: str,
+    arch: Arch,
+    relaxation: str,
+    *,
+    attack_steps: int = 5,
+    sabr_lambda: float = 0.4,
+    method_alpha: float = 0.5,
+    taps_split: int = -3,
+    lo: float = 0.0,
+    hi: float = 1.0,
+    **options: Any,
+) -> RobustTerm:
+    """The robust term of the objective ``name`` (any of :data:`OBJECTIVES` but ``certified``)."""
+    bounds = {"steps": attack_steps, "lo": lo, "hi": hi}
+    if name == "sabr":
+        return sabr_term(arch, relaxation, sabr_lambda, **bounds, **options)
+    if name in ("taps", "staps"):
+        if relaxation not in INTERVAL_RELAXATIONS:
+            raise ValueError(f"{name} bounds its feature extractor with IBP, not relaxation {relaxation!r}")
+        return taps_term(arch, taps_split, lam=sabr_lambda if name == "staps" else None, **bounds)
+    if name in EXPRESSIVE_LOSSES:
+        return expressive_term(name, arch, relaxation, method_alpha, **bounds, **options)
+    raise ValueError(f"unknown objective {name!r}; known: {', '.join(OBJECTIVES)}")
+
+
+def make_objective(
+    name: str,
+    arch: Arch,
+    relaxation: str,
+    schedule: RecipeSchedule,
+    *,
+    seed: int = 0,
+    l1: float = 0.0,
+    lo: float = 0.0,
+    hi: float = 1.0,
+    bn_mode: str = "eval",
+    reg_weight: float = 0.0,
+    reg_tol: float = 0.5,
+    loss_fusion: bool = False,
+    attack_steps: int = 5,
+    sabr_lambda: float = 0.4,
+    method_alpha: float = 0.5,
+    taps_split: int = -3,
+    **options: Any,
+) -> Objective:
+    """The objective ``name`` (``certified``: :func:`certified_objective`, the method settings unused)."""
+    recipe = {"l1": l1, "lo": lo, "hi": hi, "bn_mode": bn_mode, "reg_weight": reg_weight, "reg_tol": reg_tol}
+    if name == "certified":
+        return certified_objective(arch, relaxation, schedule, loss_fusion=loss_fusion, **recipe, **options)
+    if loss_fusion:
+        raise ValueError(f"loss_fusion fuses the plain certified loss; objective {name!r} needs margin bounds")
+    term = robust_term(
+        name, arch, relaxation, attack_steps=attack_steps, sabr_lambda=sabr_lambda, method_alpha=method_alpha,
+        taps_split=taps_split, lo=lo, hi=hi, **options,
+    )  # fmt: skip
+    return method_objective(arch, schedule, term, seed=seed, **recipe)

@@ -1,0 +1,120 @@
+"""TAPS and STAPS: IBP through the feature extractor, PGD through the classifier (jaxcert.train.methods.taps)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxcert.bounds import certified_cross_entropy, input_box, interval_layers
+from jaxcert.nets import Dense, Flatten, Normalize, ReLU, forward, init_params, split_trainable
+from jaxcert.train import adversarial_trainer, recipe_schedule
+from jaxcert.train.methods import make_objective, split_index
+from jaxcert.train.methods.objective import step_key
+from jaxcert.train.methods.taps import connect, latent_pgd
+
+ARCH = (Normalize((0.5,), (0.3,)), Flatten(), Dense(12), ReLU(), Dense(8), ReLU(), Dense(3))
+SHAPE = (2, 2, 1)
+EPS = 0.1
+SCHEDULE = recipe_schedule(EPS)  # ε = EPS and κ = 0 from step 0
+
+
+@pytest.fixture(scope="module")
+def problem():
+    params = init_params(ARCH, SHAPE, seed=0)
+    x = jax.random.uniform(jax.random.key(3), (16, *SHAPE))
+    return params, x, jnp.arange(16) % 3
+
+
+def taps(split, **kw):
+    return make_objective("taps", ARCH, "ibp", SCHEDULE, taps_split=split, attack_steps=kw.pop("steps", 6), **kw)
+
+
+def test_split_at_the_output_is_the_worst_corner_of_the_ibp_logit_box(problem):
+    params, x, y = problem
+    trainable, frozen = split_trainable(params)
+    loss, aux = taps(len(ARCH))(trainable, frozen, x, y, 0)
+    lo, hi = interval_layers(ARCH, params, *input_box(x, EPS))[-1]
+    worst = jnp.where(jax.nn.one_hot(y, 3, dtype=bool), lo, hi)  # z_y at its lower, every other z_j at its upper
+    corner_lb = jnp.take_along_axis(lo, y[:, None], 1) - hi  # margins l_y - u_j (0 at j = y)
+    worst_ce = jax.nn.logsumexp(worst, -1) - jnp.take_along_axis(lo, y[:, None], 1)[:, 0]
+    np.testing.assert_allclose(loss, jnp.mean(worst_ce), rtol=1e-5)
+    others = corner_lb[~np.asarray(jax.nn.one_hot(y, 3, dtype=bool))].reshape(16, 2)
+    np.testing.assert_allclose(loss, jnp.mean(certified_cross_entropy(others)), rtol=1e-5)
+    assert float(aux["taps_acc"]) == pytest.approx(float(jnp.mean(jnp.all(others > 0, -1))))
+
+
+def test_split_before_the_first_layer_is_pgd_training():
+    """On a linear two-class model the CE's input gradient has one sign over the whole box, so every PGD
+    start reaches the same worst corner: TAPS's latent attack on the input box and PGD training agree."""
+    arch = (Normalize((0.5,), (0.3,)), Flatten(), Dense(2))
+    params = init_params(arch, SHAPE, seed=1)
+    trainable, frozen = split_trainable(params)
+    x = jax.random.uniform(jax.random.key(4), (16, *SHAPE))
+    y = jnp.arange(16) % 2
+    objective = make_objective("taps", arch, "ibp", SCHEDULE, taps_split=0, attack_steps=6)
+    (loss, aux), grads = jax.jit(jax.value_and_grad(objective, has_aux=True))(trainable, frozen, x, y, 0)
+    trainer = adversarial_trainer(arch, optax.sgd(0.0), SCHEDULE, attack_steps=6, step_size=EPS, lo=0.0, hi=1.0)
+    _, pgd = trainer.step(trainer.init(params), x, y, step_key(0, 0))
+    assert float(loss) == pytest.approx(float(pgd["loss"]), rel=1e-5)
+    assert float(aux["taps_acc"]) == pytest.approx(float(pgd["adv_acc"]))
+    assert float(optax.tree.norm(grads)) == pytest.approx(float(pgd["grad_norm"]), rel=1e-4)
+
+
+def test_the_estimate_lies_between_the_pgd_and_the_ibp_loss(problem):
+    params, x, y = problem
+    trainable, frozen = split_trainable(params)
+    losses = [float(taps(k)(trainable, frozen, x, y, 0)[0]) for k in (0, 4, len(ARCH))]
+    assert losses[0] < losses[1] < losses[2]  # a deeper split bounds more of the net by intervals
+
+
+def test_the_connector_passes_the_gradient_to_the_bound_the_point_is_near():
+    lower, upper = jnp.zeros(5), jnp.full(5, 2.0)
+    point = jnp.array([0.0, 0.25, 1.0, 1.5, 2.0])  # slack 0.5 · 2 = 1: within 1 of a bound
+    g_lo, g_hi, g_p = jax.grad(lambda a, b, p: jnp.sum(connect(a, b, p)), argnums=(0, 1, 2))(lower, upper, point)
+    np.testing.assert_allclose(g_lo, [1.0, 0.75, 0.0, 0.0, 0.0], atol=1e-5)
+    np.testing.assert_allclose(g_hi, [0.0, 0.0, 0.0, 0.5, 1.0], atol=1e-5)
+    assert np.all(g_p == 0)
+    assert np.array_equal(connect(lower, upper, point), point)
+
+
+def test_gradients_reach_the_extractor_through_the_connector(problem):
+    params, x, y = problem
+    trainable, frozen = split_trainable(params)
+    grads = jax.jit(jax.grad(lambda t: taps(4)(t, frozen, x, y, 0)[0]))(trainable)
+    assert all(np.all(np.isfinite(g)) for g in jax.tree_util.tree_leaves(grads))
+    assert float(jnp.max(jnp.abs(grads[2]["kernel"]))) > 0  # the first Dense is in the extractor
+
+    # the same estimate with the latent point used as a constant: no gradient reaches the extractor
+    def estimate(t, link):
+        p = [dict(a, **b) for a, b in zip(t, frozen, strict=True)]
+        lat = interval_layers(ARCH[:4], p[:4], *input_box(x, EPS))[-1]
+        head = lambda z: forward(ARCH[4:], jax.lax.stop_gradient(p[4:]), z)
+        point = latent_pgd(head, *lat, y, jax.random.key(0), steps=6)
+        logits = forward(ARCH[4:], p[4:], connect(*lat, point) if link else point)
+        return jnp.mean(jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, y[:, None], 1)[:, 0])
+
+    linked, unlinked = jax.grad(estimate)(trainable, True), jax.grad(estimate)(trainable, False)
+    assert float(jnp.max(jnp.abs(linked[2]["kernel"]))) > 0
+    assert float(jnp.max(jnp.abs(unlinked[2]["kernel"]))) == 0
+    np.testing.assert_allclose(linked[6]["kernel"], unlinked[6]["kernel"])  # the classifier's gradient is g's
+
+
+def test_staps_with_lambda_one_is_taps_and_a_small_box_lowers_the_loss(problem):
+    params, x, y = problem
+    trainable, frozen = split_trainable(params)
+    staps = lambda lam: make_objective("staps", ARCH, "ibp", SCHEDULE, taps_split=4, sabr_lambda=lam, attack_steps=6)
+    whole, plain = staps(1.0)(trainable, frozen, x, y, 0)[0], taps(4)(trainable, frozen, x, y, 0)[0]
+    np.testing.assert_allclose(whole, plain, rtol=1e-6)
+    assert float(staps(0.2)(trainable, frozen, x, y, 0)[0]) < float(taps(4)(trainable, frozen, x, y, 0)[0])
+
+
+def test_split_index_range():
+    assert split_index(0, 7) == 0 and split_index(7, 7) == 7 and split_index(-3, 7) == 4 and split_index(-7, 7) == 0
+    for bad in (8, -8):
+        with pytest.raises(ValueError, match="out of range for a network of 7 layers"):
+            split_index(bad, 7)
+    with pytest.raises(ValueError, match="out of range"):
+        make_objective("taps", ARCH, "ibp", SCHEDULE, taps_split=len(ARCH) + 1)
+    with pytest.raises(ValueError, match="IBP"):
+        make_objective("staps", ARCH, "crown-ibp", SCHEDULE)
