@@ -10,7 +10,9 @@ CROWN-IBP-certified accuracy): the validation curve says where the arm plateaus
 once, at the end, by the cascade of ``python -m jaxcert.certify`` on all 10 000 images.
 
 Arms (``--arms``): ``ibp`` (IBP certified loss), ``crown-ibp`` (CROWN-IBP with β = 1 throughout: the
-CROWN-IBP bound alone), ``crown-ibp-fused`` (the same, loss fusion).
+CROWN-IBP bound alone), ``crown-ibp-fused`` (the same, loss fusion), and the state-of-the-art objectives
+``sabr``, ``taps``, ``staps``, ``mtl-ibp``, ``cc-ibp``, ``exp-ibp`` (8 PGD steps inside the loss; λ, α and the
+TAPS split at the library's defaults, not tuned yet).
 
 Verdicts compare arms seed by seed (every arm of a seed shares its initialisation and data order): the
 mean ± standard error of the per-seed differences, "A > B" when the mean exceeds 2 s.e.
@@ -50,6 +52,8 @@ ARMS: dict[str, dict[str, Any]] = {
     "ibp": {"relaxation": "ibp"},
     "crown-ibp": {"relaxation": "crown-ibp", "beta_final": 1.0},
     "crown-ibp-fused": {"relaxation": "crown-ibp", "beta_final": 1.0, "loss_fusion": True},
+    # the state-of-the-art objectives (jaxcert.train.methods) at the library's defaults, not yet tuned here
+    **{m: {"method": m, "attack_steps": 8} for m in ("sabr", "taps", "staps", "mtl-ibp", "cc-ibp", "exp-ibp")},
 }
 #: Training images of Fashion-MNIST and the validation images held out of them.
 TRAIN_IMAGES, VAL_SIZE = 60000, 5000
