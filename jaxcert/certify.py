@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxcert.provenance import provenance
+
 STATES = ("verified", "falsified", "unknown", "timeout")
 DEFAULT_RELAXATIONS = ("ibp", "crown-ibp", "crown", "alpha-crown")
 #: Relative and absolute slack of the box check of a counterexample (float32 rounding of x ± ε).
@@ -89,7 +91,7 @@ class CertifyReport:
         ]
         summary = {"examples": self.n, "eps": self.eps, **self.counts(), **self.accuracies()}
         summary["seconds"] = self.seconds
-        return {"summary": summary, "settings": self.settings, "examples": examples}
+        return {"summary": summary, "settings": self.settings, "provenance": provenance(), "examples": examples}
 
     def markdown(self) -> str:
         """A markdown summary: the accuracies, and the states by the method that decided them."""

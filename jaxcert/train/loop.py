@@ -32,6 +32,7 @@ from jaxcert.data import Dataset, batches, concentric_spheres, load_dataset, num
 from jaxcert.nets import get_architecture, init_params
 from jaxcert.nets.layers import Arch
 from jaxcert.nets.network import LayerParams, split_trainable
+from jaxcert.provenance import provenance
 from jaxcert.train import distributed as dist
 from jaxcert.train.adversarial import adversarial_trainer
 from jaxcert.train.certified import certified_trainer
@@ -54,13 +55,15 @@ from jaxcert.train.warm_start import load_run_params
 RESUME_FREE_FIELDS = frozenset(
     {"out", "data_dir", "checkpoint_every", "keep_checkpoints", "log_every", "test_limit", "eval_eps",
      "eval_relaxations", "eval_pgd_steps", "eval_pgd_restarts", "eval_apgd_steps", "eval_batch_size",
-     "devices", "member_chunk", "member_unroll", "download",
+     "devices", "member_chunk", "member_unroll", "download", "tensorboard",
      "mesh_data", "distributed", "coordinator", "num_processes", "process_id", "distributed_timeout"}
 )  # fmt: skip
 
 
 #: Files of a run that ``resume=False`` (``--fresh``) deletes.
-RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "results.json", "curves.png", "certify.json", "certify.md")
+RUN_OUTPUTS = (
+    "checkpoints", "metrics.jsonl", "results.json", "curves.png", "certify.json", "certify.md", "tensorboard"
+)  # fmt: skip
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -270,7 +273,8 @@ def train(config: TrainConfig, *, resume: bool = True, progress: bool = True, ev
             state = dist.replicate(restored[0], mesh) if multi else restored[0]
             resume_step = int(state.step)
             _say(f"resumed from step {resume_step} ({checkpoints.directory}); --fresh starts over")
-    log = MetricsLog(out / "metrics.jsonl", resume_step=resume_step) if main else None
+    tensorboard = out / "tensorboard" if config.tensorboard else None
+    log = MetricsLog(out / "metrics.jsonl", resume_step=resume_step, tensorboard=tensorboard) if main else None
     if main:
         (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
 
@@ -352,7 +356,7 @@ def train(config: TrainConfig, *, resume: bool = True, progress: bool = True, ev
         result["eval"] = scores
         summary = {"eps": config.test_eps, "test_examples": n_test, "relaxations": list(cascade)}
         summary |= {"data_source": {"train": train_ds.source, "test": test_ds.source}}
-        summary |= {"train_seconds": train_time, "steps": config.steps, **scores}
+        summary |= {"train_seconds": train_time, "steps": config.steps, **scores, "provenance": provenance()}
         if main:
             (out / "results.json").write_text(json.dumps(summary, indent=2))
         records = [*records, {"step": config.steps, **{f"test_{k}": v for k, v in scores.items()}}] if main else []
