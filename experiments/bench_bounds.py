@@ -49,6 +49,7 @@ from jaxcert.bounds.loss_fusion import fused_certified_loss
 from jaxcert.nets import Conv, Dense, Flatten, Normalize, ReLU, get_architecture, init_params
 from jaxcert.nets.layers import Arch
 from jaxcert.nets.network import LayerParams, merge, split_trainable
+from jaxcert.provenance import provenance
 
 GiB = 2**30
 
@@ -328,6 +329,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "jax": jax.__version__,
         "notes": notes,
         "results": rows,
+        "provenance": provenance(),
     }
     print(markdown_table(rows))
     for note in notes:

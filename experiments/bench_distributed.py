@@ -32,6 +32,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from jaxcert.provenance import provenance
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 NAME = "bench_distributed"
@@ -146,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     load = os.getloadavg()[0]
     command = " ".join(["python", "experiments/bench_distributed.py", *(argv if argv is not None else sys.argv[1:])])
     meta = {"settings": s, "machine": platform.platform(), "cpus": os.cpu_count(), "command": command,
-            "load_average_at_end": load}  # fmt: skip
+            "load_average_at_end": load, "provenance": provenance()}  # fmt: skip
     (args.out / f"{NAME}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     table = markdown(rows)
     (args.out / f"{NAME}.md").write_text(table)

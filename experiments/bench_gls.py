@@ -40,6 +40,7 @@ from evosax.algorithms import PGPE
 
 from jaxcert.bounds import relaxation_names
 from jaxcert.nets import get_architecture, init_params, split_trainable
+from jaxcert.provenance import provenance
 from jaxcert.train import certified_objective, certified_trainer, pgpe_trainer, recipe_schedule, rgs_trainer
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -364,6 +365,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "instead of the population."
         )
     result["total_seconds"] = time.time() - start
+    result["provenance"] = provenance()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{NAME}.json").write_text(json.dumps(result, indent=2, default=float))
     (args.out / f"{NAME}.md").write_text(markdown(result))

@@ -29,6 +29,7 @@ from jaxcert.data import Dataset, batches, load_dataset, num_batches
 from jaxcert.evaluate import evaluate_per_example
 from jaxcert.nets.layers import Arch
 from jaxcert.nets.network import LayerParams, split_trainable
+from jaxcert.provenance import provenance
 from jaxcert.train.checkpoint import Checkpoints
 from jaxcert.train.configs import TrainConfig
 from jaxcert.train.loop import initial_params, make_trainer
@@ -299,6 +300,7 @@ def write_results(
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}.json"
     record = {"experiment": name, "settings": settings, "rows": rows, "seconds": seconds, **extra}
+    record["provenance"] = provenance()
     path.write_text(json.dumps(record, indent=2, default=_jsonable))
     (out_dir / f"{name}.md").write_text(table + "\n")
     return path

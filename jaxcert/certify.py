@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from jaxcert.cli import OneLineParser, one_line_warnings
+from jaxcert.provenance import provenance
 
 STATES = ("verified", "falsified", "unknown", "timeout")
 DEFAULT_RELAXATIONS = ("ibp", "crown-ibp", "crown", "alpha-crown")
@@ -100,7 +101,13 @@ class CertifyReport:
         ]
         summary = {"examples": self.n, "eps": self.eps, **self.counts(), **self.accuracies()}
         summary["seconds"] = self.seconds
-        return {"summary": summary, "settings": self.settings, "stages": self.stages, "examples": examples}
+        return {
+            "summary": summary,
+            "settings": self.settings,
+            "stages": self.stages,
+            "provenance": provenance(),
+            "examples": examples,
+        }
 
     def markdown(self) -> str:
         """A markdown summary: the accuracies, and the states by the method that decided them."""

@@ -51,6 +51,7 @@ def family_bounds(net: str, seed: int, eps: float, steps: int = 10):
     return arch, params, lo, hi, C, alpha_family(net, steps)(params, lo, hi, C)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("net", NET_NAMES)
 @given(seed=st.integers(0, 10_000), eps=st.floats(0.0, 0.3))
 def test_alpha_crown_and_lee_are_sound_and_alpha_crown_is_never_looser_than_crown(net, seed, eps):
@@ -76,6 +77,7 @@ def test_alpha_crown_approaches_the_lp_with_the_same_intermediate_bounds(net, ep
         assert gap_alpha <= 0.02 * gap_crown + 1e-3
 
 
+@pytest.mark.slow
 def test_alpha_crown_on_ibp_intermediate_bounds_is_never_looser_than_crown_ibp():
     arch, params, lo, hi, C = example_box("conv", 4, 0.1)
     fn = jax.jit(

@@ -44,6 +44,7 @@ def full_family(net: str, steps: int = 8):
     return jax.jit(fn)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("net", NET_NAMES)
 @pytest.mark.parametrize(("seed", "eps"), [(1, 0.05), (2, 0.2)])
 def test_full_alpha_crown_is_sound_and_never_looser_than_crown(net, seed, eps):
@@ -56,6 +57,7 @@ def test_full_alpha_crown_is_sound_and_never_looser_than_crown(net, seed, eps):
         assert np.all(full[k + 1] <= crown[k + 1] + 1e-5)
 
 
+@pytest.mark.slow
 def test_full_alpha_crown_lies_between_crown_and_the_exact_bounds():
     params, lo, hi, C = deep_box(3, batch=2)
     fn = jax.jit(
@@ -71,6 +73,7 @@ def test_full_alpha_crown_lies_between_crown_and_the_exact_bounds():
     assert np.sum(lb - crown_lb) + np.sum(crown_ub - ub) > 1e-2
 
 
+@pytest.mark.slow
 def test_optimising_the_intermediate_slopes_is_tighter_than_the_final_ones_alone():
     """On a 3-hidden-layer net the joint optimisation beats final-only alpha-CROWN on average."""
     fn = jax.jit(
@@ -108,6 +111,7 @@ def pieces(arch, params, lo, hi, C, key):
     return bounds, again, moved, rows
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("net", ["mlp", "conv"])
 def test_recomputed_intermediate_bounds_are_sound_never_looser_and_the_start_reproduces_crown(net):
     arch, params, lo, hi, C = example_box(net, 4, 0.15)
@@ -129,6 +133,7 @@ def test_recomputed_intermediate_bounds_are_sound_never_looser_and_the_start_rep
         assert np.all(pre[i] >= np.asarray(lm)[:, None] - 1e-5) and np.all(pre[i] <= np.asarray(um)[:, None] + 1e-5)
 
 
+@pytest.mark.slow
 def test_vmap_over_parameter_samples_equals_a_loop():
     arch, params, lo, hi, C = example_box("mlp", 5, 0.15)
     fn = get_relaxation("alpha-crown-full")
@@ -142,6 +147,7 @@ def test_vmap_over_parameter_samples_equals_a_loop():
         np.testing.assert_allclose(ub[k], ub_k, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_full_alpha_crown_is_differentiable_in_the_parameters():
     arch, params, lo, hi, C = example_box("mlp", 6, 0.1)
     fn = get_relaxation("alpha-crown-full")
@@ -150,6 +156,7 @@ def test_full_alpha_crown_is_differentiable_in_the_parameters():
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in leaves) and any(float(jnp.max(jnp.abs(g))) > 0 for g in leaves)
 
 
+@pytest.mark.slow
 def test_full_alpha_crown_takes_the_options_of_the_intermediate_passes():
     """Windows (patches) give the same bounds as dense rows; a row budget and row chunks stay sound."""
     arch, params, lo, hi, C = example_box("conv", 6, 0.1)
@@ -169,6 +176,7 @@ def test_full_alpha_crown_takes_the_options_of_the_intermediate_passes():
         assert np.all(margins >= np.asarray(lb)[:, None] - 1e-4) and np.all(margins <= np.asarray(ub)[:, None] + 1e-4)
 
 
+@pytest.mark.slow
 def test_one_sided_margins_are_sound_and_exact_at_eps_zero():
     arch, params, lo, hi, _ = example_box("bn", 7, 0.1)
     x, y = (lo + hi) / 2, jnp.array([0, 1, 2])

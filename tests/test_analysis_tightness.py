@@ -34,6 +34,7 @@ def test_every_compared_relaxation_is_registered():
     assert not missing, f"relaxations not registered: {missing}"
 
 
+@pytest.mark.slow
 @given(seed=st.integers(0, 10_000), eps=st.floats(0.01, 0.3))
 def test_every_relaxation_is_looser_than_the_exact_bounds(seed, eps):
     net = "mlp"
@@ -51,6 +52,7 @@ def test_every_relaxation_is_looser_than_the_exact_bounds(seed, eps):
         assert float(certified_loss_ratio(lb, exact_lb)) >= 1.0 - TOL, relaxation
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("relaxation", ["ibp", "crown", "crown-zero"])
 def test_triangle_lp_with_the_relaxations_own_intermediate_bounds_is_tighter(relaxation):
     arch, _ = TINY_NETS["mlp"]
@@ -64,6 +66,7 @@ def test_triangle_lp_with_the_relaxations_own_intermediate_bounds_is_tighter(rel
     assert float(vs_lp.loss_ratio) >= 1.0 - TOL
 
 
+@pytest.mark.slow
 def test_crown_is_exact_where_no_neuron_crosses():
     # on the sweep example at b = 0 both hidden neurons are stable active: CROWN's margin bound is the
     # exact one, IBP's is not (it loses the correlation of ReLU(x + b) - ReLU(x))

@@ -44,6 +44,7 @@ def soundness_check(net):
     return jax.jit(check)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("net", NET_NAMES)
 @given(seed=st.integers(0, 10_000), eps=st.floats(0.0, 0.3))
 def test_ibp_status_is_sound_for_sampled_activations(net, seed, eps):

@@ -14,6 +14,7 @@ def load_bench():
     return module
 
 
+@pytest.mark.slow
 def test_quick_benchmark_writes_json_with_throughputs(tmp_path):
     out = tmp_path / "bench.json"
     result = load_bench().main(
@@ -21,6 +22,7 @@ def test_quick_benchmark_writes_json_with_throughputs(tmp_path):
     )
     saved = json.loads(out.read_text())
     assert saved == json.loads(json.dumps(result))
+    assert saved["provenance"]["jax"] == saved["jax"]  # versions and commit recorded
     assert saved["config"]["quick"] and saved["config"]["batch"] == 4 and saved["config"]["samples"] == 2
     rows = {(r["relaxation"], r["mode"]): r for r in saved["results"]}
     assert set(rows) == {(r, m) for r in ("ibp", "deepz", "not-a-relaxation") for m in ("single", "vmap")}

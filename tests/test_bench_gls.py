@@ -4,6 +4,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "experiments" / "bench_gls.py"
 
 
@@ -14,11 +16,13 @@ def load_bench():
     return module
 
 
+@pytest.mark.slow
 def test_quick_benchmark_writes_json_and_markdown(tmp_path):
     bench = load_bench()
     result = bench.run(["--quick", "--relaxations", "ibp", "no-such-bound", "--out", str(tmp_path)])
     saved = json.loads((tmp_path / "bench_gls.json").read_text())
     assert saved["settings"]["relaxations"] == ["ibp", "no-such-bound"]
+    assert saved["provenance"]["jax"] == saved["environment"]["jax"]  # versions and commit recorded
     assert "no-such-bound: not registered, skipped" in saved["notes"]
     (pgpe,) = saved["pgpe"]
     assert pgpe["relaxation"] == "ibp" and pgpe["population"] == 4

@@ -33,6 +33,7 @@ def test_input_box_clips_to_the_data_range_and_takes_per_example_eps():
     np.testing.assert_allclose(lo2[0], x[0]) and np.testing.assert_allclose(hi2[1], hi[0], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_certified_loss_upper_bounds_the_cross_entropy_at_the_clean_point():
     arch, in_shape, params = tiny_params("mlp", 0)
     x = jax.random.uniform(jax.random.key(0), (8, *in_shape))
@@ -49,6 +50,7 @@ def test_certified_loss_upper_bounds_the_cross_entropy_at_the_clean_point():
     assert jnp.array_equal(is_certified(lb0), jnp.argmax(forward(arch, params, x), -1) == y)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", relaxation_names())
 def test_every_relaxation_vmaps_over_parameter_samples_like_a_loop(name):
     arch, in_shape, params = tiny_params("conv", 2)

@@ -37,6 +37,7 @@ def _report(run_dir):
     return arch, params, ds, report
 
 
+@pytest.mark.slow
 def test_load_run_restores_the_trained_parameters_and_the_final_evaluation_used_the_cascade(run):
     run_dir, result = run
     arch, params, config = jaxcert.load_run(run_dir)
@@ -49,6 +50,7 @@ def test_load_run_restores_the_trained_parameters_and_the_final_evaluation_used_
     assert len(saved["examples"]) == 64 and saved["summary"]["cert_acc"] == results["cert_acc"]
 
 
+@pytest.mark.slow
 def test_every_example_ends_in_one_state_consistent_with_the_bounds_and_the_attacks(run):
     arch, params, ds, report = _report(run[0])
     assert set(report.states) <= set(STATES) and report.states.shape == (len(ds),)
@@ -82,6 +84,7 @@ def test_every_example_ends_in_one_state_consistent_with_the_bounds_and_the_atta
     assert cumulative == sorted(cumulative) and cumulative[-1] == acc["cert_acc"]
 
 
+@pytest.mark.slow
 def test_apgd_finds_at_least_as_many_adversarial_examples_as_one_pgd_restart(run):
     arch, params, config = jaxcert.load_run(run[0])
     ds = load_test_split(config)
@@ -94,6 +97,7 @@ def test_apgd_finds_at_least_as_many_adversarial_examples_as_one_pgd_restart(run
     assert checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]  # Croce & Hein's schedule
 
 
+@pytest.mark.slow
 def test_the_milp_decides_every_example_the_relaxations_leave_open():
     arch, params, ds = spheres_net()  # 16 ReLUs
     report = certify_dataset(arch, params, ds, 0.03, relaxations=("ibp",), pgd_steps=5, apgd_steps=0, milp=True,
@@ -105,6 +109,7 @@ def test_the_milp_decides_every_example_the_relaxations_leave_open():
     assert "cert_acc/milp" in report.accuracies()
 
 
+@pytest.mark.slow
 def test_certify_cli_writes_json_and_markdown_and_rejects_bad_run_folders(run, tmp_path, capsys):
     run_dir = run[0]
     argv = [str(run_dir), "--limit", "16", "--relaxations", "ibp,crown-ibp", "--pgd-steps", "3", "--apgd-steps", "5"]

@@ -29,6 +29,7 @@ def assert_trees_equal(a, b):
         np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
 
 
+@pytest.mark.slow
 def test_pgpe_state_round_trips_and_only_the_last_checkpoints_are_kept(tmp_path):
     arch = (Flatten(), Dense(5), ReLU(), Dense(2))
     params = init_params(arch, (3,), seed=0)
@@ -54,6 +55,7 @@ def test_pgpe_state_round_trips_and_only_the_last_checkpoints_are_kept(tmp_path)
         Checkpoints(tmp_path / "bad", every=0)
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_from_its_last_checkpoint_with_nothing_lost(tmp_path):
     steps, every = 200, 40
     killed_dir, clean_dir = tmp_path / "killed", tmp_path / "clean"

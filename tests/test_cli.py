@@ -16,6 +16,7 @@ def _has_fashion_mnist() -> bool:
     return True
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _has_fashion_mnist(), reason="no offline Fashion-MNIST")
 def test_quickstart_runs_end_to_end_on_a_tiny_limit(tmp_path, capsys):
     out = tmp_path / "qs"

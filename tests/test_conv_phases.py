@@ -20,6 +20,7 @@ def by_linear_transpose(conv, kernel, rows, in_shape):
     return jax.linear_transpose(lambda x: xla_conv2d(x, kernel, conv.stride, conv.padding), primal)(rows)[0]
 
 
+@pytest.mark.slow
 @given(
     stride=st.integers(2, 3),
     kernel=st.integers(1, 5),
@@ -42,6 +43,7 @@ def test_phases_equal_linear_transpose_for_every_geometry(stride, kernel, paddin
     )
 
 
+@pytest.mark.slow
 def test_conv_transpose_by_phases_keeps_the_values_and_gradients():
     conv, in_shape = Conv(6, 4, 2, 1), (8, 8, 8)
     assert phases_pay_on_cpu(conv, in_shape)
@@ -62,6 +64,7 @@ def test_conv_transpose_by_phases_keeps_the_values_and_gradients():
 ARCH = (Normalize((0.4,), (0.3,)), Conv(8, 3, 1, 1), ReLU(), Conv(5, 4, 2, 1), ReLU(), Flatten(), Dense(3))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("relaxation", ["crown-ibp", "crown", "alpha-crown"])
 def test_bounds_through_a_layer_transposed_by_phases_equal_those_by_linear_transpose(relaxation, monkeypatch):
     assert phases_pay_on_cpu(ARCH[3], (8, 8, 8))

@@ -21,6 +21,7 @@ def operands(x_shape, k_shape, seed=0):
     return jax.random.normal(kx, x_shape), 0.3 * jax.random.normal(kk, k_shape), kg
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("x_shape", "k_shape", "stride", "padding"), SHAPES)
 def test_shifted_slices_equal_xla_convolution_in_values_and_transposes(x_shape, k_shape, stride, padding):
     x, kernel, kg = operands(x_shape, k_shape)
@@ -32,6 +33,7 @@ def test_shifted_slices_equal_xla_convolution_in_values_and_transposes(x_shape, 
     np.testing.assert_allclose(by_slices, by_xla, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("x_shape", "k_shape", "stride", "padding"), SHAPES)
 def test_conv2d_has_xla_values_gradients_and_forward_derivatives(x_shape, k_shape, stride, padding):
     x, kernel, kg = operands(x_shape, k_shape, seed=1)

@@ -138,6 +138,7 @@ def assert_contains(net: str, params, lo, hi, C, bounds: dict, seed: int = 0, n:
 # --------------------------------------------------------------------------------------------- soundness
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("net", NET_NAMES)
 @given(seed=st.integers(0, 10_000), eps=st.floats(0.0, 0.3))
 def test_every_crown_variant_is_sound_with_and_without_spec(net, seed, eps):
@@ -175,6 +176,7 @@ def jit_relu_inputs(net: str):
     return jax.jit(inputs), jax.jit(ibp)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("net", NET_NAMES)
 def test_intermediate_bounds_contain_activations_and_lie_inside_ibp(net):
     _, params, lo, hi, _, bounds = family_bounds(net, 5, 0.1)
@@ -192,6 +194,7 @@ def test_intermediate_bounds_contain_activations_and_lie_inside_ibp(net):
 # --------------------------------------------------------------------------------- exact references
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("net", "eps"), [("mlp", 0.08), ("bn", 0.08), ("one_layer", 0.1), ("conv", 0.015)])
 def test_crown_variants_contain_the_exact_range_and_are_looser_than_the_lp(net, eps):
     """exact (MILP) ⊆ triangle LP with the variant's own pre-activation bounds ⊆ the variant's bounds."""
@@ -318,6 +321,7 @@ def test_crown_vmaps_over_parameter_samples_and_traced_options_like_a_loop():
         np.testing.assert_allclose(batched[1][s], ub, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_crown_is_differentiable_in_the_parameters():
     arch, params, lo, hi, C = example_box("bn", 7, 0.1)
     fn = get_relaxation("crown")

@@ -82,6 +82,7 @@ def test_crown_ibp_equals_crown_with_one_relu_layer(seed, eps):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_crown_ibp_vmaps_over_parameter_samples_and_beta_like_a_loop():
     arch, params, lo, hi, C = example_box("bn", 3, 0.1)
     samples = [jax.tree_util.tree_map(lambda a, s=s: a * (1 + 0.1 * s), params) for s in range(3)]

@@ -73,6 +73,7 @@ def crown_variants():
     return jax.jit(fn)
 
 
+@pytest.mark.slow
 def test_windows_equal_the_dense_back_substitution():
     _, params, lo, hi, C = conv_case()
     out = crown_variants()(params, lo, hi, C)
@@ -84,6 +85,7 @@ def test_windows_equal_the_dense_back_substitution():
         np.testing.assert_allclose(wu, du, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1])
 def test_a_budget_covering_every_unstable_neuron_equals_full_crown(seed):
     _, params, lo, hi, C = conv_case(seed)
@@ -95,6 +97,7 @@ def test_a_budget_covering_every_unstable_neuron_equals_full_crown(seed):
         np.testing.assert_allclose(covered[1], full[1], rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_small_budget_is_sound_and_looser():
     arch, params, lo, hi, C = conv_case(2, eps=0.08)
     out = crown_variants()(params, lo, hi, C)
@@ -114,6 +117,7 @@ def test_a_small_budget_is_sound_and_looser():
         assert bool(jnp.all(margins >= small[0][b] - 1e-4)) and bool(jnp.all(margins <= small[1][b] + 1e-4))
 
 
+@pytest.mark.slow
 def test_rows_in_chunks_equal_rows_at_once():
     """A tiny ``max_rows_bytes`` splits every intermediate pass into chunks (``lax.map``): same bounds."""
     arch, params, lo, hi, C = conv_case(6)
@@ -126,6 +130,7 @@ def test_rows_in_chunks_equal_rows_at_once():
         np.testing.assert_allclose(ub, out[key][1], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_budgeted_crown_contains_full_crown_contains_the_exact_range():
     """On the tiny conv net of the soundness tests (MILP-sized): budget 1 ⊇ full ⊇ exact at the refined layer
     and at the output."""
@@ -155,6 +160,7 @@ def test_lower_bounds_only_keep_the_lower_bounds_and_give_a_sound_upper_bound():
         assert bool(jnp.all(margins <= one_sided[1][b] + 1e-4))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("relaxation", ["crown", "crown-ibp", "alpha-crown"])
 def test_margin_lower_bounds_skip_the_upper_rows_with_the_same_result(relaxation):
     arch, params, lo, hi, _ = conv_case(4)
@@ -165,6 +171,7 @@ def test_margin_lower_bounds_skip_the_upper_rows_with_the_same_result(relaxation
     np.testing.assert_allclose(lb, both, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_budgeted_windows_vmap_over_parameter_samples_like_a_loop_and_differentiate():
     arch, params, lo, hi, C = conv_case(5)
     fn = get_relaxation("crown")
@@ -197,6 +204,7 @@ def stable_by_crown_net():
     return arch, params
 
 
+@pytest.mark.slow
 def test_full_crown_is_strictly_tighter_than_crown_ibp_where_it_proves_a_neuron_stable():
     arch, params = stable_by_crown_net()
     lo, hi = -jnp.ones((1, 1)), jnp.ones((1, 1))
@@ -230,6 +238,7 @@ def test_min_area_slope_has_the_smaller_relaxation_area(lower, upper):
     assert float(relaxation_area(lower, upper, alpha)) < float(relaxation_area(lower, upper, 1.0 - alpha))
 
 
+@pytest.mark.slow
 def test_one_layer_crown_equals_the_triangle_lp_where_every_crossing_neuron_takes_its_upper_line():
     """Upper bound of Σ w_j ReLU(z_j) with w > 0 (and lower bound with w < 0): every crossing neuron
     takes its chord, which is the LP's optimum too, so CROWN = LP (the interval bounds are exact)."""

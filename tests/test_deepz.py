@@ -71,6 +71,7 @@ def num_crossing(arch, params, lower, upper) -> int:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("net", NET_NAMES)
 @given(seed=st.integers(0, 10_000), eps=st.floats(0.0, 0.3), use_spec=st.booleans(), scale=st.floats(0.3, 3.0))
 def test_deepz_is_sound(net, seed, eps, use_spec, scale):
@@ -78,6 +79,7 @@ def test_deepz_is_sound(net, seed, eps, use_spec, scale):
     assert_sound("deepz", net, seed, eps, use_spec=use_spec, weight_scale=scale)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("relaxation", ["deepz", "hbox"])
 @pytest.mark.parametrize("net", NET_NAMES)
 def test_exact_when_no_neuron_crosses(relaxation, net):
@@ -95,6 +97,7 @@ def test_exact_when_no_neuron_crosses(relaxation, net):
     assert bool(jnp.all(ub_ibp - lb_ibp > ub - lb))
 
 
+@pytest.mark.slow
 def test_deepz_is_exact_on_an_affine_net():
     arch = (Normalize((0.2, 0.5), (0.3, 0.6)), Conv(3, 3, 2, 1), BatchNorm(), Flatten(), Dense(4), Dense(3))
     in_shape = (4, 4, 2)

@@ -149,6 +149,7 @@ def equivalent_runs(tmp_path_factory):
     return {"two": result_of(done[0][1]), "four": result_of(done[2][1]), "one": result_of(done[3][1]), "root": root}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(RUNS))
 def test_two_processes_train_like_one_process_and_like_one_device(equivalent_runs, method):
     two, four, one = (equivalent_runs[k][method] for k in ("two", "four", "one"))
@@ -166,6 +167,7 @@ def test_two_processes_train_like_one_process_and_like_one_device(equivalent_run
     assert Checkpoints(out / "checkpoints", every=3).latest_step() == 3  # written by both processes together
 
 
+@pytest.mark.slow
 def test_evaluation_split_over_two_processes_equals_one_process_certification(equivalent_runs):
     two = equivalent_runs["two"]["certified"]
     cascade = get_config("tiny").eval_cascade  # the certify cascade: cert_acc/<r> cumulative
@@ -184,6 +186,7 @@ def test_evaluation_split_over_two_processes_equals_one_process_certification(eq
     assert len(report["examples"]) == 64 and report["summary"]["cert_acc"] == two["eval"]["cert_acc"]
 
 
+@pytest.mark.slow
 def test_certify_split_over_two_processes_writes_the_report_of_one_process(tiny_run, tmp_path):
     # 4 attack batches of 16 and, for CROWN, chunks of 2 open examples: both processes get a share of each stage
     options = ["--eps", "0.1", "--relaxations", "ibp,crown-ibp,crown", "--batch-size", "16", "--pgd-steps", "5",
@@ -211,11 +214,13 @@ def test_certify_split_over_two_processes_writes_the_report_of_one_process(tiny_
     assert main_certify([str(dirs["one"]), "--coordinator", f"localhost:{port}"]) == 2  # needs --distributed
 
 
+@pytest.mark.slow
 def test_the_mesh_is_batch_by_members_and_one_dimensional_when_one_axis_has_size_one(equivalent_runs):
     meshes = equivalent_runs["four"]["meshes"]
     assert meshes == {"1": [["samples"], [4]], "2": [["batch", "samples"], [2, 2]], "4": [["batch"], [4]]}
 
 
+@pytest.mark.slow
 def test_a_killed_two_process_run_resumes(tmp_path):
     steps, every = 60, 10
     config = override(get_config("tiny"), steps=steps, checkpoint_every=every, out=str(tmp_path / "reference"))
@@ -252,6 +257,7 @@ def test_a_killed_two_process_run_resumes(tmp_path):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_a_missing_process_an_unreachable_coordinator_or_no_cluster_is_a_clear_error_in_bounded_time(tmp_path):
     join_timeout = 4
     base = ["-m", "jaxcert.train", "--config", "tiny", "--steps", "2", "--no-progress", "--no-eval", "--distributed",
@@ -292,6 +298,7 @@ def test_each_process_evaluates_its_round_robin_share_of_the_test_batches():
         run((2, 2))
 
 
+@pytest.mark.slow
 def test_importing_the_training_modules_leaves_jax_devices_unstarted():
     # jax.distributed.initialize must come before JAX starts its devices, and `python -m jaxcert.train` imports
     # these first: none of them may start the devices at import (evosax.algorithms does: import it lazily)

@@ -50,6 +50,7 @@ SETTINGS = {"spheres": (spheres_net, 0.03), "images": (image_net, 0.1)}
 COMMON = {"relaxations": ("ibp", "box"), "batch_size": N}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("setting", sorted(SETTINGS))
 def test_certified_implies_pgd_robust_implies_clean_per_example(setting):
     make, eps = SETTINGS[setting]
@@ -99,6 +100,7 @@ def test_limit_evaluates_the_first_examples():
     np.testing.assert_array_equal(per["cert_acc/ibp"], full["cert_acc/ibp"][:40])
 
 
+@pytest.mark.slow
 def test_l2_evaluation_is_consistent_with_the_box_certificate():
     arch, params, ds = spheres_net()
     per = evaluate_per_example(arch, params, ds, 0.06, norm="l2", **COMMON)

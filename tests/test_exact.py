@@ -26,6 +26,7 @@ def test_dense_blocks_reproduce_the_network(net):
     np.testing.assert_allclose(h, jit_forward(net)(params, lo), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_exact_bounds_match_a_fine_grid_on_a_one_dimensional_input():
     params = init_params(LINE_NET, (1,), seed=3)
     lo, hi = jnp.array([[-1.0], [0.2]]), jnp.array([[1.0], [0.9]])
@@ -52,6 +53,7 @@ def test_exact_bounds_contain_samples_and_lie_inside_the_lp(net, eps):
     assert np.any(lp_lb < lb - 1e-4) or np.any(lp_ub > ub + 1e-4), "pick an example with unstable neurons"
 
 
+@pytest.mark.slow
 def test_exact_bounds_do_not_depend_on_the_valid_big_m_bounds_and_equal_the_lp_when_all_stable():
     arch, params, lo, hi, C, bounds = family_bounds("mlp", 5, 0.08)
     tighter = bounds["crown"][-1]  # CROWN pre-activation bounds: valid, tighter than interval ones

@@ -78,6 +78,7 @@ def check_summary(record: dict, group: tuple[str, ...], metric: str) -> None:
         assert agg[metric] == pytest.approx(np.mean(values)) and agg[f"{metric}_std"] == pytest.approx(np.std(values))
 
 
+@pytest.mark.slow
 def test_paradox_rows(results: dict[str, dict]) -> None:
     record = results["paradox"]
     rows, settings = record["rows"], record["settings"]
@@ -94,9 +95,11 @@ def test_paradox_rows(results: dict[str, dict]) -> None:
     assert rows[1]["tightness"] == pytest.approx(1.0, rel=1e-5)
     check_summary(record, ("relaxation", "eps"), "cert_acc")
     assert [f["claim"] for f in record["findings"]] == ["cert(IBP-trained) > cert(crown-trained)"]
+    assert {"jaxcert", "jax", "git_commit"} <= set(record["provenance"])  # versions and commit recorded
     check_table(record)
 
 
+@pytest.mark.slow
 def test_gls_vs_ibp_rows(results: dict[str, dict]) -> None:
     record = results["gls_vs_ibp"]
     rows, settings = record["rows"], record["settings"]
@@ -115,6 +118,7 @@ def test_gls_vs_ibp_rows(results: dict[str, dict]) -> None:
     check_table(record)
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_is_reported_from_its_partial_rows(results: dict[str, dict], tmp_path: Path) -> None:
     for name in ("paradox", "gls_vs_ibp"):
         partial = results[name]["out"] / f"{name}.partial.json"
@@ -137,6 +141,7 @@ def test_an_interrupted_run_is_reported_from_its_partial_rows(results: dict[str,
     assert "no partial results" in missing.value.stderr
 
 
+@pytest.mark.slow
 def test_robust_vs_certified_rows(results: dict[str, dict]) -> None:
     record = results["robust_vs_certified"]
     rows = record["rows"]
@@ -152,6 +157,7 @@ def test_robust_vs_certified_rows(results: dict[str, dict]) -> None:
     check_table(record)
 
 
+@pytest.mark.slow
 def test_tune_pgpe_rows(results: dict[str, dict]) -> None:
     record = results["tune_pgpe"]
     rows, settings = record["rows"], record["settings"]
@@ -164,6 +170,7 @@ def test_tune_pgpe_rows(results: dict[str, dict]) -> None:
     check_table(record)
 
 
+@pytest.mark.slow
 def test_pgpe_study_rows(results: dict[str, dict]) -> None:
     record = results["pgpe_study"]
     runs, summary, settings = record["rows"], record["summary"], record["settings"]
@@ -180,6 +187,7 @@ def test_pgpe_study_rows(results: dict[str, dict]) -> None:
     check_table(record)
 
 
+@pytest.mark.slow
 def test_validation_images_follow_the_training_subset() -> None:
     sys.path.insert(0, str(EXPERIMENTS))
     from tune_pgpe import train_validation_split

@@ -49,6 +49,7 @@ NETS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("net", sorted(NETS))
 def test_onnx_model_computes_the_same_outputs_as_forward(net):
     arch, in_shape = NETS[net]
@@ -85,6 +86,7 @@ def test_vnnlib_property_is_the_clipped_box_and_the_negated_margin_spec():
         vnnlib_property(x, label=4, eps=0.05, num_classes=4, lo=0.0, hi=1.0)
 
 
+@pytest.mark.slow
 def test_export_cli_writes_model_properties_and_instances(tiny_run, tmp_path, capsys):
     run_dir, result = tiny_run
     assert main([str(run_dir), "--examples", "3", "--eps", "0.05"]) == 0

@@ -57,6 +57,7 @@ def tree_allclose(a, b, **kw):
         np.testing.assert_allclose(u, v, **kw)
 
 
+@pytest.mark.slow
 def test_rgs_gradient_with_zero_sigma_is_the_plain_gradient(problem):
     _, trainable, frozen, x, y = problem
     key = jax.random.key(3)
@@ -70,6 +71,7 @@ def test_rgs_gradient_with_zero_sigma_is_the_plain_gradient(problem):
     assert float(diff) > 1e-3  # a real perturbation changes the estimate
 
 
+@pytest.mark.slow
 def test_rgs_vmapped_samples_equal_a_python_loop(problem):
     _, trainable, frozen, x, y = problem
     key, sigma, k = jax.random.key(5), 0.05, SAMPLES
@@ -96,6 +98,7 @@ def test_gaussian_noise_shapes_and_antithetic_pairs(problem):
         smoothed_gradient(OBJECTIVE, sigma=0.1, samples=3, antithetic=True)
 
 
+@pytest.mark.slow
 def test_rgs_training_decreases_the_certified_loss(problem):
     params, _, _, x, y = problem
     trainer = rgs_trainer(ARCH, OBJECTIVE, optax.adam(3e-2), sigma=0.01, samples=4)
@@ -107,6 +110,7 @@ def test_rgs_training_decreases_the_certified_loss(problem):
     assert losses[-1] < 0.7 * losses[0]
 
 
+@pytest.mark.slow
 def test_pgpe_step_is_one_evosax_generation_on_the_certified_loss(problem, fixed_pgpe):
     """The jitted step equals ask -> loop over members -> tell done by hand with evosax."""
     params, trainable, frozen, x, y = problem
@@ -131,6 +135,7 @@ def test_pgpe_step_is_one_evosax_generation_on_the_certified_loss(problem, fixed
     np.testing.assert_allclose(new.opt_state.std, PGPE_SETTINGS["sigma"])  # std_lr = 0: fixed sigma
 
 
+@pytest.mark.slow
 def test_pgpe_training_decreases_the_loss(problem, fixed_pgpe):
     params, _, _, x, y = problem
     trainer, _ = fixed_pgpe
@@ -142,6 +147,7 @@ def test_pgpe_training_decreases_the_loss(problem, fixed_pgpe):
     assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
 
 
+@pytest.mark.slow
 def test_pgpe_adapts_sigma_within_the_allowed_change_when_asked(problem):
     params, _, _, x, y = problem
     # a large sigma, so that the loss is curved at the scale of the samples (for a locally linear loss the

@@ -16,6 +16,7 @@ from tests.test_deepz import SHIFT, jit_relaxation, single_relu_bounds
 # hBox and DeepZ in tests/test_deepz.py.
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("net", NET_NAMES)
 @given(seed=st.integers(0, 10_000), eps=st.floats(0.0, 0.3), use_spec=st.booleans(), scale=st.floats(0.3, 3.0))
 def test_hbox_is_sound(net, seed, eps, use_spec, scale):
@@ -23,6 +24,7 @@ def test_hbox_is_sound(net, seed, eps, use_spec, scale):
     assert_sound("hbox", net, seed, eps, use_spec=use_spec, weight_scale=scale)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("net", NET_NAMES)
 @given(seed=st.integers(0, 10_000), eps=st.floats(0.0, 0.3))
 def test_hbox_is_never_looser_than_ibp(net, seed, eps):
@@ -57,6 +59,7 @@ def test_hbox_stable_active_neurons_keep_the_symbolic_form():
     np.testing.assert_allclose([lb_ibp[1], ub_ibp[1]], [-SHIFT - (upper - lower), -SHIFT + (upper - lower)], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_hbox_relu_rule_per_neuron():
     # neurons: inactive, active, crossing (bounds from centre ± (Σ|G| + r))
     z = HybridZonotope(
@@ -71,6 +74,7 @@ def test_hbox_relu_rule_per_neuron():
     np.testing.assert_allclose(out.box, [[0.0, 0.5, u / 2]])
 
 
+@pytest.mark.slow
 def test_hbox_with_a_relu_before_any_mixing_layer():
     """The input box is lifted into input error terms before a leading ReLU (no Conv/Dense before it)."""
     arch = (Normalize((0.5,), (0.5,)), ReLU(), Flatten(), Dense(4), ReLU(), Dense(3))

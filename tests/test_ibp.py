@@ -29,6 +29,7 @@ def test_ibp_is_exact_at_zero_eps(net):
     assert jnp.allclose(lb, z, atol=1e-5) and jnp.allclose(ub, z, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_ibp_intermediate_bounds_contain_activations():
     arch, in_shape, params = tiny_params("conv", 1)
     x = jax.random.uniform(jax.random.key(2), (1, *in_shape))

@@ -39,6 +39,7 @@ def example(net: str, seed: int, batch: int = 3):
     return arch, params, x, y
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("net", NET_NAMES)
 @given(seed=st.integers(0, 10_000), eps=st.floats(0.0, 0.4), beta=st.floats(0.0, 1.0))
 def test_fused_loss_bounds_the_cross_entropy_at_sampled_points_and_vertices(net, seed, eps, beta):
@@ -86,6 +87,7 @@ def linear_net_reference(params, x, y, eps):
     return np.array(out)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("eps", [0.02, 0.1, 0.5])
 def test_fused_loss_equals_the_exact_chord_bound_on_a_linear_net(eps):
     """On a linear net IBP gives the exact range of each ``d_j`` and back-substitution the exact maximum
@@ -115,6 +117,7 @@ def test_beta_mixes_the_fused_loss_with_the_certified_loss_of_ibp_margins(traced
     assert not np.allclose(full.loss, ibp_loss)  # the fused bound is not IBP's
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("width", [0.0, 1e-6, 1e-3, 0.5, 1.0 - 1e-6, 1.0, 1.0 + 1e-6, 3.0, 80.0])
 def test_exp_chords_lie_above_exp_and_touch_it_at_both_ends(width):
     lower = jnp.array([-2.0, 0.5, -30.0])
@@ -129,6 +132,7 @@ def test_exp_chords_lie_above_exp_and_touch_it_at_both_ends(width):
     assert bool(jnp.all(chord >= jnp.exp(grid - shift[:, None]) * (1 - 1e-5)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("eps", [0.0, 0.05, 3.0])
 def test_fused_loss_is_vmappable_over_parameter_samples_with_finite_gradients(eps):
     arch, params, x, y = example("bn", 4)
@@ -162,6 +166,7 @@ def test_bad_inputs_to_the_fused_loss_are_clear_errors():
     TrainConfig(loss_fusion=True, relaxation="crown-ibp", method="rgs")  # accepted
 
 
+@pytest.mark.slow
 def test_the_fused_objective_trains_the_fused_bound_down():
     arch, params, x, y = example("conv", 6, batch=16)
     trainable, frozen = split_trainable(params)
@@ -191,6 +196,7 @@ def chord_formula_with(relaxation: str, arch, params, x, y, eps):
     return jnp.log(1 + jnp.sum(jnp.exp(d_lo) - slope * d_lo, -1) - row_lb[:, 0])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("net", NET_NAMES)
 def test_the_fused_row_is_bounded_by_crown_ibp_not_by_intervals(net):
     arch, params, x, y = example(net, 8, batch=4)

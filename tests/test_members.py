@@ -28,6 +28,7 @@ def problem():
     return params, trainable, frozen, x, y, members
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("chunk", "unroll"), [(0, False), (1, False), (2, False), (4, False), (8, False), (16, False),
                                                (1, True), (4, True)])  # fmt: skip
 def test_every_chunking_equals_a_python_loop_over_members(problem, chunk, unroll):
@@ -57,6 +58,7 @@ def test_chunked_program_is_a_loop_over_groups_unless_unrolled(problem):
     ).as_text().count("dot_general")
 
 
+@pytest.mark.slow
 def test_chunked_rgs_and_pgpe_steps_equal_the_full_vmap(problem):
     params, _, _, x, y, _ = problem
     key = jax.random.key(3)

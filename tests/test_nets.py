@@ -24,6 +24,7 @@ from jaxcert.nets.layers import Normalize
 IN_SHAPES = {"cnn7": (32, 32, 3), "cnn7_bn": (32, 32, 3)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(ARCHITECTURES))
 def test_architectures_build_and_nnx_matches_pure_forward(name):
     dataset = "cifar10" if name.startswith("cnn7") else "fashion_mnist"
@@ -45,6 +46,7 @@ def test_spec_architectures_have_the_documented_layers():
     assert isinstance(cnn3[0], Normalize) and cnn3[0].mean == (0.2861,)
 
 
+@pytest.mark.slow
 def test_pure_apply_goes_through_split_merge_and_matches_forward_for_new_params():
     arch = get_architecture("paradox_conv")
     model = Network(arch, (28, 28, 1), rngs=nnx.Rngs(0))
@@ -57,6 +59,7 @@ def test_pure_apply_goes_through_split_merge_and_matches_forward_for_new_params(
     assert jnp.allclose(model(x), forward(arch, doubled, x), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_forward_vmaps_over_parameter_samples():
     arch = get_architecture("mlp_small")
     params = init_params(arch, (28, 28, 1))
@@ -68,6 +71,7 @@ def test_forward_vmaps_over_parameter_samples():
         assert jnp.allclose(out[i], forward(arch, one, x), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_batchnorm_statistics_are_not_trainable():
     arch = get_architecture("cnn7_bn", dataset="cifar10")
     params = init_params(arch, (32, 32, 3))

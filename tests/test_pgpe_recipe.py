@@ -44,6 +44,7 @@ def test_leaf_scales_are_the_init_std_with_the_kernel_scale_for_constant_biases(
         relative_sigma(trainable, 0.0)
 
 
+@pytest.mark.slow
 def test_relative_sigma_with_unit_scales_is_the_absolute_sigma(problem):
     params, trainable, _, x, y = problem
     ones = jax.tree_util.tree_map(lambda _: 1.0, leaf_scales(trainable))
@@ -68,6 +69,7 @@ def test_relative_sigma_with_unit_scales_is_the_absolute_sigma(problem):
     assert len(np.unique(np.asarray(std))) == 2  # one value per layer (bias = its kernel's scale)
 
 
+@pytest.mark.slow
 def test_the_loss_at_the_mean_is_the_certified_objective_at_the_mean(problem):
     params, trainable, frozen, x, y = problem
     trainer = pgpe_trainer(ARCH, OBJECTIVE, params, clipup(0.05, 0.1), sigma=0.05, population=8)
@@ -85,6 +87,7 @@ def test_the_loss_at_the_mean_is_the_certified_objective_at_the_mean(problem):
     np.testing.assert_allclose(metrics["loss_at_mean"], single(trainable, frozen, x, y, 0)[0], rtol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["clipup", "sgd", "adam"])
 def test_every_mean_optimizer_trains_jitted(problem, name):
     params, trainable, _, x, y = problem

@@ -31,6 +31,7 @@ def _strip_time(records):
     return [{k: v for k, v in r.items() if k != "time"} for r in records]
 
 
+@pytest.mark.slow
 def test_rerunning_a_killed_command_resumes_by_default_and_ends_as_an_uninterrupted_run(tmp_path):
     steps, every = 160, 40
     out = tmp_path / "killed"
@@ -54,6 +55,7 @@ def test_rerunning_a_killed_command_resumes_by_default_and_ends_as_an_uninterrup
     assert _strip_time(read_metrics(out / "metrics.jsonl")) == _strip_time(reference["metrics"])
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_at_the_current_step_and_says_how_to_resume(tmp_path):
     out = tmp_path / "run"
     cmd = _cli(out, "--steps", "100000", "--checkpoint-every", "20", "--no-eval")
@@ -85,6 +87,7 @@ def test_ctrl_c_during_a_checkpoint_save_is_raised_once_the_checkpoint_is_comple
     assert finished == [True, True]
 
 
+@pytest.mark.slow
 def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one_with_a_warning(tmp_path, capsys):
     config = override(get_config("tiny"), steps=60, checkpoint_every=20, out=str(tmp_path / "run"))
     first = train(config, progress=False, evaluate=False)["state"]
@@ -99,6 +102,7 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one_with_a_warni
     assert_trees_equal(again.params, first.params)  # steps 41..60 redone exactly
 
 
+@pytest.mark.slow
 def test_fresh_starts_over_and_a_different_config_in_the_folder_is_an_error_naming_the_fields(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["--config", "tiny", "--steps", "20", "--checkpoint-every", "10", "--out", str(out), "--no-progress"]
@@ -145,7 +149,7 @@ def test_a_missing_data_dir_is_a_clear_error(tmp_path, capsys):
     assert not (tmp_path / "o" / "checkpoints").exists()
 
 
-def test_the_training_plot_draws_the_schedule_with_the_losses_and_the_test_accuracies_at_the_end(tmp_path):
+def test_the_training_plot_draws_the_schedule_with_the_losses_and_tabulates_the_final_test_accuracies(tmp_path):
     import matplotlib.pyplot as plt
 
     from jaxcert.train.logging import metrics_figure, plot_metrics
@@ -157,12 +161,24 @@ def test_the_training_plot_draws_the_schedule_with_the_losses_and_the_test_accur
     schedule = _schedule_curve(config)
     assert schedule["eps"][0] == 0.0 and schedule["eps"][-1] == pytest.approx(config.eps)
     fig = metrics_figure(records, "t", schedule)
-    ax_loss, ax_acc, ax_schedule = fig.axes
+    ax_loss, ax_acc, ax_schedule, ax_table = fig.axes
     labels = [line.get_label() for line in ax_schedule.get_lines()]
     assert labels == [f"ε / {config.eps:g}", "κ (clean weight)", "β (CROWN-IBP)"]
     assert [line.get_label() for line in ax_loss.get_lines()] == ["loss", "cert_loss"]
-    markers = {c.get_label(): c.get_offsets().tolist() for c in ax_acc.collections}
-    assert markers == {"test_clean_acc": [[100, 0.6]], "test_cert_acc": [[100, 0.3]], "test_cert_acc/ibp": [[100, 0.2]]}
+    # the final test accuracies are a table (in percent, at their step), not markers piled up at the last step
+    assert [line.get_label() for line in ax_acc.get_lines()] == ["train clean_acc"] and not ax_acc.collections
+    (table,) = ax_table.tables
+    cells = {(r, c): cell.get_text().get_text() for (r, c), cell in table.get_celld().items()}
+    assert [[cells[r, c] for c in range(2)] for r in range(4)] == [
+        ["test", "accuracy"], ["clean_acc", "60.0%"], ["cert_acc", "30.0%"], ["cert_acc/ibp", "20.0%"]
+    ]  # fmt: skip
+    assert ax_table.get_title() == "final evaluation (step 100)"
+    # one legend per panel (the schedule's lines in the loss legend), below its axes: it covers no curve
+    fig.canvas.draw()
+    assert [t.get_text() for t in ax_loss.get_legend().get_texts()] == ["loss", "cert_loss", *labels]
+    assert ax_schedule.get_legend() is None
+    for ax in (ax_loss, ax_acc):
+        legend, plot_area = ax.get_legend().get_window_extent(), ax.get_window_extent()
+        assert legend.y1 < plot_area.y0
     plt.close(fig)
-    assert "beta" not in _schedule_curve(get_config("tiny"))  # IBP training: no β curve
     assert plot_metrics(records, tmp_path / "c.png").stat().st_size > 0

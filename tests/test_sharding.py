@@ -84,6 +84,7 @@ SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_sharded_gls_and_batch_equal_unsharded():
     # 4 host devices; backend optimisation off: compiling dominates this test and equality does not need it
     flags = "--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0"

@@ -51,6 +51,7 @@ def with_stats(trainable, frozen, mean, var):
     return [*frozen[:2], {"mean": mean, "var": var}, *frozen[3:]]
 
 
+@pytest.mark.slow
 def test_batch_objective_equals_the_hand_computation_with_batch_statistics():
     trainable, frozen, x, y = setup()
     mean, var = hand_stats(trainable, frozen, x)
@@ -72,6 +73,7 @@ def test_batch_objective_equals_the_hand_computation_with_batch_statistics():
     np.testing.assert_allclose(clean, ce, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_gradients_flow_through_the_batch_statistics():
     trainable, frozen, x, y = setup()
     objective = certified_objective(ARCH, "ibp", SCHEDULE, bn_mode="batch")
@@ -92,6 +94,7 @@ def test_gradients_flow_through_the_batch_statistics():
     np.testing.assert_allclose(grad[1]["bias"], 0.0, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("relaxation", ["ibp", "crown-ibp", "deeppoly"])
 def test_bounds_with_batch_statistics_are_sound_for_that_network(relaxation):
     trainable, frozen, x, y = setup()
@@ -128,6 +131,7 @@ def test_gls_members_use_their_own_batch_statistics():
         np.testing.assert_allclose(fitness[j], expected, rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["standard", "certified", "rgs", "pgpe"])
 def test_short_training_in_batch_mode_runs_with_each_trainer(method):
     trainable, frozen, x, y = setup()

@@ -40,6 +40,7 @@ def run(trainer, params, x, y, steps):
     return state, history
 
 
+@pytest.mark.slow
 def test_certified_objective_mixes_clean_and_certified_cross_entropy():
     params = init_params(ARCH, SHAPE, seed=1)
     trainable, frozen = split_trainable(params)
@@ -106,6 +107,7 @@ def test_certified_training_warms_up_clean_then_decreases_the_certified_loss():
     assert int(state.step) == 50
 
 
+@pytest.mark.slow
 def test_batch_norm_running_stats_follow_the_batch_and_are_not_optimised():
     params = init_params(BN_ARCH, SHAPE, seed=0)
     trainable, frozen = split_trainable(params)
@@ -126,6 +128,7 @@ def test_batch_norm_running_stats_follow_the_batch_and_are_not_optimised():
     assert set(merged[1]) == {"scale", "bias", "mean", "var"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm,eps", [("linf", 0.05), ("l2", 0.1)])
 def test_pgd_training_decreases_the_adversarial_loss(norm, eps):
     x, y = toy_problem()

@@ -30,6 +30,7 @@ def saved_run(tmp_path_factory):
     return out, result["state"].full_params
 
 
+@pytest.mark.slow
 def test_warm_start_restores_the_saved_params_bitwise_for_any_method(saved_run):
     out, saved = saved_run
     template = setup(TINY).params
@@ -54,6 +55,7 @@ def test_an_architecture_mismatch_is_a_clear_one_line_error(saved_run, tmp_path)
         load_run_params(tmp_path / "nothing", other)
 
 
+@pytest.mark.slow
 def test_a_resumed_warm_started_run_restores_its_own_checkpoint(saved_run, tmp_path):
     source, saved = saved_run
     config = dataclasses.replace(TINY, method="pgpe", population=4, init_from=str(source), out=str(tmp_path / "ft"))

@@ -106,6 +106,7 @@ def test_warmup_weight_schedule():
     assert float(warmup_weight(0.5, 0.0, 0.0)) == 0.0
 
 
+@pytest.mark.slow
 def test_one_gradient_step_on_each_regulariser_improves_it():
     params, x, _ = setup()
     trainable, frozen = split_trainable(params)

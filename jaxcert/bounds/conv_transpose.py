@@ -53,4 +53,5 @@ def conv_transpose(conv: Conv, kernel: jax.Array, rows: jax.Array, in_shape: tup
         return d_kernel, d_rows
 
     transpose.defvjp(transpose_fwd, transpose_bwd)
-    return transpose(kernel, rows)
+    dtype = jax.numpy.result_type(kernel, rows)  # one dtype for XLA's convolution (float64 rows under x64)
+    return transpose(kernel.astype(dtype), rows.astype(dtype))

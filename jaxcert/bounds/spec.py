@@ -23,7 +23,7 @@ def margin_spec(y: jax.Array, num_classes: int) -> jax.Array:
     y = jnp.asarray(y)
     if y.ndim != 1:
         raise ValueError(f"labels must have shape (batch,), got {y.shape}")
-    eye = jnp.eye(num_classes)
+    eye = jnp.eye(num_classes, dtype=jnp.float32)  # entries 0, ±1 (exact): float32 keeps the weights' dtype under x64
     # others[b, i] = i-th class different from y[b]
     idx = jnp.arange(num_classes - 1)[None, :]
     others = idx + (idx >= y[:, None])

@@ -91,7 +91,9 @@ class Conv(LayerSpec):
         return (size(h), size(w), self.features)
 
     def _conv(self, w: jax.Array, x: jax.Array) -> jax.Array:
-        return conv2d(x, w, self.stride, self.padding)  # XLA's conv, a kernel gradient fast on CPU too
+        # XLA's convolution wants one dtype: float64 inputs (x64) meet float32 kernels in float64, as in Dense
+        dtype = jnp.result_type(x, w)
+        return conv2d(x.astype(dtype), w.astype(dtype), self.stride, self.padding)  # kernel gradient fast on CPU too
 
     def linear(self, p: Params, x: jax.Array) -> jax.Array:
         return self._conv(p["kernel"], x)
@@ -128,7 +130,10 @@ class Flatten(LayerSpec):
 
 @dataclasses.dataclass(frozen=True)
 class Normalize(LayerSpec):
-    """Per-channel normalisation ``y = (x - mean) / std`` (channel = last axis)."""
+    """Per-channel normalisation ``y = (x - mean) / std`` (channel = last axis).
+
+    The constants are float32 (the dtype of the weights), so they keep the input's dtype also with
+    ``jax_enable_x64``: a float32 input stays float32, a float64 input stays float64."""
 
     mean: tuple[float, ...]
     std: tuple[float, ...]
@@ -140,12 +145,12 @@ class Normalize(LayerSpec):
             raise ValueError("Normalize: std must be positive")
 
     def linear(self, p: Params, x: jax.Array) -> jax.Array:
-        return x / jnp.asarray(self.std)
+        return x / jnp.asarray(self.std, jnp.result_type(x.dtype, jnp.float32))
 
     abs_linear = linear
 
     def offset(self, p: Params) -> jax.Array:
-        return -jnp.asarray(self.mean) / jnp.asarray(self.std)
+        return -jnp.asarray(self.mean, jnp.float32) / jnp.asarray(self.std, jnp.float32)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -118,6 +118,7 @@ class TrainConfig:
     checkpoint_every: int = 500  # save a checkpoint every N steps (and at the end)
     keep_checkpoints: int = 3  # keep the last N checkpoints
     log_every: int = 10  # write a metrics record every N steps
+    tensorboard: bool = False  # also write each metrics record as TensorBoard scalars under out/tensorboard
     # final evaluation (on the test split)
     test_limit: int | None = 1000  # evaluate on the first N test examples (none: all)
     eval_eps: float | None = None  # default: eps

@@ -33,6 +33,7 @@ from jaxcert.data import Dataset, batches, concentric_spheres, load_dataset, num
 from jaxcert.nets import get_architecture, init_params
 from jaxcert.nets.layers import Arch
 from jaxcert.nets.network import LayerParams, split_trainable
+from jaxcert.provenance import provenance
 from jaxcert.train import distributed as dist
 from jaxcert.train.adversarial import adversarial_trainer
 from jaxcert.train.certified import certified_trainer
@@ -54,7 +55,9 @@ from jaxcert.train.state import Trainer, TrainState
 from jaxcert.train.warm_start import load_run_params
 
 #: Files of a run that ``resume=False`` (``--fresh``) deletes.
-RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "results.json", "curves.png", "certify.json", "certify.md")
+RUN_OUTPUTS = (
+    "checkpoints", "metrics.jsonl", "results.json", "curves.png", "certify.json", "certify.md", "tensorboard"
+)  # fmt: skip
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -281,7 +284,8 @@ def train(config: TrainConfig, *, resume: bool = True, progress: bool = True, ev
             state = dist.replicate(restored[0], mesh) if multi else restored[0]
             resume_step = int(state.step)
             _say(f"resumed from step {resume_step} ({checkpoints.directory}); --fresh starts over")
-    log = MetricsLog(out / "metrics.jsonl", resume_step=resume_step) if main else None
+    tensorboard = out / "tensorboard" if config.tensorboard else None
+    log = MetricsLog(out / "metrics.jsonl", resume_step=resume_step, tensorboard=tensorboard) if main else None
     if main:
         (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
 
@@ -381,7 +385,7 @@ def train(config: TrainConfig, *, resume: bool = True, progress: bool = True, ev
         result["eval"] = scores
         summary = {"eps": config.test_eps, "test_examples": n_test, "relaxations": list(cascade), **training}
         summary |= {"data_source": {"train": train_ds.source, "test": test_ds.source}}
-        summary |= {"train_seconds": train_time, "steps": config.steps, **scores}
+        summary |= {"train_seconds": train_time, "steps": config.steps, **scores, "provenance": provenance()}
         if main:
             (out / "results.json").write_text(json.dumps(summary, indent=2))
         records = [*records, {"step": config.steps, **{f"test_{k}": v for k, v in scores.items()}}] if main else []
