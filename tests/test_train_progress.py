@@ -68,3 +68,14 @@ def test_a_run_with_a_validation_split_trains_without_it_and_logs_its_curve(tmp_
         assert 0 <= r["val_cert_acc/ibp"] <= r["val_cert_acc"] <= r["val_pgd_acc"] <= r["val_clean_acc"] <= 1
         ibp, crown_ibp = r["val_cert_acc/ibp"], r["val_cert_acc/crown-ibp"]
         assert max(ibp, crown_ibp) <= r["val_cert_acc"] <= ibp + crown_ibp  # certified by either
+
+
+def test_the_validation_curve_is_drawn_beside_the_training_accuracies():
+    from jaxcert.train.logging import metrics_figure
+
+    records = [{"step": s, "epoch": 0, "loss": 1.0, "clean_acc": 0.5, "cert_acc": 0.3} for s in (1, 2, 3)]
+    records += [{"step": s, "epoch": 0, "val_clean_acc": 0.6, "val_cert_acc": 0.4} for s in (2, 3)]
+    labels = metrics_figure(records).axes[1].get_legend_handles_labels()[1]
+    assert {"train clean_acc", "val_clean_acc", "val_cert_acc"} <= set(labels)
+    lines = {line.get_label(): line for line in metrics_figure(records).axes[1].get_lines()}
+    assert list(lines["val_cert_acc"].get_xdata()) == [2, 3] and list(lines["val_cert_acc"].get_ydata()) == [0.4, 0.4]

@@ -18,6 +18,8 @@ from jaxcert.train.tensorboard import EventWriter
 #: Plotted keys; ``*_at_mean`` are GLS metrics of the unperturbed net (``loss`` is then the population mean).
 LOSS_KEYS = ("loss", "loss_at_mean", "clean_loss", "cert_loss", "adv_loss")
 ACC_KEYS = ("clean_acc", "cert_acc", "adv_acc", "clean_acc_at_mean", "cert_acc_at_mean")
+#: Validation accuracies (``val_size`` > 0), plotted as dashed curves with markers.
+VAL_KEYS = ("val_clean_acc", "val_cert_acc")
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
@@ -108,6 +110,10 @@ def metrics_figure(records: Iterable[dict[str, Any]], title: str = "", schedule:
                 ax.plot(*zip(*pts, strict=True), label=f"train {key}" if ax is ax_acc else key)
         ax.set_xlabel("step")
         ax.set_ylabel(label)
+    for key in VAL_KEYS:  # the validation curve (val_size > 0), logged every val_every steps
+        pts = _points(records, key)
+        if pts:
+            ax_acc.plot(*zip(*pts, strict=True), marker=".", ls="--", label=key)
     markers = "os^vD<>ph*"
     for i, (key, pts) in enumerate(tests.items()):
         if len(pts) > 1:  # a test curve; single final values are in the table
