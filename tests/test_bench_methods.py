@@ -14,6 +14,7 @@ def load_bench():
     return module
 
 
+@pytest.mark.slow
 def test_quick_benchmark_times_training_steps_and_writes_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
     result = load_bench().main(["--quick", "--methods", "certified,sabr,rgs:mtl-ibp,nope", "--out", str(out)])

@@ -127,6 +127,7 @@ def test_certify_cli_writes_json_and_markdown_and_rejects_bad_run_folders(run, t
     assert "unknown relaxation" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_certify_cli_writes_beside_the_training_report_unless_asked_to_replace_it(run, capsys):
     run_dir = run[0]
     argv = [str(run_dir), "--limit", "16", "--relaxations", "ibp", "--pgd-steps", "2", "--apgd-steps", "0",
@@ -154,6 +155,7 @@ def test_certify_cli_writes_beside_the_training_report_unless_asked_to_replace_i
             (run_dir / name).write_text(text)
 
 
+@pytest.mark.slow
 def test_the_stages_run_cheapest_first_each_on_what_the_earlier_ones_left_open(run):
     from jaxcert.certify import stage_plan
 

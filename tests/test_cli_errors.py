@@ -167,6 +167,7 @@ def test_certify_on_a_file_says_it_is_a_file_not_a_run_folder(tmp_path, capsys):
     assert path.read_text() == "{}"
 
 
+@pytest.mark.slow
 def test_a_corrupt_latest_checkpoint_is_one_warning_line_and_the_run_resumes_from_the_previous(tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["--config", "tiny", "--steps", "40", "--checkpoint-every", "20", "--no-progress", "--out", str(out)]
@@ -234,6 +235,7 @@ def test_more_steps_on_a_scheduled_run_are_refused_up_front_saying_what_works(fi
     assert snapshot(finished_run) == before
 
 
+@pytest.mark.slow
 def test_more_steps_resume_a_run_whose_schedule_does_not_depend_on_them_exactly(tmp_path, capsys):
     out = tmp_path / "run"
     argv = [*RUN_ARGS, *FLAT, "--out", str(out), "--no-eval"]

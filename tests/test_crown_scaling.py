@@ -149,6 +149,7 @@ def test_budgeted_crown_contains_full_crown_contains_the_exact_range():
         assert np.all(np.asarray(lb) <= exact_lb + 1e-4) and np.all(np.asarray(ub) >= exact_ub - 1e-4)
 
 
+@pytest.mark.slow
 def test_lower_bounds_only_keep_the_lower_bounds_and_give_a_sound_upper_bound():
     arch, params, lo, hi, C = conv_case(3)
     out = crown_variants()(params, lo, hi, C)

@@ -59,6 +59,7 @@ def test_alpha_zero_is_pgd_training(problem, pgd_training, kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.slow
 def test_alpha_one_is_the_ibp_loss(problem, kind):
     params, x, y = problem
     trainable, frozen = split_trainable(params)
@@ -107,6 +108,7 @@ def test_exp_ibp_gradient_is_finite_when_a_loss_underflows_to_zero():
     assert float(grad0) == 0.0
 
 
+@pytest.mark.slow
 def test_expressive_losses_accept_another_relaxation_and_use_its_beta(problem):
     params, x, y = problem
     trainable, frozen = split_trainable(params)

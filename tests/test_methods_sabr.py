@@ -69,6 +69,7 @@ def test_small_box_is_the_homothety_of_the_eps_box():
 
 
 @pytest.mark.parametrize("relaxation", ["ibp", "crown-ibp", "deeppoly"])
+@pytest.mark.slow
 def test_lambda_one_is_the_relaxations_certified_loss_on_the_whole_box(problem, relaxation):
     params, x, y = problem
     trainable, frozen = split_trainable(params)

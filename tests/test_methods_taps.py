@@ -44,6 +44,7 @@ def test_split_at_the_output_is_the_worst_corner_of_the_ibp_logit_box(problem):
     assert float(aux["taps_acc"]) == pytest.approx(float(jnp.mean(jnp.all(others > 0, -1))))
 
 
+@pytest.mark.slow
 def test_split_before_the_first_layer_is_pgd_training():
     """On a linear two-class model the CE's input gradient has one sign over the whole box, so every PGD
     start reaches the same worst corner: TAPS's latent attack on the input box and PGD training agree."""
@@ -78,6 +79,7 @@ def test_the_connector_passes_the_gradient_to_the_bound_the_point_is_near():
     assert np.array_equal(connect(lower, upper, point), point)
 
 
+@pytest.mark.slow
 def test_gradients_reach_the_extractor_through_the_connector(problem):
     params, x, y = problem
     trainable, frozen = split_trainable(params)
@@ -100,6 +102,7 @@ def test_gradients_reach_the_extractor_through_the_connector(problem):
     np.testing.assert_allclose(linked[6]["kernel"], unlinked[6]["kernel"])  # the classifier's gradient is g's
 
 
+@pytest.mark.slow
 def test_staps_with_lambda_one_is_taps_and_a_small_box_lowers_the_loss(problem):
     params, x, y = problem
     trainable, frozen = split_trainable(params)

@@ -30,6 +30,7 @@ def problem():
 
 
 @pytest.mark.parametrize("name", SOTA_METHODS)
+@pytest.mark.slow
 def test_members_vmapped_equal_a_python_loop(problem, name):
     """RGS's vmapped value-and-gradient and PGPE's fitness over the members equal one jitted call per member."""
     _, frozen, members, x, y = problem
@@ -65,6 +66,7 @@ CONSTANT_EPS = ["--warmup-frac", "0", "--ramp-frac", "0", "--no-progress", "--fr
     [["--method", m] for m in SOTA_METHODS]
     + [["--method", "rgs", "--objective", "mtl-ibp"], ["--method", "pgpe", "--objective", "sabr"]],
 )
+@pytest.mark.slow
 def test_each_method_trains_from_the_command_line(tmp_path, capsys, flags):
     out = tmp_path / "run"
     evaluate = flags[1] in ("sabr", "rgs")

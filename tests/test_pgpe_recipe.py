@@ -142,5 +142,8 @@ def test_cli_flags_set_the_recipe_fields_and_a_missing_warm_start_is_a_clear_err
     missing = tmp_path / "no-run"
     argv = ["--config", "tiny", "--method", "pgpe", "--init-from", str(missing), "--out", str(tmp_path / "o")]
     assert main([*argv, "--no-progress", "--no-eval"]) == 2
+    assert f"--init-from '{missing}' does not exist" in capsys.readouterr().err  # refused before any set-up
+    missing.mkdir()  # a folder that holds no run
+    assert main([*argv, "--no-progress", "--no-eval"]) == 2
     err = capsys.readouterr().err
     assert "cannot warm-start" in err and "no config.json" in err
