@@ -19,6 +19,8 @@ mean ± standard error of the per-seed differences, "A > B" when the mean exceed
 
 Resumable: a run's row is saved to ``<out>/rows.json`` as soon as it is certified, and rerunning the
 command skips finished rows and resumes unfinished runs from their checkpoints (``runs/campaign/…``).
+Commands on different arms or seeds may run side by side with the same ``--out`` (rows are merged on
+save); two commands must not train the same run.
 The report (``<out>/campaign.md``, ``campaign.json``, ``campaign_val.png``) is rewritten after every run.
 
     python experiments/campaign.py --arms ibp --seeds 3 --epochs 20
@@ -198,6 +200,18 @@ def run_one(arm: str, eps: float, epochs: float, seed: int, setting: dict[str, A
     }  # fmt: skip
 
 
+def save_row(rows_path: Path, row: dict[str, Any]) -> list[dict[str, Any]]:
+    """Add ``row`` to the rows saved at ``rows_path`` (read again first, so that commands running side by side
+    on other arms or seeds keep each other's rows; a row of the same run is replaced) and return them all."""
+    saved = json.loads(rows_path.read_text()) if rows_path.is_file() else []
+    rows = [r for r in saved if r["run"] != row["run"]] + [row]
+    rows_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = rows_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(rows, indent=2))
+    tmp.replace(rows_path)  # atomic: a reader never sees half a file
+    return rows
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arms", default="ibp", help=f"comma list of {', '.join(ARMS)}")
@@ -235,12 +249,11 @@ def main(argv: list[str] | None = None) -> str:
                 if run_id(arm, eps, args.epochs, seed) in done:
                     continue
                 began = time.time()
-                rows.append(run_one(arm, eps, args.epochs, seed, setting, args.runs, not args.no_progress))
-                rows[-1]["wall_seconds"] = time.time() - began
-                args.out.mkdir(parents=True, exist_ok=True)
-                rows_path.write_text(json.dumps(rows, indent=2))
+                row = run_one(arm, eps, args.epochs, seed, setting, args.runs, not args.no_progress)
+                row["wall_seconds"] = time.time() - began
+                rows = save_row(rows_path, row)
                 text = report(rows, args.out)
-                print(f"{rows[-1]['run']}: cert {100 * rows[-1]['cert_acc']:.2f}% (saved to {rows_path})", flush=True)
+                print(f"{row['run']}: cert {100 * row['cert_acc']:.2f}% (saved to {rows_path})", flush=True)
     text = report(rows, args.out) if rows else ""
     print(text)
     return text
