@@ -82,7 +82,8 @@ def _channel_shape(values: np.ndarray, layout: str) -> np.ndarray:
 
 def to_onnx(arch: tuple, params: list, in_shape: tuple[int, ...], *, name: str = "jaxcert") -> Any:
     """The ``onnx.ModelProto`` computing ``forward(arch, params, x)`` for inputs of shape (batch, *in_shape)."""
-    from jaxcert.nets.layers import BatchNorm, Conv, Dense, Flatten, Normalize, ReLU
+    from jaxcert.bounds.layer_rules import rule_for
+    from jaxcert.nets.layers import BatchNorm, Conv, Dense, Flatten, Normalize
 
     onnx = _onnx()
     g = _Graph()
@@ -90,7 +91,10 @@ def to_onnx(arch: tuple, params: list, in_shape: tuple[int, ...], *, name: str =
     h = "input"
     for spec, p in zip(arch, params, strict=True):
         p = {k: np.asarray(v, np.float32) for k, v in p.items()}
-        if isinstance(spec, Normalize):
+        if not spec.is_affine:  # by the layer kind's "onnx" rule (its operator type); no rule: an error
+            op = rule_for(spec, "onnx", "to_onnx")
+            h = g.node(op, [h], op.lower())
+        elif isinstance(spec, Normalize):
             std, mean = np.asarray(spec.std, np.float32), np.asarray(spec.mean, np.float32)
             h = g.node("Div", [h, g.const(_channel_shape(std, layout), "std")], "normalize")
             h = g.node("Add", [h, g.const(_channel_shape(-mean / std, layout), "shift")], "normalize")
@@ -110,8 +114,6 @@ def to_onnx(arch: tuple, params: list, in_shape: tuple[int, ...], *, name: str =
                 strides=strides,
                 kernel_shape=[spec.kernel, spec.kernel],
             )
-        elif isinstance(spec, ReLU):
-            h = g.node("Relu", [h], "relu")
         elif isinstance(spec, Flatten):
             if layout == "nchw":
                 h = g.node("Transpose", [h], "to_nhwc", perm=[0, 2, 3, 1])

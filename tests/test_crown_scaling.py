@@ -19,6 +19,7 @@ import pytest
 from jaxcert.bounds import get_relaxation, input_box, margin_lower_bounds, margin_spec
 from jaxcert.bounds.crown import crown_with_intermediate
 from jaxcert.bounds.exact import exact_bounds, lp_bounds
+from jaxcert.bounds.ibp import interval_layers
 from jaxcert.bounds.relu_slopes import crossing_mask, relu_lines
 from jaxcert.nets import BatchNorm, Conv, Dense, Flatten, Normalize, ReLU, forward, init_params
 from tests.soundness import sample_box, tiny_params
@@ -267,3 +268,68 @@ def test_bad_options_give_clear_errors():
         crown(arch, params, lo, hi, C, max_rows_bytes=0)
     with pytest.raises(ValueError, match="bound_upper"):
         crown(arch, params, lo, hi, C, bound_upper="no")
+
+
+def test_a_binding_budget_refines_exactly_the_widest_unstable_neurons():
+    """Hand-computed budgeted bounds: of the second ReLU layer (the first one refined by a CROWN pass),
+    exactly the ``k`` unstable neurons of widest forward interval get the full CROWN bounds, every other
+    neuron keeps its interval bounds. Picking other neurons (e.g. the narrowest) gives other bounds."""
+    arch = (Flatten(), Dense(8), ReLU(), Dense(8), ReLU(), Dense(3))
+    params = init_params(arch, (4,), seed=11)
+    x = jnp.asarray(np.random.default_rng(11).random((2, 4)), jnp.float32)
+    lo, hi = input_box(x, 0.3)
+    k = 2
+    _, _, full = crown_with_intermediate(arch, params, lo, hi, unstable_budget=None)
+    _, _, budgeted = crown_with_intermediate(arch, params, lo, hi, unstable_budget=k)
+    # the forward interval of the second ReLU's input is IBP's (the first ReLU's bounds are exact ones)
+    ilo, ihi = interval_layers(arch, params, lo, hi)[4]
+    np.testing.assert_array_equal(budgeted[0][0], full[0][0])  # the first ReLU's bounds are interval ones
+    width = np.asarray(ihi - ilo)
+    unstable = np.asarray(crossing_mask(ilo, ihi))
+    assert unstable.sum(axis=1).min() > k  # the budget binds on every example
+    (flo, fhi), (blo, bhi) = full[1], budgeted[1]
+    tighter = (np.asarray(flo) > np.asarray(ilo) + 1e-4) | (np.asarray(fhi) < np.asarray(ihi) - 1e-4)
+    for b in range(2):
+        order = np.argsort(np.where(unstable[b], -width[b], np.inf))
+        widest, narrowest = order[:k], order[unstable[b].sum() - k : unstable[b].sum()]
+        # the test can tell the selections apart: CROWN tightens a widest neuron that is not a narrowest one
+        assert any(tighter[b, j] for j in set(widest) - set(narrowest))
+        expected_lo, expected_hi = np.asarray(ilo[b]).copy(), np.asarray(ihi[b]).copy()
+        expected_lo[widest], expected_hi[widest] = np.asarray(flo[b])[widest], np.asarray(fhi[b])[widest]
+        np.testing.assert_allclose(blo[b], expected_lo, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(bhi[b], expected_hi, rtol=1e-6, atol=1e-6)
+
+
+#: A geometry whose windows reach the convolution branch of patches.transpose_conv_window: through the
+#: second 7×7 convolution the third ReLU's rows have 7×7×12 windows landing on 13×13×12 ones, a matrix of
+#: 588 × 2028 > MAX_MATRIX_ENTRIES entries, so they are carried back by the transposed convolution itself.
+BIG_WINDOW_NET = (
+    (Conv(12, 7, 1, 3), ReLU(), Conv(12, 7, 1, 3), ReLU(), Conv(12, 7, 1, 3), ReLU(), Flatten(), Dense(3)),
+    (6, 6, 1),
+)
+
+
+def test_large_windows_take_the_convolution_branch_and_equal_the_dense_rows():
+    from jaxcert.bounds.patches import MAX_MATRIX_ENTRIES, layer_windows
+
+    arch, in_shape = BIG_WINDOW_NET
+    windows = layer_windows(arch[:5], in_shape)  # rows of the third ReLU's input, from the last layer down
+    conv2_in = windows[2]  # (input shape of the second Conv, window on it)
+    assert conv2_in[1].size == 13 and (7 * 7 * 12) * (13 * 13 * 12) > MAX_MATRIX_ENTRIES
+    params = init_params(arch, in_shape, seed=4)
+    x = jnp.asarray(np.random.default_rng(4).random((2, *in_shape)), jnp.float32)
+    lo, hi = input_box(x, 0.05)
+    C = margin_spec(jnp.array([0, 2]), 3)
+    run = jax.jit(lambda p, w: crown_with_intermediate(arch, p, lo, hi, C, patches=w), static_argnums=1)
+    windowed, dense = run(params, True), run(params, False)
+    np.testing.assert_allclose(windowed[0], dense[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(windowed[1], dense[1], rtol=1e-5, atol=1e-5)
+    for (wl, wu), (dl, du) in zip(windowed[2], dense[2], strict=True):
+        np.testing.assert_allclose(wl, dl, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(wu, du, rtol=1e-5, atol=1e-5)
+    assert bool(jnp.any(crossing_mask(*windowed[2][2])))  # the third layer has crossing neurons to bound
+    fn = jax.jit(jax.vmap(lambda x: forward(arch, params, x)))
+    for b in range(2):
+        pts = sample_box(jax.random.key(b), lo[b], hi[b], 256)
+        margins = fn(pts[:, None])[:, 0] @ C[b].T
+        assert bool(jnp.all(margins >= windowed[0][b] - 1e-4)) and bool(jnp.all(margins <= windowed[1][b] + 1e-4))

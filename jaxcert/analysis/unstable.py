@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxcert.bounds import input_box, interval_layers
+from jaxcert.bounds.layer_rules import activation_indices
 from jaxcert.nets.layers import Arch
 from jaxcert.nets.network import LayerParams
 
@@ -41,7 +42,9 @@ class NeuronStatus(NamedTuple):
 
 
 def relu_indices(arch: Arch) -> list[int]:
-    return [i for i, spec in enumerate(arch) if not spec.is_affine]
+    """Indices of the non-affine layers, each checked to have an "interval" rule (ReLU today): the
+    counts below read ``l < 0 < u`` as "unstable", the kink of ReLU at 0."""
+    return activation_indices(arch, "interval", "unstable_counts")
 
 
 def _crown_rule(relaxation: str) -> str | None:

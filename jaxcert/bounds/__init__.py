@@ -7,6 +7,7 @@ Importing this package registers every relaxation (see :func:`relaxation_names`)
 from jaxcert.bounds import alpha_crown, crown, crown_ibp, deepz, hbox  # noqa: F401
 from jaxcert.bounds.box import check_eps, input_box
 from jaxcert.bounds.ibp import ibp_bounds, interval_layers
+from jaxcert.bounds.layer_rules import UnsupportedLayerError
 from jaxcert.bounds.loss import certified_cross_entropy, cross_entropy, is_certified
 from jaxcert.bounds.registry import (
     get_relaxation,
@@ -19,6 +20,7 @@ from jaxcert.bounds.registry import (
 from jaxcert.bounds.spec import fold_spec, margin_spec
 
 __all__ = [
+    "UnsupportedLayerError",
     "certified_cross_entropy",
     "check_eps",
     "cross_entropy",

@@ -44,9 +44,10 @@ from jaxcert.bounds.backsub import backsubstitute, reject_options, split_two_sid
 from jaxcert.bounds.crown import Interval, check_bound_upper, crown_intermediate, make_line_fn, output_rows
 from jaxcert.bounds.crown_ibp import ibp_intermediate
 from jaxcert.bounds.ibp import interval_layers
+from jaxcert.bounds.layer_rules import activation_indices, rule_for
 from jaxcert.bounds.loss import certified_cross_entropy
 from jaxcert.bounds.registry import register
-from jaxcert.bounds.relu_slopes import ReluLines, with_lower_slope
+from jaxcert.bounds.relu_slopes import ReluLines
 from jaxcert.bounds.row_chunks import MAX_ROWS_BYTES
 from jaxcert.bounds.slope_ascent import projected_ascent
 from jaxcert.bounds.spec import fold_spec
@@ -94,7 +95,7 @@ def bounds_with_slopes(
     upper: jax.Array,
 ) -> jax.Array:
     """Row lower bounds (B, R) with the crossing neurons' lower slopes replaced by ``slopes``."""
-    new_lines = {i: with_lower_slope(lines[i], slopes[i], *bounds[i]) for i in lines}
+    new_lines = {i: rule_for(body[i], "slopes", "alpha-CROWN slopes")(lines[i], slopes[i], *bounds[i]) for i in lines}
     return backsubstitute(body, body_params, A, a, new_lines, lower, upper)
 
 
@@ -148,6 +149,7 @@ def alpha_crown_bounds(
     if optimize_intermediate and intermediate != "crown":
         raise ValueError(f"alpha-crown: optimize_intermediate=True needs intermediate='crown', got {intermediate!r}")
     body, body_params, W, b = fold_spec(arch, params, C, lower.shape[0])
+    activation_indices(body, "slopes", "alpha_crown_bounds")
     bounds, lines, out = fixed_intermediate(
         body, body_params, lower, upper, intermediate, init, tau, gamma, unstable_budget=unstable_budget,
         patches=patches, max_rows_bytes=max_rows_bytes,
@@ -206,6 +208,7 @@ def lee_bounds(
     """CROWN bounds with the Lee et al. (2021) slope choice (see the module doc)."""
     reject_options(unknown, "crown-lee")
     body, body_params, W, b = fold_spec(arch, params, C, lower.shape[0])
+    activation_indices(body, "slopes", "lee_bounds")
     bounds, lines, _ = fixed_intermediate(body, body_params, lower, upper, intermediate)
     A, a = two_sided_rows(W, b)
     slopes = lee_slopes(body, body_params, bounds, lines, A, a, lower, upper, use_certified_loss=C is not None)

@@ -42,8 +42,9 @@ import jax.numpy as jnp
 
 from jaxcert.bounds.backsub import backsubstitute
 from jaxcert.bounds.crown import Interval, LineFn, _interval_is_exact, neuron_bounds, relu_indices
+from jaxcert.bounds.layer_rules import rule_for
 from jaxcert.bounds.neuron_rows import rows_needed, scatter_refined, select_unstable
-from jaxcert.bounds.relu_slopes import ReluLines, relu_lines, with_lower_slope
+from jaxcert.bounds.relu_slopes import ReluLines
 from jaxcert.bounds.row_chunks import MAX_ROWS_BYTES
 from jaxcert.bounds.slope_ascent import projected_ascent
 from jaxcert.nets.layers import Arch
@@ -51,6 +52,16 @@ from jaxcert.nets.network import LayerParams
 
 #: ``{"final": {i: (B, R, *n_i)}, "inter": {j: {i: (B, *n_i)}}}``
 JointSlopes = dict[str, dict[int, Any]]
+
+
+def _rule(arch: Arch, i: int, rule: str) -> Any:
+    """The ``rule`` of the non-affine layer ``i`` of ``arch`` (:mod:`jaxcert.bounds.layer_rules`)."""
+    return rule_for(arch[i], rule, "alpha-CROWN intermediate slopes")
+
+
+def _with_slope(arch: Arch, i: int, alpha: jax.Array, lower: jax.Array, upper: jax.Array) -> ReluLines:
+    """The min-area relaxation of layer ``i`` on ``[lower, upper]`` with the lower slopes ``alpha``."""
+    return _rule(arch, i, "slopes")(_rule(arch, i, "lines")(lower, upper), alpha, lower, upper)
 
 
 def refined_relus(arch: Arch) -> list[int]:
@@ -63,7 +74,7 @@ def initial_slopes(
 ) -> JointSlopes:
     """The start: min-area slopes for every intermediate pass, the ``init`` slopes for every final row."""
     relus = relu_indices(arch)
-    adaptive = {i: relu_lines(*bounds[i]).lower_slope for i in relus}
+    adaptive = {i: _rule(arch, i, "lines")(*bounds[i]).lower_slope for i in relus}
     inter = {j: {i: adaptive[i] for i in relus if i < j} for j in refined_relus(arch)}
     final = {
         i: jnp.broadcast_to(ln.lower_slope[:, None], (ln.lower_slope.shape[0], rows, *ln.lower_slope.shape[1:]))
@@ -106,7 +117,7 @@ def intermediate_with_slopes(
         if j not in inter:
             bounds[j] = init_bounds[j]
             continue
-        lines = {i: with_lower_slope(relu_lines(*bounds[i]), inter[j][i], *bounds[i]) for i in bounds}
+        lines = {i: _with_slope(arch, i, inter[j][i], *bounds[i]) for i in bounds}
         z_lo, z_hi = neuron_bounds(arch, params, j, neurons[j], lines, lower, upper, patches, max_rows_bytes)
         lo0, hi0 = init_bounds[j]
         new_lo, new_hi = scatter_refined(lo0, hi0, neurons[j], z_lo, z_hi)
@@ -137,7 +148,7 @@ def joint_row_bounds(
     bounds = intermediate_with_slopes(
         arch, params, lower, upper, init_bounds, slopes["inter"], neurons, patches, max_rows_bytes, through
     )
-    lines = {i: with_lower_slope(line_fn(i, *b), slopes["final"][i], *b) for i, b in bounds.items()}
+    lines = {i: _rule(arch, i, "slopes")(line_fn(i, *b), slopes["final"][i], *b) for i, b in bounds.items()}
     return backsubstitute(arch, params, A, a, lines, lower, upper)
 
 

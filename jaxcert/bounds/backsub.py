@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxcert.bounds.conv_transpose import conv_transpose
+from jaxcert.bounds.layer_rules import rule_for
+from jaxcert.bounds.relu_rules import backward_relu  # noqa: F401 (moved there; still importable here)
 from jaxcert.bounds.relu_slopes import ReluLines
 from jaxcert.nets.layers import Arch, Conv, LayerSpec, Params
 from jaxcert.nets.network import LayerParams, shapes
@@ -66,23 +68,6 @@ def backward_affine(
     return transpose_linear(spec, p, A, in_shape), const
 
 
-def _rows(x: jax.Array, A: jax.Array) -> jax.Array:
-    """Insert the row axis into a per-example relaxation field unless it already has one."""
-    return x if x.ndim == A.ndim else x[:, None]
-
-
-def backward_relu(A: jax.Array, const: jax.Array, lines: ReluLines) -> tuple[jax.Array, jax.Array]:
-    """``(A⁺ α + A⁻ s, a + ⟨A⁻, t⟩)``: lower line for positive coefficients, upper line for negative ones.
-
-    ``lines.lower_slope`` is (B, *shape) (one slope per neuron) or (B, R, *shape) (one per row).
-    """
-    alpha = _rows(lines.lower_slope, A)
-    slope, intercept = _rows(lines.upper_slope, A), _rows(lines.upper_intercept, A)
-    negative = A < 0
-    const = const + _sum_trailing(jnp.where(negative, A * intercept, 0.0))
-    return A * jnp.where(negative, slope, alpha), const
-
-
 def concretize(A: jax.Array, const: jax.Array, lower: jax.Array, upper: jax.Array) -> jax.Array:
     """``min_{x ∈ [lower, upper]} ⟨A, x⟩ + a = ⟨A, c⟩ - ⟨|A|, r⟩ + a``, shape (B, R)."""
     centre, radius = (upper + lower) / 2, (upper - lower) / 2
@@ -100,7 +85,8 @@ def backsubstitute(
 ) -> jax.Array:
     """Lower bounds (B, R) of ``⟨A, f(x)⟩ + a`` over the box, ``f`` = ``arch``, ``A`` on its output.
 
-    ``lines[i]`` is the relaxation of the ReLU at index ``i`` of ``arch`` (every ReLU needs one).
+    ``lines[i]`` is the relaxation of the non-affine layer at index ``i`` of ``arch`` (every one needs one),
+    carried back by the "backward" rule of its kind (:mod:`jaxcert.bounds.layer_rules`).
     """
     layer_shapes = shapes(arch, lower.shape[1:])
     for i in reversed(range(len(arch))):
@@ -108,7 +94,7 @@ def backsubstitute(
         if spec.is_affine:
             A, const = backward_affine(spec, p, A, const, layer_shapes[i])
         else:
-            A, const = backward_relu(A, const, lines[i])
+            A, const = rule_for(spec, "backward", "backsubstitute")(A, const, lines[i])
     return concretize(A, const, lower, upper)
 
 

@@ -48,10 +48,11 @@ import jax.numpy as jnp
 
 from jaxcert.bounds.backsub import backsubstitute, neuron_rows, reject_options, split_two_sided, two_sided_rows
 from jaxcert.bounds.ibp import affine_interval as folded_interval
+from jaxcert.bounds.layer_rules import activation_indices, rule_for
 from jaxcert.bounds.neuron_rows import check_budget, rows_needed, scatter_refined, select_unstable
 from jaxcert.bounds.patches import backsubstitute_windows, layer_windows, supports_windows, window_elements
 from jaxcert.bounds.registry import register
-from jaxcert.bounds.relu_slopes import ReluLines, check_rule, check_rule_options, relu_lines
+from jaxcert.bounds.relu_slopes import ReluLines, check_rule, check_rule_options
 from jaxcert.bounds.row_chunks import MAX_ROWS_BYTES, check_max_rows_bytes, map_row_chunks, rows_per_chunk
 from jaxcert.bounds.spec import fold_spec
 from jaxcert.nets.layers import Arch, Conv, Dense, LayerSpec, Params
@@ -62,8 +63,9 @@ LineFn = Callable[[int, jax.Array, jax.Array], ReluLines]
 
 
 def relu_indices(arch: Arch) -> list[int]:
-    """Indices of the ReLU layers of ``arch``."""
-    return [i for i, spec in enumerate(arch) if not spec.is_affine]
+    """Indices of the non-affine layers of ``arch``, each checked to have linear bounds (a "lines" rule,
+    :mod:`jaxcert.bounds.layer_rules`; ReLU is the only kind that has one today)."""
+    return activation_indices(arch, "lines", "CROWN linear bounds")
 
 
 def make_line_fn(
@@ -91,8 +93,10 @@ def make_line_fn(
     elif lower_slopes is not None:
         raise ValueError(f"lower_slopes= is only used with lower_slope='given', not {lower_slope!r}")
 
+    rules = {i: rule_for(arch[i], "lines", "make_line_fn") for i in relus}
+
     def line_fn(i: int, lower: jax.Array, upper: jax.Array) -> ReluLines:
-        return relu_lines(lower, upper, lower_slope, slopes=given.get(i), tau=tau, gamma=gamma)
+        return rules[i](lower, upper, lower_slope, slopes=given.get(i), tau=tau, gamma=gamma)
 
     return line_fn
 
@@ -200,6 +204,7 @@ def crown_intermediate(
         if spec.is_affine:
             lo, hi = affine_interval(spec, params[i], lo, hi)
             continue
+        interval = rule_for(spec, "interval", "crown_intermediate")
         if not _interval_is_exact(arch[:i]):
             k = rows_needed(unstable_budget, math.prod(lo.shape[1:]))
             neurons = None if k is None else select_unstable(lo, hi, k)
@@ -209,7 +214,7 @@ def crown_intermediate(
                 z_lo, z_hi = jnp.maximum(z_lo, pick(lo)), jnp.minimum(z_hi, pick(hi))
             lo, hi = scatter_refined(lo, hi, neurons, z_lo, z_hi)
         bounds[i], lines[i] = (lo, hi), line_fn(i, lo, hi)
-        lo, hi = jax.nn.relu(lo), jax.nn.relu(hi)
+        lo, hi = interval(lo, hi)
     return bounds, lines, (lo, hi)
 
 

@@ -18,30 +18,14 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
 from jaxcert.bounds import zonotope as zono
+from jaxcert.bounds.layer_rules import rule_for
 from jaxcert.bounds.registry import register
+from jaxcert.bounds.relu_rules import deepz_relu, relu_slope_offset  # noqa: F401 (moved there; still importable here)
 from jaxcert.bounds.spec import fold_spec
 from jaxcert.nets.layers import Arch
 from jaxcert.nets.network import LayerParams
-
-
-def relu_slope_offset(lower: jax.Array, upper: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """``(λ, μ)`` of the DeepZ ReLU rule: ``(0, 0)`` if u ≤ 0, ``(1, 0)`` if l ≥ 0, else
-    ``(u/(u-l), -λ l/2)``. The crossing branch divides safely so gradients stay finite."""
-    crossing = (lower < 0) & (upper > 0)
-    denom = jnp.where(crossing, upper - lower, 1.0)
-    slope = jnp.where(crossing, upper / denom, (lower >= 0).astype(lower.dtype))
-    offset = jnp.where(crossing, -slope * lower / 2, 0.0)
-    return slope, offset
-
-
-def deepz_relu(z: zono.HybridZonotope) -> zono.HybridZonotope:
-    """``y = λ x + μ + μ ε_new``: centre ``λc + μ``, generators ``λG``, box part ``λr + μ`` (an existing
-    diagonal term and the new one on the same neuron add up to one diagonal term)."""
-    slope, offset = relu_slope_offset(*zono.interval_hull(z))
-    return zono.HybridZonotope(slope * z.centre + offset, slope[:, None] * z.generators, slope * z.box + offset)
 
 
 def deepz_bounds(
@@ -58,7 +42,7 @@ def deepz_bounds(
     body, body_params, W, b = fold_spec(arch, params, C, lower.shape[0])
     z = zono.from_box(lower, upper)
     for spec, p in zip(body, body_params, strict=True):
-        z = zono.affine(spec, p, z, lift=True) if spec.is_affine else deepz_relu(z)
+        z = zono.affine(spec, p, z, lift=True) if spec.is_affine else rule_for(spec, "deepz", "deepz")(z)
     return zono.final_bounds(z, W, b)
 
 

@@ -37,7 +37,8 @@ import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import coo_array, csr_array
 
-from jaxcert.nets.layers import Arch
+from jaxcert.bounds.layer_rules import UnsupportedLayerError, layer_kind, rule_for
+from jaxcert.nets.layers import Arch, LayerSpec
 from jaxcert.nets.network import LayerParams, check_params, shapes
 
 #: Default limit on the number of ReLU neurons of a network given to the exact references.
@@ -60,11 +61,20 @@ def _block_matrix(layers: Arch, params: list, shape_in: tuple[int, ...]) -> tupl
     return h.reshape(n, -1).T, b.reshape(-1)
 
 
+def _check_encoding(spec: LayerSpec) -> bool:
+    """True if the non-affine ``spec`` has the MILP/LP encoding built here (its "milp" rule is "relu":
+    ``h ≥ z``, big-M or triangle upper constraints); :class:`UnsupportedLayerError` otherwise."""
+    encoding = rule_for(spec, "milp", "exact")
+    if encoding != "relu":
+        raise UnsupportedLayerError(layer_kind(spec), "milp", f"exact (no {encoding!r} encoding)")
+    return True
+
+
 def dense_blocks(arch: Arch, params: LayerParams, in_shape: Sequence[int]) -> list[Block]:
     """The affine blocks between ReLUs as dense float64 ``(W, b)``: ``len(ReLUs) + 1`` blocks."""
     check_params(arch, params)
     layer_shapes = shapes(arch, tuple(in_shape))
-    cuts = [-1] + [i for i, s in enumerate(arch) if not s.is_affine] + [len(arch)]
+    cuts = [-1] + [i for i in range(len(arch)) if not arch[i].is_affine and _check_encoding(arch[i])] + [len(arch)]
     blocks = []
     for start, stop in itertools.pairwise(cuts):
         W, b = _block_matrix(tuple(arch[start + 1 : stop]), list(params[start + 1 : stop]), layer_shapes[start + 1])

@@ -18,25 +18,14 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
 from jaxcert.bounds import zonotope as zono
+from jaxcert.bounds.layer_rules import rule_for
 from jaxcert.bounds.registry import register
+from jaxcert.bounds.relu_rules import hbox_relu  # noqa: F401 (moved there; still importable here)
 from jaxcert.bounds.spec import fold_spec
 from jaxcert.nets.layers import Arch
 from jaxcert.nets.network import LayerParams
-
-
-def hbox_relu(z: zono.HybridZonotope) -> zono.HybridZonotope:
-    """The hBox ReLU rule above, neuron-wise."""
-    lower, upper = zono.interval_hull(z)
-    active = lower >= 0
-    crossing = (lower < 0) & (upper > 0)
-    half_upper = upper / 2
-    centre = jnp.where(crossing, half_upper, jnp.where(active, z.centre, 0.0))
-    generators = jnp.where(active[:, None], z.generators, 0.0)
-    box = jnp.where(crossing, half_upper, jnp.where(active, z.box, 0.0))
-    return zono.HybridZonotope(centre, generators, box)
 
 
 def hbox_bounds(
@@ -62,10 +51,11 @@ def hbox_bounds(
             z = zono.affine(spec, p, z, lift=not input_lifted)
             input_lifted = input_lifted or not zono.is_diagonal(spec)
         else:
+            layer_rule = rule_for(spec, "hbox", "hbox")
             if not input_lifted:
                 z = zono.lift_identity(z)
                 input_lifted = True
-            z = hbox_relu(z)
+            z = layer_rule(z)
     return zono.final_bounds(z, W, b)
 
 

@@ -1,7 +1,8 @@
 """Interval bound propagation (IBP / Box).
 
 Centre-radius form: an affine layer maps ``(c, r)`` to ``(lin(c) + b, |lin|(r))``; a ReLU maps
-``[l, u]`` to ``[relu(l), relu(u)]`` (a crossing neuron becomes ``[0, u]``).
+``[l, u]`` to ``[relu(l), relu(u)]`` (a crossing neuron becomes ``[0, u]``); every non-affine layer
+by the "interval" rule of its kind (:mod:`jaxcert.bounds.layer_rules`).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxcert.bounds.layer_rules import rule_for
 from jaxcert.bounds.spec import fold_spec
 from jaxcert.nets.layers import Arch
 from jaxcert.nets.network import LayerParams
@@ -26,7 +28,7 @@ def interval_layers(arch: Arch, params: LayerParams, lower: jax.Array, upper: ja
             c, r = spec.apply(p, c), spec.abs_linear(p, r)
             out.append((c - r, c + r))
         else:
-            out.append((spec.apply(p, lo), spec.apply(p, hi)))
+            out.append(rule_for(spec, "interval", "interval_layers")(lo, hi))
     return out
 
 

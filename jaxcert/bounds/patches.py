@@ -23,8 +23,9 @@ become, on windows:
                then the coefficients on positions outside the layer's input (its zero padding) are
                dropped: a padded input is the constant 0.
     Normalize, BatchNorm (per channel, y = g ⊙ x + o):   A ← g ⊙ A,   a ← a + ⟨A, o⟩.
-    ReLU       the rule of :func:`jaxcert.bounds.backsub.backward_relu`, with the relaxation
-               ``(α, s, t)`` gathered on each row's window.
+    ReLU       the rule of :func:`jaxcert.bounds.relu_rules.backward_relu`, with the relaxation
+               ``(α, s, t)`` gathered on each row's window (the "window" rule of the layer kind,
+               :mod:`jaxcert.bounds.layer_rules`; a kind without one raises).
     input box  min = ⟨A, c_win⟩ - ⟨|A|, r_win⟩ + a   (the box's centre and radius gathered on the window).
 
 The result equals the dense back-substitution to float tolerance (tested against it).
@@ -40,8 +41,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxcert.bounds.conv_transpose import conv_transpose
+from jaxcert.bounds.layer_rules import has_rule, rule_for
 from jaxcert.bounds.relu_slopes import ReluLines
-from jaxcert.nets.layers import Arch, BatchNorm, Conv, Normalize, ReLU
+from jaxcert.nets.layers import Arch, BatchNorm, Conv, LayerSpec, Normalize
 from jaxcert.nets.network import LayerParams, shapes
 
 #: Windows whose transposed convolution, as a matrix, has at most this many entries are carried back by
@@ -49,13 +51,20 @@ from jaxcert.nets.network import LayerParams, shapes
 #: the convolution itself (a matrix would cost more multiplications than the convolution).
 MAX_MATRIX_ENTRIES = 2**20
 
-#: Layers a window can be carried back through.
-WINDOW_LAYERS = (Conv, ReLU, Normalize, BatchNorm)
+#: Affine layers a window can be carried back through (and non-affine ones with a "window" rule).
+WINDOW_LAYERS = (Conv, Normalize, BatchNorm)
+
+
+def _carries_windows(spec: LayerSpec) -> bool:
+    if not spec.is_affine:
+        return has_rule(spec, "window")
+    return isinstance(spec, WINDOW_LAYERS)
 
 
 def supports_windows(arch: Arch, in_shape: tuple[int, ...]) -> bool:
-    """True if every layer of ``arch`` is a Conv / ReLU / Normalize / BatchNorm on HWC images."""
-    return len(in_shape) == 3 and all(isinstance(spec, WINDOW_LAYERS) for spec in arch)
+    """True if every layer of ``arch`` is a Conv / Normalize / BatchNorm, or a non-affine layer whose kind
+    has a "window" rule (ReLU; :mod:`jaxcert.bounds.layer_rules`), on HWC images."""
+    return len(in_shape) == 3 and all(_carries_windows(spec) for spec in arch)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,7 +166,10 @@ def backsubstitute_windows(
     layer_shapes = shapes(arch, lower.shape[1:])
     for i in reversed(range(len(arch))):
         spec, p = arch[i], params[i]
-        if isinstance(spec, Conv):
+        if not spec.is_affine:
+            backward = rule_for(spec, "window", "backsubstitute_windows")
+            A, const = backward(A, const, *(gather_windows(f, h, w, window) for f in lines[i]))
+        elif isinstance(spec, Conv):
             const = const + _sum_window(A * p["bias"])
             A = transpose_conv_window(spec, p, A)
             window = window.through_conv(spec)
@@ -166,11 +178,6 @@ def backsubstitute_windows(
         elif isinstance(spec, Normalize | BatchNorm):
             const = const + _sum_window(A * jnp.asarray(spec.offset(p), A.dtype))
             A = spec.linear(p, A)
-        elif isinstance(spec, ReLU):
-            alpha, slope, intercept = (gather_windows(f, h, w, window) for f in lines[i])
-            negative = A < 0  # the rule of backsub.backward_relu, summed over the window only
-            const = const + _sum_window(jnp.where(negative, A * intercept, 0.0))
-            A = A * jnp.where(negative, slope, alpha)
         else:
             raise ValueError(f"cannot carry a window back through {spec}; use the dense back-substitution")
     centre = gather_windows((upper + lower) / 2, h, w, window)

@@ -14,6 +14,7 @@ import jax
 from jaxcert.bounds.box import input_box
 from jaxcert.bounds.checks import check_input
 from jaxcert.bounds.ibp import ibp_bounds
+from jaxcert.bounds.layer_rules import UnsupportedLayerError
 from jaxcert.bounds.spec import batch_margin_spec
 from jaxcert.nets.layers import Arch
 from jaxcert.nets.network import LayerParams
@@ -59,13 +60,17 @@ def relaxation_names() -> list[str]:
 
 
 def get_relaxation(name: str) -> Relaxation:
-    """The relaxation ``name`` with its registered default options bound."""
+    """The relaxation ``name`` with its registered default options bound. A layer kind without a rule the
+    relaxation needs raises :class:`jaxcert.bounds.layer_rules.UnsupportedLayerError` naming ``name``."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown relaxation {name!r}; known: {', '.join(relaxation_names())}")
     fn, defaults = _REGISTRY[name]
 
     def bound(arch, params, lower, upper, C=None, **options):  # type: ignore[no-untyped-def]
-        return fn(arch, params, lower, upper, C, **{**defaults, **options})
+        try:
+            return fn(arch, params, lower, upper, C, **{**defaults, **options})
+        except UnsupportedLayerError as err:  # name the relaxation, not only the function that needed the rule
+            raise err.for_relaxation(name) from err
 
     return bound
 

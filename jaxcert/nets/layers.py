@@ -8,7 +8,9 @@ per-layer parameter dicts (the *params*, a pytree). Every layer except :class:`R
 and exposes ``linear`` (the linear part), ``abs_linear`` (the same map with every weight replaced by
 its absolute value, |W| x, used by interval arithmetic: r' = |W| r) and ``offset`` (the constant part,
 broadcastable to the output without the batch axis). Bound propagators are written once against this
-interface, in the style of jax_verify's per-primitive bound rules.
+interface, in the style of jax_verify's per-primitive bound rules. Non-affine layers (``is_affine =
+False``) get per-kind rules from :mod:`jaxcert.bounds.layer_rules`; a kind without the rule a relaxation
+needs raises there (no fallback to ReLU's relaxation).
 
 Inputs are NHWC images or flat vectors; the first axis is always the batch.
 """
@@ -107,7 +109,7 @@ class Conv(LayerSpec):
 
 @dataclasses.dataclass(frozen=True)
 class ReLU(LayerSpec):
-    """max(x, 0): the only non-affine layer; each relaxation has its own rule for it."""
+    """max(x, 0): the only non-affine layer kind with bound rules (:mod:`jaxcert.bounds.relu_rules`)."""
 
     is_affine: bool = dataclasses.field(default=False, init=False)
 

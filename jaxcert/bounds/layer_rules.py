@@ -1,0 +1,102 @@
+"""The rule table: which bound rules each non-affine layer kind provides, and a lookup that raises.
+
+Affine layers (``spec.is_affine``) are handled generically by every relaxation through ``linear``,
+``abs_linear`` and ``offset``. A non-affine layer needs a *rule* per relaxation step, looked up here by
+the layer's exact class (a subclass of ReLU with another ``apply`` is another kind, not ReLU):
+
+    interval   ``(l, u) -> (l', u')`` interval image (IBP, CROWN's forward pass, CROWN-IBP, loss fusion)
+    lines      ``(l, u, rule, *, slopes, tau, gamma) -> ReluLines``: lower line ``α x`` and upper line
+               ``s x + t`` (CROWN family, CROWN-IBP, loss fusion, alpha-CROWN)
+    slopes     ``(lines, α, l, u) -> ReluLines`` with optimised lower slopes (alpha-CROWN, Lee et al.)
+    backward   ``(A, a, lines) -> (A, a)`` through the layer on dense rows (back-substitution)
+    window     ``(A, a, α, s, t) -> (A, a)`` on window rows (patches mode)
+    deepz      ``HybridZonotope -> HybridZonotope`` (DeepZ)
+    hbox       ``HybridZonotope -> HybridZonotope`` (hBox)
+    milp       the name of the encoding :mod:`jaxcert.bounds.exact` builds ("relu": triangle LP / big-M MILP)
+    onnx       the ONNX operator type (:mod:`jaxcert.export`)
+
+A relaxation that meets a non-affine layer kind without the rule it needs raises
+:class:`UnsupportedLayerError` at trace time, naming the kind and the rule; there is no fallback (an
+unknown activation relaxed as a ReLU would give unsound bounds, silently). The registry
+(:func:`jaxcert.bounds.get_relaxation`) adds the relaxation's name to the message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from jaxcert.bounds import relu_rules
+from jaxcert.bounds.relu_slopes import relu_lines, with_lower_slope
+from jaxcert.nets.layers import Arch, LayerSpec, ReLU
+
+#: Every rule name a layer kind may provide (see the module doc).
+RULE_NAMES = ("interval", "lines", "slopes", "backward", "window", "deepz", "hbox", "milp", "onnx")
+
+#: Layer kind (exact class) -> rule name -> implementation.
+RULES: dict[type[LayerSpec], Mapping[str, Any]] = {
+    ReLU: {
+        "interval": relu_rules.relu_interval,
+        "lines": relu_lines,
+        "slopes": with_lower_slope,
+        "backward": relu_rules.backward_relu,
+        "window": relu_rules.backward_relu_window,
+        "deepz": relu_rules.deepz_relu,
+        "hbox": relu_rules.hbox_relu,
+        "milp": "relu",
+        "onnx": "Relu",
+    },
+}
+
+
+class UnsupportedLayerError(ValueError):
+    """A relaxation met a non-affine layer kind without the rule it needs (see the module doc)."""
+
+    def __init__(self, kind: str, rule: str, where: str, relaxation: str | None = None):
+        self.kind, self.rule, self.where, self.relaxation = kind, rule, where, relaxation
+        known = ", ".join(sorted(k.__name__ for k, rules in RULES.items() if rule in rules)) or "none"
+        who = f"relaxation {relaxation!r}" if relaxation else where
+        super().__init__(
+            f"{who} has no rule for layer kind {kind!r} (needs its {rule!r} rule in {where}; kinds with one: "
+            f"{known}; see jaxcert.bounds.layer_rules)"
+        )
+
+    def for_relaxation(self, relaxation: str) -> UnsupportedLayerError:
+        """The same error, its message naming the registered relaxation."""
+        return UnsupportedLayerError(self.kind, self.rule, self.where, relaxation)
+
+
+def layer_kind(spec: LayerSpec) -> str:
+    """The kind of a layer: its class name."""
+    return type(spec).__name__
+
+
+def has_rule(spec: LayerSpec, rule: str) -> bool:
+    """Whether the non-affine layer ``spec`` provides ``rule``."""
+    _check_rule_name(rule)
+    return rule in RULES.get(type(spec), {})
+
+
+def rule_for(spec: LayerSpec, rule: str, where: str) -> Any:
+    """The implementation of ``rule`` for the non-affine layer ``spec``; :class:`UnsupportedLayerError`
+    (naming the kind, the rule and ``where``, the function that needs it) if the kind has none."""
+    if spec.is_affine:
+        raise ValueError(f"{where}: layer {spec!r} is affine; affine layers have no per-kind rules")
+    if not has_rule(spec, rule):
+        raise UnsupportedLayerError(layer_kind(spec), rule, where)
+    return RULES[type(spec)][rule]
+
+
+def activation_indices(arch: Arch, rule: str, where: str) -> list[int]:
+    """Indices of the non-affine layers of ``arch``, each checked to provide ``rule`` (see :func:`rule_for`)."""
+    out = []
+    for i, spec in enumerate(arch):
+        if not spec.is_affine:
+            rule_for(spec, rule, where)
+            out.append(i)
+    return out
+
+
+def _check_rule_name(rule: str) -> None:
+    if rule not in RULE_NAMES:
+        raise ValueError(f"unknown rule name {rule!r}; known: {', '.join(RULE_NAMES)}")
