@@ -309,6 +309,7 @@ BIG_WINDOW_NET = (
 )
 
 
+@pytest.mark.slow
 def test_large_windows_take_the_convolution_branch_and_equal_the_dense_rows():
     from jaxcert.bounds.patches import MAX_MATRIX_ENTRIES, layer_windows
 

@@ -203,6 +203,7 @@ def test_the_drivers_take_relu_rules_from_the_table(rule, monkeypatch):
         CONSUMERS[rule](arch, params, x, lo, hi, C)
 
 
+@pytest.mark.slow
 def test_without_a_window_rule_crown_takes_the_dense_path_with_the_same_bounds(monkeypatch):
     arch, params, _, lo, hi, C = case(ReLU, "conv")
     assert use_windows(arch[:3], lo.shape[1:], True)
