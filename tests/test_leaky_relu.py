@@ -16,10 +16,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from jaxcert.analysis.unstable import unstable_counts
 from jaxcert.bounds import UnsupportedLayerError, get_relaxation, input_box, layer_rules, margin_spec, relaxation_names
 from jaxcert.bounds.exact import exact_bounds, lp_bounds
+from jaxcert.bounds.ibp import interval_layers
 from jaxcert.bounds.leaky_relu_rules import leaky_relu_interval, leaky_relu_lines
 from jaxcert.bounds.loss import certified_cross_entropy
+from jaxcert.bounds.loss_fusion import fused_certified_loss
 from jaxcert.bounds.registry import make_bound_fn
 from jaxcert.bounds.relu_slopes import relu_lines
 from jaxcert.nets import Conv, Dense, Flatten, LeakyReLU, Network, ReLU, forward, init_params, params_of
@@ -221,6 +224,32 @@ def test_gradients_of_the_crown_ibp_certified_loss_are_finite():
     leaves = jax.tree_util.tree_leaves(grads)
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
     assert any(float(jnp.max(jnp.abs(g))) > 0 for g in leaves)
+
+
+def test_loss_fusion_bounds_the_cross_entropy_on_the_box():
+    arch, in_shape = conv_arch()
+    params = init_params(arch, in_shape, seed=0)
+    x = jnp.asarray(np.random.default_rng(0).uniform(0.2, 0.8, (2, *in_shape)), jnp.float32)
+    y = jnp.array([0, 2])
+    fused = fused_certified_loss(arch, params, x, y, 0.15).loss
+    lo, hi = input_box(x, 0.15)
+    with jax.default_matmul_precision("highest"):
+        logits = jax.vmap(lambda p: forward(arch, params, p))(points(lo, hi))
+    ce = -jnp.take_along_axis(jax.nn.log_softmax(logits), y[None, :, None], axis=-1)[..., 0]
+    assert np.all(np.isfinite(fused)) and np.all(np.asarray(ce) <= np.asarray(fused)[None] + 1e-5)
+
+
+def test_unstable_counts_use_the_interval_rule():
+    arch, in_shape = dense_arch()
+    params = init_params(arch, in_shape, seed=0)
+    x = jnp.asarray(np.random.default_rng(0).uniform(0.2, 0.8, (2, *in_shape)), jnp.float32)
+    ibp = unstable_counts(arch, params, x, 0.15)
+    crown = unstable_counts(arch, params, x, 0.15, relaxation="crown")
+    layers = interval_layers(arch, params, *input_box(x, 0.15))
+    expected = [np.sum((np.asarray(layers[i][0]) < 0) & (np.asarray(layers[i][1]) > 0), axis=1) for i in (2, 4)]
+    np.testing.assert_array_equal(ibp.unstable, expected)
+    np.testing.assert_array_equal(ibp.unstable + ibp.active + ibp.inactive, [[6, 6], [5, 5]])
+    assert np.all(np.asarray(crown.unstable) <= np.asarray(ibp.unstable)) and int(np.sum(ibp.unstable)) > 0
 
 
 def test_vmap_over_parameter_samples_equals_a_loop():
