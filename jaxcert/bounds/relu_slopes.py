@@ -142,7 +142,7 @@ def check_slopes(slopes: jax.Array, shape: tuple[int, ...], what: str = "lower_s
         s = np.asarray(slopes)
         if not np.all((s >= low) & (s <= 1)):
             raise ValueError(
-                f"{what} must lie in [{low}, 1] (the lower line α x is only sound there), got "
+                f"{what} must lie in [{low:g}, 1] (the lower line α x is only sound there), got "
                 f"values in [{s.min()}, {s.max()}]"
             )
     return jnp.broadcast_to(jnp.clip(slopes, low, 1.0), shape)
