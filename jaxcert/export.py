@@ -12,6 +12,7 @@ order. Layer by layer:
     Dense       Gemm: x W + b
     Conv        Transpose to NCHW (once), Conv (OIHW kernel, pads, strides), activations stay NCHW
     ReLU        Relu
+    LeakyReLU   LeakyRelu(alpha = slope)
     Flatten     Transpose back to NHWC (if NCHW), Flatten: the NHWC order of jaxcert's Flatten
     BatchNorm   Mul(scale / sqrt(var + eps)), Add(bias - mean · scale / sqrt(var + eps))  (eval mode)
 
@@ -93,7 +94,8 @@ def to_onnx(arch: tuple, params: list, in_shape: tuple[int, ...], *, name: str =
         p = {k: np.asarray(v, np.float32) for k, v in p.items()}
         if not spec.is_affine:  # by the layer kind's "onnx" rule (its operator type); no rule: an error
             op = rule_for(spec, "onnx", "to_onnx")
-            h = g.node(op, [h], op.lower())
+            op, attrs = (op, {}) if isinstance(op, str) else op
+            h = g.node(op, [h], op.lower(), **attrs)
         elif isinstance(spec, Normalize):
             std, mean = np.asarray(spec.std, np.float32), np.asarray(spec.mean, np.float32)
             h = g.node("Div", [h, g.const(_channel_shape(std, layout), "std")], "normalize")

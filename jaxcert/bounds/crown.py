@@ -64,7 +64,7 @@ LineFn = Callable[[int, jax.Array, jax.Array], ReluLines]
 
 def relu_indices(arch: Arch) -> list[int]:
     """Indices of the non-affine layers of ``arch``, each checked to have linear bounds (a "lines" rule,
-    :mod:`jaxcert.bounds.layer_rules`; ReLU is the only kind that has one today)."""
+    :mod:`jaxcert.bounds.layer_rules`; ReLU and LeakyReLU have one)."""
     return activation_indices(arch, "lines", "CROWN linear bounds")
 
 

@@ -13,7 +13,10 @@ the layer's exact class (a subclass of ReLU with another ``apply`` is another ki
     deepz      ``HybridZonotope -> HybridZonotope`` (DeepZ)
     hbox       ``HybridZonotope -> HybridZonotope`` (hBox)
     milp       the name of the encoding :mod:`jaxcert.bounds.exact` builds ("relu": triangle LP / big-M MILP)
-    onnx       the ONNX operator type (:mod:`jaxcert.export`)
+    onnx       the ONNX operator type, or ``(type, attributes)`` (:mod:`jaxcert.export`)
+
+An entry may depend on the layer's fields (LeakyReLU's slope ``a``): a :class:`PerLayer` entry is made
+for the layer by :func:`rule_for`, so the drivers call every rule with the signatures above.
 
 A relaxation that meets a non-affine layer kind without the rule it needs raises
 :class:`UnsupportedLayerError` at trace time, naming the kind and the rule; there is no fallback (an
@@ -23,17 +26,30 @@ unknown activation relaxed as a ReLU would give unsound bounds, silently). The r
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
-from jaxcert.bounds import relu_rules
+from jaxcert.bounds import leaky_relu_rules, relu_rules
 from jaxcert.bounds.relu_slopes import relu_lines, with_lower_slope
-from jaxcert.nets.layers import Arch, LayerSpec, ReLU
+from jaxcert.nets.layers import Arch, LayerSpec, LeakyReLU, ReLU
 
 #: Every rule name a layer kind may provide (see the module doc).
 RULE_NAMES = ("interval", "lines", "slopes", "backward", "window", "deepz", "hbox", "milp", "onnx")
 
-#: Layer kind (exact class) -> rule name -> implementation.
+
+class PerLayer(NamedTuple):
+    """A table entry that depends on the layer's fields: :func:`rule_for` returns ``make(spec)``."""
+
+    make: Callable[[LayerSpec], Any]
+
+
+def _with_slope(rule: Callable[..., Any]) -> PerLayer:
+    """``rule`` bound to the layer's ``slope`` as ``negative_slope=`` (LeakyReLU's parametrised rules)."""
+    return PerLayer(lambda spec: functools.partial(rule, negative_slope=spec.slope))
+
+
+#: Layer kind (exact class) -> rule name -> implementation (or a :class:`PerLayer` making it).
 RULES: dict[type[LayerSpec], Mapping[str, Any]] = {
     ReLU: {
         "interval": relu_rules.relu_interval,
@@ -45,6 +61,16 @@ RULES: dict[type[LayerSpec], Mapping[str, Any]] = {
         "hbox": relu_rules.hbox_relu,
         "milp": "relu",
         "onnx": "Relu",
+    },
+    # y = max(x, a x): the interval map and CROWN's lines (ReLU's mapped, see leaky_relu_rules); the back-
+    # substitution rules only use the lines, so they are ReLU's. No "slopes" (alpha-CROWN projects onto
+    # [0, 1], unsound below a), no "deepz"/"hbox"/"milp": those relaxations raise.
+    LeakyReLU: {
+        "interval": _with_slope(leaky_relu_rules.leaky_relu_interval),
+        "lines": _with_slope(leaky_relu_rules.leaky_relu_lines),
+        "backward": relu_rules.backward_relu,
+        "window": relu_rules.backward_relu_window,
+        "onnx": PerLayer(lambda spec: ("LeakyRelu", {"alpha": float(spec.slope)})),
     },
 }
 
@@ -84,7 +110,8 @@ def rule_for(spec: LayerSpec, rule: str, where: str) -> Any:
         raise ValueError(f"{where}: layer {spec!r} is affine; affine layers have no per-kind rules")
     if not has_rule(spec, rule):
         raise UnsupportedLayerError(layer_kind(spec), rule, where)
-    return RULES[type(spec)][rule]
+    entry = RULES[type(spec)][rule]
+    return entry.make(spec) if isinstance(entry, PerLayer) else entry
 
 
 def activation_indices(arch: Arch, rule: str, where: str) -> list[int]:

@@ -125,12 +125,12 @@ def check_rule_options(tau: float | jax.Array, gamma: float | jax.Array) -> None
             raise ValueError(f"gamma (sharpness of the 'soft' rule) must be finite and >= 0, got {gamma}")
 
 
-def check_slopes(slopes: jax.Array, shape: tuple[int, ...], what: str = "lower_slopes") -> jax.Array:
+def check_slopes(slopes: jax.Array, shape: tuple[int, ...], what: str = "lower_slopes", low: float = 0.0) -> jax.Array:
     """Validate given lower slopes for pre-activations of shape ``shape`` = (B, *neurons).
 
     Accepted shapes: ``shape`` itself, ``shape[1:]`` (shared by the batch) or ``()`` (one slope for every
-    neuron). Concrete values must lie in [0, 1]; traced values are projected onto [0, 1] (the relaxation
-    is only sound there).
+    neuron). Concrete values must lie in [low, 1]; traced values are projected onto [low, 1] (the
+    relaxation is only sound there; ``low`` is 0 for ReLU, the negative slope ``a`` for LeakyReLU).
     """
     slopes = jnp.asarray(slopes)
     if tuple(slopes.shape) not in (tuple(shape), tuple(shape[1:]), ()):
@@ -140,12 +140,12 @@ def check_slopes(slopes: jax.Array, shape: tuple[int, ...], what: str = "lower_s
         )
     if not isinstance(slopes, jax.core.Tracer):
         s = np.asarray(slopes)
-        if not np.all((s >= 0) & (s <= 1)):
+        if not np.all((s >= low) & (s <= 1)):
             raise ValueError(
-                f"{what} must lie in [0, 1] (the lower line α x is only sound there), got "
+                f"{what} must lie in [{low:g}, 1] (the lower line α x is only sound there), got "
                 f"values in [{s.min()}, {s.max()}]"
             )
-    return jnp.broadcast_to(jnp.clip(slopes, 0.0, 1.0), shape)
+    return jnp.broadcast_to(jnp.clip(slopes, low, 1.0), shape)
 
 
 def lower_slope(

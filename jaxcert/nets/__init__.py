@@ -1,7 +1,7 @@
 """Networks: static layer specs, the NNX ``Network`` and its pure functional view."""
 
 from jaxcert.nets.architectures import ARCHITECTURES, NORMALIZATION, get_architecture, mlp
-from jaxcert.nets.layers import Arch, BatchNorm, Conv, Dense, Flatten, LayerSpec, Normalize, ReLU
+from jaxcert.nets.layers import Arch, BatchNorm, Conv, Dense, Flatten, LayerSpec, LeakyReLU, Normalize, ReLU
 from jaxcert.nets.network import (
     LayerParams,
     Network,
@@ -26,6 +26,7 @@ __all__ = [
     "Flatten",
     "LayerParams",
     "LayerSpec",
+    "LeakyReLU",
     "Network",
     "Normalize",
     "ReLU",

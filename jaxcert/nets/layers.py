@@ -1,7 +1,8 @@
 """Static, hashable layer specifications and their pure per-layer maps.
 
 A network is a tuple of layer specs (the *architecture*, static under ``jax.jit``) plus a list of
-per-layer parameter dicts (the *params*, a pytree). Every layer except :class:`ReLU` is affine,
+per-layer parameter dicts (the *params*, a pytree). Every layer except :class:`ReLU` and
+:class:`LeakyReLU` is affine,
 
     layer(x) = linear(p, x) + offset(p),
 
@@ -109,12 +110,29 @@ class Conv(LayerSpec):
 
 @dataclasses.dataclass(frozen=True)
 class ReLU(LayerSpec):
-    """max(x, 0): the only non-affine layer kind with bound rules (:mod:`jaxcert.bounds.relu_rules`)."""
+    """max(x, 0), with every bound rule (:mod:`jaxcert.bounds.relu_rules`)."""
 
     is_affine: bool = dataclasses.field(default=False, init=False)
 
     def apply(self, p: Params, x: jax.Array) -> jax.Array:
         return jax.nn.relu(x)
+
+
+@dataclasses.dataclass(frozen=True)
+class LeakyReLU(LayerSpec):
+    """``y = max(x, a x)`` with ``a = slope``, ``0 ≤ a < 1`` (``a = 0`` is ReLU); equivalently
+    ``y = a x + (1 - a) relu(x)``. Its bound rules are in :mod:`jaxcert.bounds.leaky_relu_rules` (a subset:
+    relaxations without one raise :class:`jaxcert.bounds.UnsupportedLayerError`)."""
+
+    slope: float = 0.01
+    is_affine: bool = dataclasses.field(default=False, init=False)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.slope < 1.0:
+            raise ValueError(f"LeakyReLU: slope must be in [0, 1), got {self.slope}")
+
+    def apply(self, p: Params, x: jax.Array) -> jax.Array:
+        return jnp.maximum(x, self.slope * x)
 
 
 @dataclasses.dataclass(frozen=True)
