@@ -33,7 +33,7 @@ from jaxcert.nets.layers import Arch
 from jaxcert.nets.network import LayerParams, forward, merge
 from jaxcert.train.batch_norm import check_bn_mode, with_batch_stats
 from jaxcert.train.schedules import RecipeSchedule
-from jaxcert.train.warmup_regularisers import check_tol, warmup_regularisers, warmup_weight
+from jaxcert.train.warmup_regularisers import add_warmup, check_warmup
 
 Objective = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
 
@@ -113,12 +113,7 @@ def certified_objective(
     get_relaxation(relaxation)  # unknown name -> ValueError now, not at trace time
     check_bn_mode(bn_mode)
     check_loss_fusion(loss_fusion, relaxation)
-    if reg_weight < 0:
-        raise ValueError(f"reg_weight must be >= 0, got {reg_weight}")
-    if reg_weight:
-        check_tol(reg_tol)
-        if schedule.eps_final is None:
-            raise ValueError("the warm-up regularisers need the schedule's final eps (RecipeSchedule.eps_final)")
+    check_warmup(reg_weight, reg_tol, schedule.eps_final)
 
     def objective(trainable, frozen, x, y, step):  # type: ignore[no-untyped-def]
         params = merge(trainable, frozen)
@@ -146,12 +141,8 @@ def certified_objective(
             "cert_acc": cert_acc,
             **values,
         }
-        if reg_weight:
-            regs = warmup_regularisers(arch, params, x, eps, reg_tol, lo, hi)
-            weight = warmup_weight(reg_weight, eps, schedule.eps_final)
-            loss = loss + weight * (regs["reg_tightness"] + regs["reg_relu"])
-            aux |= {**regs, "reg_weight": weight}
-        return loss, aux
+        return add_warmup(loss, aux, arch, params, x, eps, weight=reg_weight, tol=reg_tol,
+                          eps_final=schedule.eps_final, lo=lo, hi=hi)  # fmt: skip
 
     return with_batch_stats(arch, objective) if bn_mode == "batch" else objective
 

@@ -111,3 +111,25 @@ def warmup_regularisers(
         "reg_relu": relu_balance_loss(relus, tol),
         "tightness": jnp.mean(tightness(first, relus)),
     }
+
+
+def check_warmup(weight: float, tol: float, eps_final: float | None) -> None:
+    """``ValueError`` for a negative weight λ, or (λ > 0) a bad ``tol`` or an unknown final ε."""
+    if weight < 0:
+        raise ValueError(f"reg_weight must be >= 0, got {weight}")
+    if weight:
+        check_tol(tol)
+        if eps_final is None:
+            raise ValueError("the warm-up regularisers need the schedule's final eps (RecipeSchedule.eps_final)")
+
+
+def add_warmup(
+    loss: jax.Array, aux: dict, arch: Arch, params: LayerParams, x: jax.Array, eps: jax.Array, *, weight: float,
+    tol: float, eps_final: float, lo: float, hi: float,
+) -> tuple[jax.Array, dict]:  # fmt: skip
+    """``loss + w(ε_t) · (L_tight + L_relu)`` and ``aux`` with the terms and the scheduled weight (λ = 0: as is)."""
+    if not weight:
+        return loss, aux
+    regs = warmup_regularisers(arch, params, x, eps, tol, lo, hi)
+    scheduled = warmup_weight(weight, eps, eps_final)
+    return loss + scheduled * (regs["reg_tightness"] + regs["reg_relu"]), {**aux, **regs, "reg_weight": scheduled}

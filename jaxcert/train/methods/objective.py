@@ -28,7 +28,7 @@ from jaxcert.nets.network import LayerParams, forward, merge
 from jaxcert.train.batch_norm import check_bn_mode, with_batch_stats
 from jaxcert.train.losses import Objective, batch_accuracy, mixed_loss
 from jaxcert.train.schedules import RecipeSchedule
-from jaxcert.train.warmup_regularisers import check_tol, warmup_regularisers, warmup_weight
+from jaxcert.train.warmup_regularisers import add_warmup, check_warmup
 
 #: ``(params, x, y, values, key) -> (robust loss R (scalar), aux)``
 RobustTerm = Callable[[LayerParams, jax.Array, jax.Array, dict[str, jax.Array], jax.Array], tuple[jax.Array, dict]]
@@ -54,12 +54,7 @@ def method_objective(
 ) -> Objective:
     """``κ CE + (1-κ) R + λ Σ|W|`` (+ warm-up regularisers) with ``R = term(...)`` (see the module doc)."""
     check_bn_mode(bn_mode)
-    if reg_weight < 0:
-        raise ValueError(f"reg_weight must be >= 0, got {reg_weight}")
-    if reg_weight:
-        check_tol(reg_tol)
-        if schedule.eps_final is None:
-            raise ValueError("the warm-up regularisers need the schedule's final eps (RecipeSchedule.eps_final)")
+    check_warmup(reg_weight, reg_tol, schedule.eps_final)
 
     def objective(trainable, frozen, x, y, step):  # type: ignore[no-untyped-def]
         params = merge(trainable, frozen)
@@ -70,11 +65,7 @@ def method_objective(
         loss = mixed_loss(values["kappa"], ce, robust, l1, trainable)
         values.pop("beta")  # the terms that use β log it
         aux = {"clean_loss": ce, "clean_acc": batch_accuracy(logits, y), "robust_loss": robust, **values, **aux}
-        if reg_weight:
-            regs = warmup_regularisers(arch, params, x, values["eps"], reg_tol, lo, hi)
-            weight = warmup_weight(reg_weight, values["eps"], schedule.eps_final)
-            loss = loss + weight * (regs["reg_tightness"] + regs["reg_relu"])
-            aux |= {**regs, "reg_weight": weight}
-        return loss, aux
+        return add_warmup(loss, aux, arch, params, x, values["eps"], weight=reg_weight, tol=reg_tol,
+                          eps_final=schedule.eps_final, lo=lo, hi=hi)  # fmt: skip
 
     return with_batch_stats(arch, objective) if bn_mode == "batch" else objective
