@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxcert.cli import OneLineParser, one_line_warnings
+from jaxcert.cli import OneLineParser, command_name, one_line_warnings
 from jaxcert.provenance import provenance
 
 STATES = ("verified", "falsified", "unknown", "timeout")
@@ -551,7 +551,7 @@ def _num_outputs(arch: Any, params: Any, x: np.ndarray) -> int:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = OneLineParser(
-        prog="python -m jaxcert.certify", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=command_name("jaxcert.certify"), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("run_dir", help="a training run folder (the --out of python -m jaxcert.train)")
     p.add_argument("--limit", type=int, help="certify only the first N test examples (default: the whole split)")

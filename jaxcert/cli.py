@@ -11,7 +11,15 @@ import contextlib
 import sys
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 from typing import NoReturn
+
+
+def command_name(module: str) -> str:
+    """How the user ran the command: ``jaxcert-train`` for the console command of ``jaxcert.train`` (and so
+    on), else ``python -m <module>`` — the name usage lines and error hints show."""
+    console = "jaxcert-" + module.removeprefix("jaxcert.")
+    return console if Path(sys.argv[0]).name == console else f"python -m {module}"
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxcert.cli import OneLineParser, one_line_warnings
+from jaxcert.cli import OneLineParser, command_name, one_line_warnings
 
 OPSET = 17
 IR_VERSION = 8
@@ -196,7 +196,7 @@ def export_run(run_dir: str | Path, *, examples: int = 10, indices: list[int] | 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = OneLineParser(prog="python -m jaxcert.export", description=__doc__,
+    p = OneLineParser(prog=command_name("jaxcert.export"), description=__doc__,
                       formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("run_dir", help="a training run folder (the --out of python -m jaxcert.train)")
     p.add_argument("--examples", type=int, default=10, help="properties for the first N test examples")

@@ -60,3 +60,18 @@ def test_the_console_commands_exit_with_the_status_main_returns(tmp_path):
     assert bad.returncode == 2 and "unknown config 'nope'" in bad.stderr
     good = _run_script("jaxcert-train", "--config", "tiny", "--print-config")
     assert good.returncode == 0 and '"name": "tiny"' in good.stdout
+
+
+def test_usage_and_error_hints_name_the_command_the_user_ran(monkeypatch):
+    from jaxcert.cli import command_name
+
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/jaxcert-train", "--steps", "abc"])
+    assert command_name("jaxcert.train") == "jaxcert-train"
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/jaxcert-certify"])
+    assert command_name("jaxcert.certify") == "jaxcert-certify" and command_name("jaxcert.export") == (
+        "python -m jaxcert.export"
+    )
+    monkeypatch.setattr(sys, "argv", ["/work/jaxcert/train/__main__.py"])  # python -m jaxcert.train
+    assert command_name("jaxcert.train") == "python -m jaxcert.train"
+    bad = _run_script("jaxcert-train", "--steps", "abc")
+    assert bad.returncode == 2 and bad.stderr.strip().endswith("(see jaxcert-train --help)"), bad.stderr

@@ -15,7 +15,7 @@ import json
 import shlex
 import sys
 
-from jaxcert.cli import OneLineParser, one_line, one_line_warnings
+from jaxcert.cli import OneLineParser, command_name, one_line, one_line_warnings
 from jaxcert.train.config_cli import add_config_flags, config_fields, default_out, read_config_file
 from jaxcert.train.configs import CONFIGS, TrainConfig, get_config
 from jaxcert.train.preflight import preflight
@@ -26,7 +26,7 @@ EXIT_INTERRUPTED = 130
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(
-        prog="python -m jaxcert.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=command_name("jaxcert.train"), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--config", default="quickstart", help=f"named recipe: {', '.join(sorted(CONFIGS))}")
     p.add_argument("--config-file", help="JSON (or YAML, with PyYAML) file of config fields over the recipe")
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _command() -> str:
     """This command line without ``--fresh`` (which would start over instead of resuming)."""
-    return shlex.join(["python", "-m", "jaxcert.train", *(a for a in sys.argv[1:] if a != "--fresh")])
+    return shlex.join([*command_name("jaxcert.train").split(), *(a for a in sys.argv[1:] if a != "--fresh")])
 
 
 if __name__ == "__main__":
