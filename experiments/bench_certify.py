@@ -27,18 +27,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from jaxcert.provenance import git_state, provenance
+
 MiB = 2**20
 
 
 def git_commit(checkout: Path) -> str:
-    """The short commit of ``checkout`` (with ``+`` if its work tree differs), or ``"?"`` outside git."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=checkout, capture_output=True, text=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=checkout,
-                               capture_output=True, text=True)  # fmt: skip
-    except OSError:
-        return "?"
-    return head.stdout.strip() + ("+" if dirty.stdout.strip() else "") if head.returncode == 0 else "?"
+    """The short commit of ``checkout`` (with ``+`` if a tracked file differs from it), or ``"?"`` outside git."""
+    commit, dirty = git_state(checkout)
+    return "?" if commit is None else commit + ("+" if dirty else "")
 
 
 def scratch_run(run_dir: Path, into: Path) -> Path:
@@ -111,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(table)
     out = {"rows": rows, "run_dir": str(args.run_dir), "limit": args.limit, "repeats": args.repeats,
            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load": os.getloadavg()},
-           "table": table}  # fmt: skip
+           "table": table, "provenance": provenance()}  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2))
     return out

@@ -32,6 +32,7 @@ from typing import Any
 import jax
 
 from jaxcert.nets import get_architecture
+from jaxcert.provenance import provenance
 from jaxcert.train.configs import TrainConfig
 from jaxcert.train.loop import initial_params, make_trainer
 
@@ -153,6 +154,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "python": platform.python_version(),
         "jax": jax.__version__,
         "results": rows,
+        "provenance": provenance(),
     }
     print(markdown_table(rows, base))
     out = Path(args.out)

@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS_DIR, markdown_table
 
 from jaxcert.certify import certify_dataset
+from jaxcert.provenance import provenance
 from jaxcert.runs import load_test_split
 from jaxcert.train.configs import TrainConfig
 from jaxcert.train.logging import read_metrics
@@ -147,7 +148,8 @@ def report(rows: list[dict[str, Any]], out: Path) -> str:
     text = "\n".join(lines) + "\n"
     out.mkdir(parents=True, exist_ok=True)
     (out / "campaign.md").write_text(text)
-    (out / "campaign.json").write_text(json.dumps({"summary": summary, "paired": comparisons, "rows": rows}, indent=2))
+    record = {"summary": summary, "paired": comparisons, "rows": rows, "provenance": provenance()}
+    (out / "campaign.json").write_text(json.dumps(record, indent=2))
     _plot(rows, out / "campaign_val.png")
     return text
 
@@ -243,6 +245,7 @@ def main(argv: list[str] | None = None) -> str:
     rows_path = args.out / "rows.json"
     rows: list[dict[str, Any]] = json.loads(rows_path.read_text()) if rows_path.is_file() else []
     done = {r["run"] for r in rows}
+    text = ""
     for seed in range(args.seed, args.seed + args.seeds):  # seed-major: paired rows arrive together
         for eps in args.eps:
             for arm in args.arms:
@@ -254,7 +257,8 @@ def main(argv: list[str] | None = None) -> str:
                 rows = save_row(rows_path, row)
                 text = report(rows, args.out)
                 print(f"{row['run']}: cert {100 * row['cert_acc']:.2f}% (saved to {rows_path})", flush=True)
-    text = report(rows, args.out) if rows else ""
+    if rows and not text:  # nothing new was run: the report of the saved rows
+        text = report(rows, args.out)
     print(text)
     return text
 

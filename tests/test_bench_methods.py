@@ -20,6 +20,7 @@ def test_quick_benchmark_times_training_steps_and_writes_json(tmp_path, capsys):
     result = load_bench().main(["--quick", "--methods", "certified,sabr,rgs:mtl-ibp,nope", "--out", str(out)])
     saved = json.loads(out.read_text())
     assert saved == json.loads(json.dumps(result))
+    assert saved["provenance"]["jaxcert"] and "git_commit" in saved["provenance"]
     assert saved["config"]["quick"] and saved["config"]["batch"] == 8 and saved["config"]["arch"] == "mlp_small"
     rows = {r["method"]: r for r in saved["results"]}
     assert list(rows) == ["certified", "sabr", "rgs:mtl-ibp", "nope"]

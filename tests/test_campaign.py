@@ -73,6 +73,7 @@ def test_the_quick_campaign_runs_certifies_and_resumes_without_retraining(tmp_pa
     assert "resumed" not in second.stdout.split("ibp-eps0.1-e1-s1")[0]  # seed 0 neither retrained nor resumed
     text = (tmp_path / "out" / "campaign.md").read_text()
     assert "| ibp | 0.1 | 1 | 2 |" in text and (tmp_path / "out" / "campaign_val.png").stat().st_size > 0
+    assert "git_commit" in json.loads((tmp_path / "out" / "campaign.json").read_text())["provenance"]
 
 
 def test_rows_saved_side_by_side_are_merged_and_a_rerun_row_replaces_its_old_one(tmp_path):
