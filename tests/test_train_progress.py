@@ -70,6 +70,24 @@ def test_a_run_with_a_validation_split_trains_without_it_and_logs_its_curve(tmp_
         assert max(ibp, crown_ibp) <= r["val_cert_acc"] <= ibp + crown_ibp  # certified by either
 
 
+def test_the_validation_split_is_certified_by_the_named_relaxations(tmp_path):
+    config = override(
+        get_config("tiny"), out=str(tmp_path / "run"), steps=4, val_size=64, val_every=4, val_relaxations=("crown",)
+    )
+    assert config.val_cascade == ("crown",) and get_config("tiny").val_cascade == ("ibp", "crown-ibp")
+    loop.train(config, progress=False, evaluate=False)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    (val,) = [r for r in records if "val_cert_acc" in r]
+    assert "val_cert_acc/ibp" not in val and val["val_cert_acc"] == val["val_cert_acc/crown"]
+
+
+def test_an_unknown_validation_relaxation_is_refused_before_set_up():
+    from jaxcert.train.preflight import check_names
+
+    with pytest.raises(ValueError, match="unknown relaxation 'crwn'"):
+        check_names(override(get_config("tiny"), val_relaxations=("crwn",)))
+
+
 def test_the_validation_curve_is_drawn_beside_the_training_accuracies():
     from jaxcert.train.logging import metrics_figure
 

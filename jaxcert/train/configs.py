@@ -59,6 +59,7 @@ class TrainConfig:
     train_limit: int | None = None  # use only the first N training examples
     val_size: int = 0  # hold out the last N training examples (after train_limit) as a validation split
     val_every: int = 0  # evaluate on the validation split every N steps and at the end (0: at each checkpoint)
+    val_relaxations: tuple[str, ...] = ()  # relaxations certifying the validation split (empty: ibp, crown-ibp)
     arch: str = "cnn3"  # cnn3 | cnn5 | cnn7 | cnn7_bn | paradox_fc | paradox_conv | mlp_small
     init: str = "ibp"  # "ibp" (Shi et al.) or "default"
     init_from: str | None = None  # warm start: a saved run's directory; its latest checkpoint's weights replace init
@@ -260,6 +261,12 @@ class TrainConfig:
     @property
     def test_eps(self) -> float:
         return self.eps if self.eval_eps is None else self.eval_eps
+
+    @property
+    def val_cascade(self) -> tuple[str, ...]:
+        """The relaxations certifying the validation split: ``val_relaxations`` if given, else IBP and
+        CROWN-IBP (cheap: seconds for thousands of CNN3 examples)."""
+        return tuple(self.val_relaxations) or ("ibp", "crown-ibp")
 
     @property
     def eval_cascade(self) -> tuple[str, ...]:

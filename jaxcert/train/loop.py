@@ -396,27 +396,24 @@ def train(config: TrainConfig, *, resume: bool = True, progress: bool = True, ev
     return result
 
 
-#: Relaxations of the validation curve (cheap: a few seconds for thousands of CNN3 examples).
-VALIDATION_RELAXATIONS = ("ibp", "crown-ibp")
-
-
 def _validation_due(config: TrainConfig, checkpoints: Checkpoints, step: int) -> bool:
     """Validate every ``val_every`` steps (0: whenever a checkpoint is due), and after the last step."""
     return step == config.steps or (step % config.val_every == 0 if config.val_every else checkpoints.due(step))
 
 
 def validate(config: TrainConfig, arch: Arch, state: TrainState, val_ds: Dataset, multi: bool) -> dict[str, float]:
-    """``val_clean_acc``, ``val_pgd_acc`` (PGD of the final evaluation's steps), ``val_cert_acc/<r>`` for IBP
-    and CROWN-IBP, and ``val_cert_acc`` (either) on the validation split at the evaluation radius."""
+    """``val_clean_acc``, ``val_pgd_acc`` (PGD of the final evaluation's steps), ``val_cert_acc/<r>`` for each
+    relaxation ``r`` of ``config.val_cascade`` (IBP and CROWN-IBP unless ``val_relaxations`` names others), and
+    ``val_cert_acc`` (certified by any of them) on the validation split at the evaluation radius."""
     from jaxcert.evaluate import evaluate_per_example
 
     params = dist.to_host(state.full_params) if multi else state.full_params
     per = evaluate_per_example(
-        arch, params, val_ds, config.test_eps, relaxations=VALIDATION_RELAXATIONS, pgd_steps=config.eval_pgd_steps,
+        arch, params, val_ds, config.test_eps, relaxations=config.val_cascade, pgd_steps=config.eval_pgd_steps,
         pgd_restarts=1, batch_size=config.eval_batch_size, seed=config.seed,
     )  # fmt: skip
     scores = {f"val_{k}": float(np.mean(v)) for k, v in per.items()}
-    scores["val_cert_acc"] = float(np.mean(np.any([per[f"cert_acc/{r}"] for r in VALIDATION_RELAXATIONS], axis=0)))
+    scores["val_cert_acc"] = float(np.mean(np.any([per[f"cert_acc/{r}"] for r in config.val_cascade], axis=0)))
     return scores
 
 

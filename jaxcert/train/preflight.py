@@ -32,7 +32,7 @@ def _check_name(what: str, name: str, known: tuple[str, ...]) -> None:
 
 def check_names(config: TrainConfig) -> None:
     """The relaxations (training and evaluation), the architecture and the data set exist."""
-    for name in (config.relaxation, *config.eval_relaxations):
+    for name in (config.relaxation, *config.eval_relaxations, *config.val_relaxations):
         _check_name("relaxation", name, RELAXATIONS)
     _check_name("architecture", config.arch, ARCHITECTURES)
     _check_name("data set", config.dataset, DATASETS)

@@ -20,7 +20,7 @@ from jaxcert.train.configs import TrainConfig
 RESUME_FREE_FIELDS = frozenset(
     {"out", "data_dir", "checkpoint_every", "keep_checkpoints", "log_every", "test_limit", "eval_eps",
      "eval_relaxations", "eval_pgd_steps", "eval_pgd_restarts", "eval_apgd_steps", "eval_batch_size",
-     "devices", "member_chunk", "member_unroll", "download", "val_every", "tensorboard",
+     "devices", "member_chunk", "member_unroll", "download", "val_every", "val_relaxations", "tensorboard",
      "mesh_data", "distributed", "coordinator", "num_processes", "process_id", "distributed_timeout"}
 )  # fmt: skip
 
