@@ -50,14 +50,49 @@ from jaxcert.train.configs import TrainConfig
 from jaxcert.train.logging import read_metrics
 from jaxcert.train.loop import train
 
-#: Arm name -> config fields over the recipe.
-ARMS: dict[str, dict[str, Any]] = {
+#: The certified losses of the paradox: interval, CROWN-IBP (β = 1: its bound alone) and DeepPoly (full CROWN).
+RELAXATION_FIELDS: dict[str, dict[str, Any]] = {
     "ibp": {"relaxation": "ibp"},
     "crown-ibp": {"relaxation": "crown-ibp", "beta_final": 1.0},
-    "crown-ibp-fused": {"relaxation": "crown-ibp", "beta_final": 1.0, "loss_fusion": True},
-    # the state-of-the-art objectives (jaxcert.train.methods) at the library's defaults, not yet tuned here
-    **{m: {"method": m, "attack_steps": 8} for m in ("sabr", "taps", "staps", "mtl-ibp", "cc-ibp", "exp-ibp")},
+    "deeppoly": {"relaxation": "deeppoly"},
 }
+#: Arm name -> config fields over the recipe (defaults; ``--tune`` replaces the tuned ones, see TUNING).
+ARMS: dict[str, dict[str, Any]] = {
+    **RELAXATION_FIELDS,
+    "crown-ibp-fused": {"relaxation": "crown-ibp", "beta_final": 1.0, "loss_fusion": True},
+    # Gaussian loss smoothing of each certified loss: RGS (first order, 4 samples) and PGPE (zeroth order,
+    # ClipUp on the mean, σ relative to each weight tensor's initial scale)
+    **{f"rgs-{r}": {"method": "rgs", "samples": 4, "sigma_rel": 0.05, **f} for r, f in RELAXATION_FIELDS.items()},
+    **{f"pgpe-{r}": {"method": "pgpe", "population": 32, "pgpe_optimizer": "clipup", "sigma_rel": 0.1, "lr": 0.01,
+                     **f} for r, f in RELAXATION_FIELDS.items()},
+    # the state-of-the-art objectives (jaxcert.train.methods) at the library's defaults unless tuned
+    **{m: {"method": m, "attack_steps": 8} for m in ("sabr", "taps", "staps", "mtl-ibp", "cc-ibp", "exp-ibp")},
+}  # fmt: skip
+#: Equal tuning effort: every arm family gets the same number (4) of candidates, each trained at the full
+#: budget on the tuning seed and scored by its final validation certified accuracy.
+TUNING: dict[str, list[dict[str, Any]]] = {
+    "certified": [{"lr": lr} for lr in (5e-4, 1e-3, 2e-3, 4e-3)],
+    "rgs": [{"sigma_rel": s, "lr": lr} for s in (0.01, 0.05) for lr in (1e-3, 3e-3)],
+    "pgpe": [{"sigma_rel": s, "lr": lr} for s in (0.05, 0.1) for lr in (0.005, 0.02)],
+    "sabr": [{"sabr_lambda": lam, "lr": lr} for lam in (0.2, 0.4) for lr in (1e-3, 2e-3)],
+    "staps": [{"sabr_lambda": lam, "lr": lr} for lam in (0.2, 0.4) for lr in (1e-3, 2e-3)],
+    "taps": [{"lr": lr} for lr in (5e-4, 1e-3, 2e-3, 4e-3)],
+    **{m: [{"method_alpha": a, "lr": lr} for a in (0.1, 0.5) for lr in (1e-3, 2e-3)]
+       for m in ("mtl-ibp", "cc-ibp", "exp-ibp")},
+}  # fmt: skip
+#: The seed of the tuning runs: not one of the verdicts' seeds (0, 1, ...), so selection does not favour them.
+TUNE_SEED = 1000
+#: Short names of tuned fields in run ids.
+SHORT = {"lr": "lr", "sigma_rel": "sr", "sabr_lambda": "lam", "method_alpha": "a"}
+
+
+def family(arm: str) -> str:
+    """The tuning family of ``arm``: its trainer (``rgs``, ``pgpe``), its state-of-the-art method, or
+    ``certified`` (gradient training of a certified loss)."""
+    method = ARMS[arm].get("method", "certified")
+    return method if method in TUNING else "certified"
+
+
 #: Training images of Fashion-MNIST and the validation images held out of them.
 TRAIN_IMAGES, VAL_SIZE = 60000, 5000
 CASCADE = ("ibp", "crown-ibp", "crown", "alpha-crown")
@@ -69,21 +104,39 @@ SETTINGS = {
 }
 
 
-def run_id(arm: str, eps: float, epochs: float, seed: int) -> str:
-    return f"{arm}-eps{eps:g}-e{epochs:g}-s{seed}"
+def _suffix(overrides: dict[str, Any]) -> str:
+    return "".join(f"-{SHORT.get(k, k)}{v:g}" for k, v in sorted(overrides.items()))
 
 
-def arm_config(arm: str, eps: float, epochs: float, seed: int, setting: dict[str, Any], runs: Path) -> TrainConfig:
+def run_id(arm: str, eps: float, epochs: float, seed: int, *, arch: str = "cnn3",
+           overrides: dict[str, Any] | None = None, warm: str | None = None) -> str:  # fmt: skip
+    """``[arch-]arm[@warm]-eps…-e…-s…[-tuned fields]`` (CNN3 runs keep the ids of the untuned campaign)."""
+    head = ("" if arch == "cnn3" else f"{arch}-") + arm + (f"@{warm}" if warm else "")
+    return f"{head}-eps{eps:g}-e{epochs:g}-s{seed}" + _suffix(overrides or {})
+
+
+def arm_config(arm: str, eps: float, epochs: float, seed: int, setting: dict[str, Any], runs: Path, *,
+               arch: str = "cnn3", overrides: dict[str, Any] | None = None, warm: str | None = None,
+               warm_epochs: float = 20.0, val_relaxations: tuple[str, ...] = ()) -> TrainConfig:  # fmt: skip
     """The run of ``arm`` at training and test radius ``eps``: ``epochs`` passes over the training images
-    left after the validation split, validated 10 times (and at the end), checkpointed as often."""
+    left after the validation split, validated 10 times (and at the end), checkpointed as often.
+
+    ``overrides``: tuned fields over the arm's defaults. ``warm``: start from the final weights of the run of
+    arm ``warm`` (same seed, ε and architecture, ``warm_epochs`` epochs, untuned), at the final ε from the
+    first step (no warm-up, no ramp)."""
     images = (setting["train_limit"] or TRAIN_IMAGES) - setting["val_size"]
     steps = max(10, round(epochs * images / setting["batch_size"]))
     every = max(1, steps // 10)
+    fields: dict[str, Any] = {"lr": 1e-3, "warmup_frac": 0.05, "ramp_frac": 0.4, **ARMS[arm], **(overrides or {})}
+    if warm:
+        start = runs / run_id(warm, eps, warm_epochs, seed, arch=arch)
+        fields.update(init_from=str(start), warmup_frac=0.0, ramp_frac=0.0)
+    out = runs / run_id(arm, eps, epochs, seed, arch=arch, overrides=overrides, warm=warm)
     return TrainConfig(
-        name=f"campaign-{arm}", dataset="fashion_mnist", arch="cnn3", eps=eps, steps=steps,
-        batch_size=setting["batch_size"], lr=1e-3, warmup_frac=0.05, ramp_frac=0.4, seed=seed,
-        train_limit=setting["train_limit"], val_size=setting["val_size"], val_every=every, test_limit=None,
-        checkpoint_every=every, out=str(runs / run_id(arm, eps, epochs, seed)), **ARMS[arm],
+        name=f"campaign-{arm}", dataset="fashion_mnist", arch=arch, eps=eps, steps=steps,
+        batch_size=setting["batch_size"], seed=seed, train_limit=setting["train_limit"],
+        val_size=setting["val_size"], val_every=every, val_relaxations=tuple(val_relaxations), test_limit=None,
+        checkpoint_every=every, out=str(out), **fields,
     )  # fmt: skip
 
 
@@ -100,9 +153,24 @@ def plateau(records: list[dict[str, Any]], key: str = "val_cert_acc", tol: float
             "val_cert_acc_gain": last_third[-1] - last_third[0], "val_curve": curve}  # fmt: skip
 
 
-def paired(rows: list[dict[str, Any]], a: str, b: str, eps: float, metric: str = "cert_acc") -> dict[str, Any] | None:
-    """Mean ± standard error of ``metric(a) − metric(b)`` over the seeds both arms finished at ``eps``."""
-    by = {(r["arm"], r["seed"]): r[metric] for r in rows if r["eps"] == eps}
+def label(row: dict[str, Any]) -> str:
+    """The arm of a row as reported: ``arm[@warm]`` plus its tuned fields, e.g. ``rgs-deeppoly (lr=0.003, sr=0.05)``."""
+    text = row["arm"] + (f"@{row['warm']}" if row.get("warm") else "")
+    tuned = row.get("overrides") or {}
+    fields = ", ".join(f"{SHORT.get(k, k)}={v:g}" for k, v in sorted(tuned.items()))
+    return f"{text} ({fields})" if tuned else text
+
+
+def _setting(row: dict[str, Any]) -> tuple[str, float, float]:
+    return row.get("arch", "cnn3"), row["eps"], row.get("epochs")
+
+
+def paired(rows: list[dict[str, Any]], a: str, b: str, eps: float, metric: str = "cert_acc", *,
+           arch: str = "cnn3", epochs: float | None = None) -> dict[str, Any] | None:  # fmt: skip
+    """Mean ± standard error of ``metric(a) − metric(b)`` over the seeds both arms (labels, see :func:`label`)
+    finished at ``eps`` on ``arch`` (and ``epochs``, if given)."""
+    by = {(label(r), r["seed"]): r[metric] for r in rows
+          if r["eps"] == eps and r.get("arch", "cnn3") == arch and epochs in (None, r.get("epochs"))}  # fmt: skip
     seeds = sorted(s for arm, s in by if arm == a and (b, s) in by)
     if not seeds:
         return None
@@ -113,42 +181,64 @@ def paired(rows: list[dict[str, Any]], a: str, b: str, eps: float, metric: str =
         verdict = f"not enough seeds ({d.size})"
     else:
         verdict = f"{a} > {b}" if mean > 2 * se else f"{b} > {a}" if mean < -2 * se else "no difference shown"
-    return {"a": a, "b": b, "eps": eps, "seeds": seeds, "diff": mean, "se": se, "verdict": verdict}
+    return {"a": a, "b": b, "eps": eps, "arch": arch, "epochs": epochs, "seeds": seeds, "diff": mean, "se": se,
+            "verdict": verdict}  # fmt: skip
+
+
+def comparisons(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The paired verdicts of a setting (architecture, ε, epochs): every arm against IBP (the first arm when
+    there is no IBP row), and every smoothed arm (``rgs-X``, ``pgpe-X``, warm or not) against the gradient arm
+    of the same loss ``X`` (GLS's claim, told apart from "X beats IBP anyway")."""
+    found = []
+    for arch, eps, epochs in dict.fromkeys(_setting(r) for r in rows):
+        labels = list(dict.fromkeys(label(r) for r in rows if _setting(r) == (arch, eps, epochs)))
+        arms = {label(r): r["arm"] for r in rows if _setting(r) == (arch, eps, epochs)}
+        base = next((x for x in labels if arms[x] == "ibp" and "@" not in x), labels[0])
+        pairs = [(x, base) for x in labels if x != base]
+        for x in labels:
+            loss = arms[x].split("-", 1)[1] if arms[x].startswith(("rgs-", "pgpe-")) else None
+            gradient = next((y for y in labels if arms[y] == loss and "@" not in y), None)
+            if gradient and gradient != base:
+                pairs.append((x, gradient))
+        for a, b in pairs:
+            if (c := paired(rows, a, b, eps, arch=arch, epochs=epochs)) is not None:
+                found.append(c)
+    return found
 
 
 def report(rows: list[dict[str, Any]], out: Path) -> str:
     """Rewrite ``campaign.md`` / ``campaign.json`` / ``campaign_val.png`` from the finished rows."""
-    groups: dict[tuple[str, float, float], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, str, float, float], list[dict[str, Any]]] = {}
     for r in rows:
-        groups.setdefault((r["arm"], r["eps"], r["epochs"]), []).append(r)
+        groups.setdefault((r.get("arch", "cnn3"), label(r), r["eps"], r["epochs"]), []).append(r)
     summary = []
-    for (arm, eps, epochs), runs in groups.items():
-        row: dict[str, Any] = {"arm": arm, "eps": eps, "epochs": epochs, "seeds": len(runs)}
+    for (arch, arm, eps, epochs), runs in groups.items():
+        row: dict[str, Any] = {"arch": arch, "arm": arm, "eps": eps, "epochs": epochs, "seeds": len(runs)}
         for m in (*METRICS, "val_cert_acc_best", "plateau_epoch", "val_cert_acc_gain", "train_seconds"):
             values = [r[m] for r in runs if r.get(m) is not None]
             if values:
                 row[m] = float(np.mean(values))
                 row[f"{m}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
         summary.append(row)
-    columns = [("arm", "arm"), ("eps", "ε"), ("epochs", "epochs"), ("seeds", "seeds"), ("clean_acc", "clean %"),
-               ("pgd_acc", "PGD %"), ("cert_acc/ibp", "cert IBP %"), ("cert_acc", "cert (cascade) %"),
+    columns = [("arch", "net"), ("arm", "arm"), ("eps", "ε"), ("epochs", "epochs"), ("seeds", "seeds"),
+               ("clean_acc", "clean %"), ("pgd_acc", "PGD %"), ("cert_acc/ibp", "cert IBP %"),
+               ("cert_acc", "cert (cascade) %"),
                ("val_cert_acc_best", "best val cert %"), ("plateau_epoch", "plateau epoch"),
                ("val_cert_acc_gain", "val cert gain, last third"), ("train_seconds", "train s")]  # fmt: skip
-    lines = ["# Campaign: arms at converged budgets (CNN3, Fashion-MNIST)", "",
+    lines = ["# Campaign: arms at converged budgets (Fashion-MNIST)", "",
              "Means over seeds (± sample std in campaign.json); test split used once, certified by "
              f"{' → '.join(CASCADE)} after PGD and APGD-CE.", "", markdown_table(summary, columns), ""]  # fmt: skip
-    arms = list(dict.fromkeys(r["arm"] for r in rows))
-    comparisons = [c for eps in sorted({r["eps"] for r in rows}) for a in arms[1:]
-                   if (c := paired(rows, a, arms[0], eps)) is not None]  # fmt: skip
-    if comparisons:
-        lines += ["| paired per seed | ε | seeds | Δ cert % (mean ± s.e.) | verdict |", "|---|---|---|---|---|"]
-        lines += [f"| {c['a']} − {c['b']} | {c['eps']:g} | {len(c['seeds'])} | {100 * c['diff']:+.2f} ± "
-                  f"{100 * c['se']:.2f} | {c['verdict']} |" for c in comparisons]  # fmt: skip
-    lines += ["", "Per run:", "", markdown_table(rows, [("run", "run"), *columns[4:]])]
+    verdicts = comparisons(rows)
+    if verdicts:
+        lines += ["| paired per seed | net | ε | epochs | seeds | Δ cert % (mean ± s.e.) | verdict |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [f"| {c['a']} − {c['b']} | {c['arch']} | {c['eps']:g} | {c['epochs']:g} | {len(c['seeds'])} | "
+                  f"{100 * c['diff']:+.2f} ± {100 * c['se']:.2f} | {c['verdict']} |" for c in verdicts]  # fmt: skip
+    lines += ["", "Per run:", "", markdown_table(rows, [("run", "run"), *columns[5:]])]
     text = "\n".join(lines) + "\n"
     out.mkdir(parents=True, exist_ok=True)
     (out / "campaign.md").write_text(text)
-    record = {"summary": summary, "paired": comparisons, "rows": rows, "provenance": provenance()}
+    record = {"summary": summary, "paired": verdicts, "rows": rows, "provenance": provenance()}
     (out / "campaign.json").write_text(json.dumps(record, indent=2))
     _plot(rows, out / "campaign_val.png")
     return text
@@ -165,14 +255,14 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     for r in rows:
         if not r.get("val_curve"):
             continue
-        colour = colours.setdefault(f"{r['arm']} ε={r['eps']:g}", f"C{len(colours)}")
+        name = f"{r.get('arch', 'cnn3')} {label(r)} ε={r['eps']:g} ({r['epochs']:g} ep.)"
+        first = name not in colours
+        colour = colours.setdefault(name, f"C{len(colours) % 10}")
         _, epochs, values = zip(*r["val_curve"], strict=True)
-        label = (
-            f"{r['arm']} ε={r['eps']:g}" if r["seed"] == min(q["seed"] for q in rows if q["arm"] == r["arm"]) else None
-        )
-        ax.plot(np.asarray(epochs) + 1, 100 * np.asarray(values), color=colour, alpha=0.8, label=label)
+        curve = 100 * np.asarray(values)
+        ax.plot(np.asarray(epochs) + 1, curve, color=colour, alpha=0.8, label=name if first else None)
     ax.set_xlabel("epoch")
-    ax.set_ylabel("validation certified accuracy % (IBP or CROWN-IBP)")
+    ax.set_ylabel("validation certified accuracy %")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize="small")
     fig.tight_layout()
@@ -181,25 +271,68 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def run_one(arm: str, eps: float, epochs: float, seed: int, setting: dict[str, Any], runs: Path,
-            progress: bool) -> dict[str, Any]:  # fmt: skip
-    """Train (or resume) one run, then certify it once on the test split."""
-    config = arm_config(arm, eps, epochs, seed, setting, runs)
-    began = time.time()
-    result = train(config, resume=True, progress=progress, evaluate=False)
-    train_wall = time.time() - began
-    records = read_metrics(Path(config.out) / "metrics.jsonl")
-    timed = [r["time"] for r in records if "time" in r]
+            progress: bool, **options: Any) -> dict[str, Any]:  # fmt: skip
+    """Train (or resume) one run (``options``: those of :func:`arm_config`), then certify it once on the test
+    split."""
+    config = arm_config(arm, eps, epochs, seed, setting, runs, **options)
+    records, train_seconds = _train(config, progress)
     test = load_test_split(config, limit=setting["test_limit"])
     steps, restarts, apgd = setting["pgd"]
+    params = _final_params(config)
     cert = certify_dataset(
-        result["arch"], result["state"].full_params, test, eps, relaxations=CASCADE, pgd_steps=steps,
-        pgd_restarts=restarts, apgd_steps=apgd, seed=seed, progress=progress,
+        get_arch(config), params, test, eps, relaxations=CASCADE, pgd_steps=steps, pgd_restarts=restarts,
+        apgd_steps=apgd, seed=seed, progress=progress,
     )  # fmt: skip
     return {
-        "run": run_id(arm, eps, epochs, seed), "arm": arm, "eps": eps, "epochs": epochs, "seed": seed,
+        "run": Path(config.out).name, "arm": arm, "arch": config.arch, "warm": options.get("warm"),
+        "overrides": options.get("overrides") or {}, "eps": eps, "epochs": epochs, "seed": seed,
         "steps": config.steps, "test_examples": cert.n, **cert.accuracies(), "certify_seconds": cert.seconds,
-        "train_seconds": timed[-1] if timed else train_wall, **plateau(records),
+        "train_seconds": train_seconds, **plateau(records),
     }  # fmt: skip
+
+
+def _train(config: TrainConfig, progress: bool) -> tuple[list[dict[str, Any]], float]:
+    """Train (or resume) ``config``; its metrics records and training seconds (the run's own clock)."""
+    began = time.time()
+    train(config, resume=True, progress=progress, evaluate=False)
+    records = read_metrics(Path(config.out) / "metrics.jsonl")
+    timed = [r["time"] for r in records if "time" in r]
+    return records, (timed[-1] if timed else time.time() - began)
+
+
+def get_arch(config: TrainConfig) -> Any:
+    from jaxcert.nets import get_architecture
+
+    return get_architecture(config.arch, dataset=config.dataset)
+
+
+def _final_params(config: TrainConfig) -> Any:
+    from jaxcert.runs import load_run
+
+    return load_run(config.out)[1]
+
+
+def tune_one(arm: str, eps: float, epochs: float, setting: dict[str, Any], runs: Path, progress: bool,
+             candidate: dict[str, Any], **options: Any) -> dict[str, Any]:  # fmt: skip
+    """Train one tuning candidate on :data:`TUNE_SEED` and score it on the validation split (no test images)."""
+    config = arm_config(arm, eps, epochs, TUNE_SEED, setting, runs, overrides=candidate, **options)
+    records, train_seconds = _train(config, progress)
+    return {"run": Path(config.out).name, "arm": arm, "arch": config.arch, "warm": options.get("warm"),
+            "eps": eps, "epochs": epochs, "overrides": candidate, "train_seconds": train_seconds,
+            **plateau(records)}  # fmt: skip
+
+
+def tuned_choice(tuning: list[dict[str, Any]], arm: str, arch: str, eps: float, epochs: float,
+                 warm: str | None) -> dict[str, Any] | None:  # fmt: skip
+    """The candidate of ``arm`` with the best final validation certified accuracy (the first on ties), once
+    every candidate of its family has been scored; ``None`` before."""
+    scored = [t for t in tuning if (t["arm"], t["arch"], t["eps"], t["epochs"], t.get("warm")) ==
+              (arm, arch, eps, epochs, warm)]  # fmt: skip
+    if len(scored) < len(TUNING[family(arm)]):
+        return None
+    order = {json.dumps(c, sort_keys=True): i for i, c in enumerate(TUNING[family(arm)])}
+    scored.sort(key=lambda t: order.get(json.dumps(t["overrides"], sort_keys=True), len(order)))
+    return max(scored, key=lambda t: t.get("val_cert_acc_final", -1.0))["overrides"]
 
 
 def save_row(rows_path: Path, row: dict[str, Any]) -> list[dict[str, Any]]:
@@ -217,10 +350,17 @@ def save_row(rows_path: Path, row: dict[str, Any]) -> list[dict[str, Any]]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arms", default="ibp", help=f"comma list of {', '.join(ARMS)}")
+    p.add_argument("--arch", default="cnn3", help="architecture of every arm (jaxcert.nets.ARCHITECTURES)")
     p.add_argument("--eps", default="0.1", help="comma list of radii (training = test radius)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--seed", type=int, default=0, help="first seed")
     p.add_argument("--epochs", type=float, default=20.0)
+    tune_help = f"train every arm's tuning candidates (seed {TUNE_SEED}, validation only) instead of seeds"
+    p.add_argument("--tune", action="store_true", help=tune_help)
+    p.add_argument("--warm-from", default=None, help="start every arm from this arm's final weights (same seed)")
+    p.add_argument("--warm-epochs", type=float, default=20.0, help="epochs of the --warm-from runs")
+    val_help = "validation cascade (default: ibp,crown-ibp on cnn3; ibp,crown-ibp,crown on other nets)"
+    p.add_argument("--val-relaxations", default=None, help=val_help)
     p.add_argument("--quick", action="store_true", help="tiny budget and data (tests)")
     p.add_argument("--out", type=Path, default=RESULTS_DIR / "campaign")
     p.add_argument("--runs", type=Path, default=Path("runs/campaign"), help="run folders (checkpoints)")
@@ -230,29 +370,66 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = [a for a in args.arms if a not in ARMS]
     if unknown:
         p.error(f"unknown arms {unknown}; known: {', '.join(ARMS)}")
+    if args.warm_from is not None and args.warm_from not in ARMS:
+        p.error(f"unknown --warm-from arm {args.warm_from!r}; known: {', '.join(ARMS)}")
+    from jaxcert.train.preflight import ARCHITECTURES, RELAXATIONS
+
+    if args.arch not in ARCHITECTURES:
+        p.error(f"unknown --arch {args.arch!r}; known: {', '.join(ARCHITECTURES)}")
+    default_val = "ibp,crown-ibp" if args.arch == "cnn3" else "ibp,crown-ibp,crown"
+    args.val_relaxations = tuple(r.strip() for r in (args.val_relaxations or default_val).split(",") if r.strip())
+    if bad := [r for r in args.val_relaxations if r not in RELAXATIONS]:
+        p.error(f"unknown --val-relaxations {bad}; known: {', '.join(RELAXATIONS)}")
     try:
         args.eps = [float(e) for e in args.eps.split(",")]
     except ValueError:
         p.error(f"--eps must be comma-separated numbers, got {args.eps!r}")
-    if args.seeds < 1 or args.epochs <= 0:
-        p.error("--seeds must be >= 1 and --epochs > 0")
+    if args.seeds < 1 or args.epochs <= 0 or args.warm_epochs <= 0:
+        p.error("--seeds must be >= 1, --epochs and --warm-epochs > 0")
     return args
+
+
+def _load(path: Path) -> list[dict[str, Any]]:
+    return json.loads(path.read_text()) if path.is_file() else []
 
 
 def main(argv: list[str] | None = None) -> str:
     args = parse_args(argv)
     setting = SETTINGS["quick" if args.quick else "default"]
-    rows_path = args.out / "rows.json"
-    rows: list[dict[str, Any]] = json.loads(rows_path.read_text()) if rows_path.is_file() else []
-    done = {r["run"] for r in rows}
+    rows_path, tuning_path = args.out / "rows.json", args.out / "tuning.json"
+    options: dict[str, Any] = {"arch": args.arch, "warm": args.warm_from, "warm_epochs": args.warm_epochs,
+                               "val_relaxations": args.val_relaxations}  # fmt: skip
+    progress = not args.no_progress
+    if args.tune:
+        for eps in args.eps:
+            for arm in args.arms:
+                for candidate in TUNING[family(arm)]:
+                    name = arm_config(arm, eps, args.epochs, TUNE_SEED, setting, args.runs, overrides=candidate,
+                                      **options).out  # fmt: skip
+                    if Path(name).name in {t["run"] for t in _load(tuning_path)}:
+                        continue
+                    t = tune_one(arm, eps, args.epochs, setting, args.runs, progress, candidate, **options)
+                    save_row(tuning_path, t)
+                    print(f"{t['run']}: final val cert {100 * t.get('val_cert_acc_final', 0):.2f}%", flush=True)
+        tuning = _load(tuning_path)
+        lines = [f"{arm} ε={eps:g}: {tuned_choice(tuning, arm, args.arch, eps, args.epochs, args.warm_from)}"
+                 for eps in args.eps for arm in args.arms]  # fmt: skip
+        text = "tuned choices (by final validation certified accuracy):\n" + "\n".join(lines)
+        print(text)
+        return text
+    rows = _load(rows_path)
     text = ""
     for seed in range(args.seed, args.seed + args.seeds):  # seed-major: paired rows arrive together
         for eps in args.eps:
             for arm in args.arms:
-                if run_id(arm, eps, args.epochs, seed) in done:
+                chosen = tuned_choice(_load(tuning_path), arm, args.arch, eps, args.epochs, args.warm_from)
+                run = run_id(arm, eps, args.epochs, seed, arch=args.arch, overrides=chosen, warm=args.warm_from)
+                if run in {r["run"] for r in rows}:
                     continue
+                if chosen is None:
+                    print(f"{arm}: not tuned (no complete --tune rows): its default settings", flush=True)
                 began = time.time()
-                row = run_one(arm, eps, args.epochs, seed, setting, args.runs, not args.no_progress)
+                row = run_one(arm, eps, args.epochs, seed, setting, args.runs, progress, overrides=chosen, **options)
                 row["wall_seconds"] = time.time() - began
                 rows = save_row(rows_path, row)
                 text = report(rows, args.out)

@@ -82,3 +82,72 @@ def test_rows_saved_side_by_side_are_merged_and_a_rerun_row_replaces_its_old_one
     campaign.save_row(path, {"run": "b", "cert_acc": 0.2})  # another command, same file
     rows = campaign.save_row(path, {"run": "a", "cert_acc": 0.3})
     assert rows == json.loads(path.read_text()) == [{"run": "b", "cert_acc": 0.2}, {"run": "a", "cert_acc": 0.3}]
+
+
+def test_run_ids_keep_the_cnn3_names_and_name_the_net_the_warm_start_and_the_tuned_fields():
+    assert campaign.run_id("ibp", 0.1, 20, 0) == "ibp-eps0.1-e20-s0"  # the committed rows keep their runs
+    tuned = {"sigma_rel": 0.05, "lr": 0.003}
+    assert (campaign.run_id("rgs-deeppoly", 0.1, 20, 1, arch="mlp_small", overrides=tuned, warm="ibp")
+            == "mlp_small-rgs-deeppoly@ibp-eps0.1-e20-s1-lr0.003-sr0.05")  # fmt: skip
+    setting = campaign.SETTINGS["default"]
+    config = campaign.arm_config("pgpe-deeppoly", 0.1, 20, 1, setting, Path("r"), arch="mlp_small", overrides=tuned,
+                                 warm="ibp", val_relaxations=("crown",))  # fmt: skip
+    assert (config.method, config.relaxation, config.lr, config.sigma_rel) == ("pgpe", "deeppoly", 0.003, 0.05)
+    assert config.init_from == str(Path("r") / "mlp_small-ibp-eps0.1-e20-s1") and config.ramp_frac == 0.0
+    assert config.warmup_frac == 0.0 and config.val_relaxations == ("crown",) and config.arch == "mlp_small"
+
+
+def test_every_arm_family_gets_the_same_tuning_effort():
+    assert {campaign.family(arm) for arm in campaign.ARMS} <= set(campaign.TUNING)
+    assert {len(candidates) for candidates in campaign.TUNING.values()} == {4}
+    assert campaign.family("rgs-crown-ibp") == "rgs" and campaign.family("deeppoly") == "certified"
+    assert campaign.family("mtl-ibp") == "mtl-ibp"
+
+
+def test_the_tuned_choice_is_the_best_final_validation_score_once_every_candidate_ran():
+    def t(lr: float, score: float, arm: str = "ibp") -> dict:
+        return {"arm": arm, "arch": "cnn3", "eps": 0.1, "epochs": 20, "warm": None, "overrides": {"lr": lr},
+                "val_cert_acc_final": score}  # fmt: skip
+
+    tuning = [t(5e-4, 0.60), t(1e-3, 0.70), t(2e-3, 0.65)]
+    assert campaign.tuned_choice(tuning, "ibp", "cnn3", 0.1, 20, None) is None  # 3 of 4 candidates scored
+    tuning.append(t(4e-3, 0.70))
+    assert campaign.tuned_choice(tuning, "ibp", "cnn3", 0.1, 20, None) == {"lr": 1e-3}  # a tie: the first
+    assert campaign.tuned_choice(tuning, "ibp", "cnn3", 0.2, 20, None) is None  # another setting
+    assert campaign.tuned_choice(tuning, "ibp", "cnn3", 0.1, 20, "ibp") is None  # warm starts are tuned apart
+
+
+def test_smoothed_arms_are_compared_with_ibp_and_with_the_gradient_arm_of_their_own_loss():
+    def row(arm: str, seed: int, cert: float, **extra) -> dict:
+        return {"arm": arm, "seed": seed, "eps": 0.1, "epochs": 20, "arch": "mlp_small", "cert_acc": cert, **extra}
+
+    rows = [row(arm, s, base + 0.01 * s) for s in range(3)
+            for arm, base in (("ibp", 0.5), ("deeppoly", 0.4), ("rgs-deeppoly", 0.45))]  # fmt: skip
+    rows += [row("ibp", 0, 0.9, arch="cnn3")]  # another net: never paired with the small net's rows
+    pairs = {(c["a"], c["b"]): c for c in campaign.comparisons(rows)}
+    assert set(pairs) == {("deeppoly", "ibp"), ("rgs-deeppoly", "ibp"), ("rgs-deeppoly", "deeppoly")}
+    assert pairs[("rgs-deeppoly", "deeppoly")]["diff"] == pytest.approx(0.05)
+    assert pairs[("rgs-deeppoly", "deeppoly")]["arch"] == "mlp_small"
+    assert pairs[("deeppoly", "ibp")]["diff"] == pytest.approx(-0.1)
+    tuned = row("ibp", 0, 0.7, overrides={"lr": 0.002})
+    assert (
+        campaign.label(tuned) == "ibp (lr=0.002)"
+        and campaign.label(row("rgs-ibp", 0, 0.1, warm="ibp")) == "rgs-ibp@ibp"
+    )
+
+
+@pytest.mark.slow
+def test_the_quick_tuning_stage_scores_every_candidate_on_validation_and_the_seed_runs_use_the_choice(tmp_path):
+    base = [sys.executable, str(SCRIPT), "--quick", "--epochs", "0.5", "--arms", "ibp", "--no-progress",
+            "--out", str(tmp_path / "out"), "--runs", str(tmp_path / "runs")]  # fmt: skip
+    tune = subprocess.run([*base, "--tune"], capture_output=True, text=True, timeout=900)
+    assert tune.returncode == 0, tune.stderr[-3000:]
+    tuning = json.loads((tmp_path / "out" / "tuning.json").read_text())
+    assert sorted(t["overrides"]["lr"] for t in tuning) == [5e-4, 1e-3, 2e-3, 4e-3]
+    assert all(t["run"].endswith(f"-s{campaign.TUNE_SEED}-lr{t['overrides']['lr']:g}") for t in tuning)
+    chosen = campaign.tuned_choice(tuning, "ibp", "cnn3", 0.1, 0.5, None)
+    assert f"ibp ε=0.1: {chosen}" in tune.stdout and not (tmp_path / "out" / "rows.json").exists()  # no test images
+    seeds = subprocess.run([*base, "--seeds", "1"], capture_output=True, text=True, timeout=900)
+    assert seeds.returncode == 0, seeds.stderr[-3000:]
+    (row,) = json.loads((tmp_path / "out" / "rows.json").read_text())
+    assert row["overrides"] == chosen and row["run"] == campaign.run_id("ibp", 0.1, 0.5, 0, overrides=chosen)
