@@ -248,3 +248,21 @@ def test_bab_options_are_checked():
         check_bab_options(BabOptions(alpha_steps=-1))
     with pytest.raises(ValueError, match=r"bab must be a jaxcert\.bab\.BabOptions"):
         certify_dataset(None, None, None, 0.1, bab={"timeout": 1})
+
+
+def test_bad_bab_flags_fail_before_importing_jax(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys\n"
+        "from jaxcert.certify import main\n"
+        "codes = [main(['run', '--bab-timeout', '5']), main(['run', '--bab', '--bab-batch', '3'])]\n"
+        "print(codes, sorted(m for m in ('jax', 'flax', 'optax') if m in sys.modules))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[2, 2] []"
