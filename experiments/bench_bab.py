@@ -107,8 +107,8 @@ def markdown(certify: dict[str, Any] | None, rows: list[dict[str, Any]], memory:
         for r in rows
     ]
     device = memory["device_peak_mib"]
-    lines += ["", f"Peak host RSS {memory['host_peak_mib']:.0f} MiB"
-              + ("" if device is None else f", device peak {device:.0f} MiB") + f"; device: {jax.devices()[0]}."]  # fmt: skip
+    peak = f"Peak host RSS {memory['host_peak_mib']:.0f} MiB" + ("" if device is None else f", device {device:.0f} MiB")
+    lines += ["", f"{peak}; device: {jax.devices()[0]}."]
     return "\n".join(lines)
 
 
