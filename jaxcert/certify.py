@@ -3,16 +3,18 @@
 Every example of the test set ends in exactly one state. The stages run cheapest per decided example
 first, each only on the examples the earlier ones left open (:func:`stage_plan`): the clean prediction,
 the cascade's cheap relaxations (IBP, CROWN-IBP), each PGD and APGD-CE restart, the rest of the cascade
-(CROWN, alpha-CROWN), then optionally the MILP. A verified example is never attacked (it has no
-counterexample) and a falsified one is never bounded. The states:
+(CROWN, alpha-CROWN), then optionally branch and bound (``--bab``, :mod:`jaxcert.bab`) and the MILP.
+A verified example is never attacked (it has no counterexample) and a falsified one is never bounded.
+The states:
 
     falsified   a concrete counterexample x' was found and checked by a forward pass:
                 ‖x' - x‖∞ ≤ ε, lo ≤ x' ≤ hi and argmax f(x') ≠ y — the clean point itself (misclassified),
-                PGD (random restarts), APGD-CE, or the MILP's minimiser;
+                PGD (random restarts), APGD-CE, branch and bound's attack or leaf LP, or the MILP's minimiser;
     verified    a relaxation of the cascade (e.g. ibp → crown-ibp → crown → alpha-crown), each tried only on
                 the examples the previous ones left open, proves lb(z_y - z_j) > 0 for all j ≠ y over
-                the clipped ε-box — or the exact MILP (``milp=True``) proves it;
-    timeout     the MILP hit its per-example time limit;
+                the clipped ε-box — or branch and bound (``bab=``) or the exact MILP (``milp=True``) does;
+    timeout     branch and bound or the MILP hit its per-example time limit (the MILP also takes the
+                examples branch and bound timed out on);
     unknown     none of the above.
 
 Since a verified example has no counterexample in the box, ``cert_acc ≤ robust_acc ≤ pgd_acc ≤ clean_acc``
@@ -66,6 +68,7 @@ class CertifyReport:
     counterexamples: np.ndarray  # x' of the falsified examples (nan elsewhere)
     settings: dict[str, Any]
     stages: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # {"stage", "examples", "seconds"}
+    bab_domains: np.ndarray | None = None  # domains branch and bound bounded per example (0: not run on it)
     seconds: float = 0.0
 
     @property
@@ -78,12 +81,13 @@ class CertifyReport:
     def accuracies(self) -> dict[str, float]:
         """``clean_acc``, ``pgd_acc`` (not falsified by PGD), ``robust_acc`` (by no attack: PGD, APGD-CE on
         what PGD left, the MILP), ``cert_acc`` and the cumulative ``cert_acc/<relaxation>`` (and
-        ``cert_acc/milp``) as fractions of ``n``."""
+        ``cert_acc/bab``, ``cert_acc/milp``) as fractions of ``n``."""
         out = {"clean_acc": float(np.mean(self.clean)), "pgd_acc": float(np.mean(self.pgd_robust))}
         out["robust_acc"] = float(np.mean(self.states != "falsified"))
         out["cert_acc"] = float(np.mean(self.states == "verified"))
         done = np.zeros(self.n, bool)
-        for name in (*self.relaxations, *(("milp",) if self.settings.get("milp") else ())):
+        later = (*(("bab",) if self.settings.get("bab") else ()), *(("milp",) if self.settings.get("milp") else ()))
+        for name in (*self.relaxations, *later):
             done |= (self.states == "verified") & (self.by == name)
             out[f"cert_acc/{name}"] = float(np.mean(done))
         return out
@@ -96,6 +100,7 @@ class CertifyReport:
                 "state": str(self.states[i]),
                 "by": str(self.by[i]),
                 "margin_lower_bound": None if np.isnan(self.margin_lower[i]) else float(self.margin_lower[i]),
+                **({} if self.bab_domains is None else {"bab_domains": int(self.bab_domains[i])}),
             }
             for i in range(self.n)
         ]
@@ -129,6 +134,10 @@ class CertifyReport:
         if self.stages:
             lines += ["", "| stage (in order) | open examples | seconds |", "|---|---|---|"]
             lines += [f"| {s['stage']} | {s['examples']} | {s['seconds']:.1f} |" for s in self.stages]
+        for s in self.stages:
+            if s["stage"] == "bab":
+                lines += ["", f"Branch and bound: {s['domains']} domains, {s['domains_per_second']:g} domains/s "
+                              f"(compilation {s['compile_seconds']:.1f} s not counted)."]  # fmt: skip
         lines += ["", f"Settings: `{json.dumps(self.settings)}`; {self.seconds:.1f} s.", ""]
         return "\n".join(lines)
 
@@ -304,11 +313,13 @@ def certify_dataset(
     seed: int = 0,
     progress: bool = True,
     distributed: bool = False,
+    bab: Any = None,
 ) -> CertifyReport:
     """States of the first ``limit`` examples of ``ds`` (a :class:`jaxcert.data.Dataset`) at radius ``eps``
     (ℓ∞, clipped to ``ds.input_range``), by the stages of :func:`stage_plan`, each run only on the examples
     the earlier ones left open: the clean prediction, the cheap relaxations of the cascade, every PGD
-    restart and APGD-CE restart, the expensive relaxations, then optionally the MILP.
+    restart and APGD-CE restart, the expensive relaxations, then optionally branch and bound (``bab``: a
+    :class:`jaxcert.bab.BabOptions`, None: no branch and bound) and the MILP.
 
     ``distributed``: every process of a multi-process run calls this with the same arguments and the work
     is split over the ``P`` processes (see :class:`_Split`); every process gets the whole report, equal to a
@@ -329,6 +340,12 @@ def certify_dataset(
             raise ValueError(f"{name} must be >= {least}, got {value}")
     if milp and milp_time_limit <= 0:
         raise ValueError(f"milp_time_limit must be > 0 seconds, got {milp_time_limit}")
+    if bab is not None:
+        from jaxcert.bab import BabOptions, check_bab_options
+
+        if not isinstance(bab, BabOptions):
+            raise ValueError(f"bab must be a jaxcert.bab.BabOptions or None, got {type(bab).__name__}")
+        check_bab_options(bab)
     if limit is not None:
         ds = ds.take(limit)
     n = len(ds)
@@ -342,7 +359,7 @@ def certify_dataset(
     k_pgd, k_apgd = jax.random.split(jax.random.key(seed))
     eps32, lo32, hi32 = jnp.float32(eps), jnp.float32(lo), jnp.float32(hi)
 
-    split = _Split(n, ("", "clean", "pgd", "apgd", *relaxations, "milp"), distributed)
+    split = _Split(n, ("", "clean", "pgd", "apgd", *relaxations, "bab", "milp"), distributed)
     st = _State.empty(x)
     timings: list[dict[str, Any]] = []
 
@@ -409,9 +426,21 @@ def certify_dataset(
             label = stage.name if stage.restarts == 1 else f"{stage.name} {stage.restart + 1}/{stage.restarts}"
             run(label, open_, chunk_size(open_.size, size), attack_work(stage.name, stage.restart), attack_fields)
 
-    if milp:
+    if bab is not None:
         began = time.time()
         open_ = np.flatnonzero(st.states == "unknown")
+        rows = open_[sorted(split.mine(range(open_.size)))]
+        compile_seconds = _bab_stage(arch, params, x, y, eps, lo, hi, st, bab, progress, rows)
+        st.merge(split, [open_[i : i + 1] for i in range(open_.size)], (*_BAB_FIELDS, "bab_domains"))
+        seconds = time.time() - began
+        domains = int(st.bab_domains[open_].sum())
+        timings.append({"stage": "bab", "examples": int(open_.size), "seconds": round(seconds, 3),
+                        "domains": domains, "compile_seconds": round(compile_seconds, 3),
+                        "domains_per_second": round(domains / max(seconds - compile_seconds, 1e-9), 1)})  # fmt: skip
+
+    if milp:
+        began = time.time()
+        open_ = np.flatnonzero((st.states == "unknown") | ((st.states == "timeout") & (st.by == "bab")))
         rows = open_[sorted(split.mine(range(open_.size)))]
         _milp_stage(arch, params, x, y, eps, lo, hi, st.states, st.by, st.margin_lower, st.adversarial,
                     milp_time_limit, progress, rows)  # fmt: skip
@@ -427,6 +456,7 @@ def certify_dataset(
         "apgd_restarts": apgd_restarts,
         "milp": milp,
         "milp_time_limit": milp_time_limit if milp else None,
+        "bab": None if bab is None else dataclasses.asdict(bab),
         "seed": seed,
     }
     return CertifyReport(
@@ -442,6 +472,7 @@ def certify_dataset(
         settings=settings,
         stages=timings,
         seconds=time.time() - start_time,
+        bab_domains=None if bab is None else st.bab_domains,
     )
 
 
@@ -491,6 +522,7 @@ class _State:
     clean: np.ndarray
     pgd_broken: np.ndarray
     apgd_broken: np.ndarray
+    bab_domains: np.ndarray
 
     @classmethod
     def empty(cls, x: np.ndarray) -> _State:
@@ -499,6 +531,7 @@ class _State:
             states=np.full(n, "unknown", dtype=object), by=np.full(n, "", dtype=object),
             margin_lower=np.full(n, np.nan), adversarial=np.full(x.shape, np.nan, np.float32),
             clean=np.zeros(n, bool), pgd_broken=np.zeros(n, bool), apgd_broken=np.zeros(n, bool),
+            bab_domains=np.zeros(n, np.int64),
         )  # fmt: skip
 
     def merge(self, split: _Split, chunks: list[np.ndarray], fields: tuple[str, ...]) -> None:
@@ -513,6 +546,29 @@ def _bar(desc: str, total: int, progress: bool):  # type: ignore[no-untyped-def]
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, disable=not progress, leave=False, file=sys.stderr)
+
+
+_BAB_FIELDS = ("states", "by", "margin_lower", "adversarial")
+
+
+def _bab_stage(arch, params, x, y, eps, lo, hi, st, options, progress, rows) -> float:  # type: ignore[no-untyped-def]
+    """Branch and bound (:mod:`jaxcert.bab`) on the examples ``rows`` (updates ``st`` in place); a
+    counterexample counts only if :func:`is_counterexample` confirms it. Returns the compile seconds."""
+    from jaxcert.bab.stage import run_bab
+
+    results, compile_seconds = run_bab(arch, params, x, y, eps, lo, hi, rows, options,
+                                       _num_outputs(arch, params, x[:1]), progress)  # fmt: skip
+    for i, result in results.items():
+        st.bab_domains[i] = result.domains
+        if not np.isnan(result.lower):
+            st.margin_lower[i] = np.fmax(st.margin_lower[i], result.lower)
+        if result.state == "falsified":
+            x_adv = np.asarray(result.x, np.float32)[None]
+            if is_counterexample(arch, params, x[i : i + 1], x_adv, y[i : i + 1], eps, lo, hi)[0]:
+                st.states[i], st.by[i], st.adversarial[i] = "falsified", "bab", x_adv[0]
+        elif result.state in ("verified", "timeout"):
+            st.states[i], st.by[i] = result.state, "bab"
+    return compile_seconds
 
 
 def _milp_stage(arch, params, x, y, eps, lo, hi, states, by, margin_lower, adversarial, time_limit, progress, rows):  # type: ignore[no-untyped-def]
@@ -563,6 +619,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--apgd-restarts", type=int, default=1)
     p.add_argument("--milp", action="store_true", help="exact MILP on the examples left open (tiny nets only)")
     p.add_argument("--milp-time-limit", type=float, default=10.0, help="seconds per example")
+    b = p.add_argument_group("branch and bound (after the cascade, on the examples it leaves open; jaxcert.bab)")
+    b.add_argument("--bab", action="store_true", help="run branch and bound over ReLU splits")
+    b.add_argument("--bab-timeout", type=float, help="seconds of search per example (default 10)")
+    b.add_argument("--bab-domains", type=int, help="domains bounded per example at most (default 100000)")
+    b.add_argument("--bab-batch", type=int, help="domains bounded per step, one program (even; default 64)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", help="report name in RUN_DIR (default: certify-eps<eps>-n<examples>)")
@@ -579,8 +640,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def bab_options(args: argparse.Namespace) -> Any:
+    """The :class:`jaxcert.bab.BabOptions` of ``--bab`` and its ``--bab-*`` flags (None without ``--bab``),
+    checked (one-line ``ValueError``) before any set-up work."""
+    from jaxcert.bab import BabOptions, check_bab_options
+
+    given = {name: value for name, value in (("timeout", args.bab_timeout), ("max_domains", args.bab_domains),
+                                             ("batch", args.bab_batch)) if value is not None}  # fmt: skip
+    if not args.bab:
+        if given:
+            flags = ", ".join("--bab-" + {"max_domains": "domains"}.get(k, k) for k in given)
+            raise ValueError(f"{flags} need --bab")
+        return None
+    options = BabOptions(**given)
+    check_bab_options(options)
+    return options
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    try:
+        bab = bab_options(args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     from jaxcert.train.distributed import DistributedInitError, initialize, is_main_process
 
     try:
@@ -600,13 +683,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.replace and args.output:
             raise ValueError("--replace writes certify.json; it excludes --output")
         if main_process:
+            later = f"{' -> bab' if bab else ''}{' -> milp' if args.milp else ''}"
             print(f"certifying {args.run_dir} on {len(ds)} test examples of {ds.name} ({ds.source or 'memory'}) at "
-                  f"eps={eps}: {' -> '.join(relaxations)}{' -> milp' if args.milp else ''}")  # fmt: skip
+                  f"eps={eps}: {' -> '.join(relaxations)}{later}")  # fmt: skip
         report = certify_dataset(
             arch, params, ds, eps, relaxations=relaxations, pgd_steps=args.pgd_steps,
             pgd_restarts=args.pgd_restarts, apgd_steps=args.apgd_steps, apgd_restarts=args.apgd_restarts,
             milp=args.milp, milp_time_limit=args.milp_time_limit, batch_size=args.batch_size, seed=args.seed,
-            progress=main_process and not args.no_progress, distributed=args.distributed,
+            progress=main_process and not args.no_progress, distributed=args.distributed, bab=bab,
         )  # fmt: skip
     except (ValueError, FileNotFoundError, DistributedInitError) as e:
         print(f"error: {e}", file=sys.stderr)

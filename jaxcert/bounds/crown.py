@@ -53,6 +53,7 @@ from jaxcert.bounds.neuron_rows import check_budget, rows_needed, scatter_refine
 from jaxcert.bounds.patches import backsubstitute_windows, layer_windows, supports_windows, window_elements
 from jaxcert.bounds.registry import register
 from jaxcert.bounds.relu_slopes import ReluLines, check_rule, check_rule_options
+from jaxcert.bounds.relu_splits import clamp_to_split
 from jaxcert.bounds.row_chunks import MAX_ROWS_BYTES, check_max_rows_bytes, map_row_chunks, rows_per_chunk
 from jaxcert.bounds.spec import fold_spec
 from jaxcert.nets.layers import Arch, Conv, Dense, LayerSpec, Params
@@ -192,9 +193,16 @@ def crown_intermediate(
     unstable_budget: int | None = None,
     patches: bool | str = "auto",
     max_rows_bytes: int = MAX_ROWS_BYTES,
+    splits: Mapping[int, jax.Array] | None = None,
 ) -> tuple[dict[int, Interval], dict[int, ReluLines], Interval]:
     """Pre-activation bounds and relaxations of every ReLU of ``arch``, by CROWN (see the module doc), and
-    the forward interval of the output of ``arch``."""
+    the forward interval of the output of ``arch``.
+
+    ``splits`` (branch and bound's hook): ``{i: split}`` for some ReLU indices ``i``, ``split`` shaped like
+    the pre-activation (B, *neurons) with +1 (active: ``z ≥ 0``), -1 (inactive: ``z ≤ 0``) or 0 (free); each
+    layer's bounds are clamped to its splits (:func:`jaxcert.bounds.relu_splits.clamp_to_split`) before its
+    relaxation and the later layers use them. The bounds are then valid on the constrained sub-domain only.
+    ``None`` (or all zeros) changes nothing."""
     check_budget(unstable_budget)
     check_max_rows_bytes(max_rows_bytes)
     bounds: dict[int, Interval] = {}
@@ -213,6 +221,8 @@ def crown_intermediate(
                 pick = (lambda t: t.reshape(t.shape[0], -1)) if neurons is None else (lambda t: _take(t, neurons))
                 z_lo, z_hi = jnp.maximum(z_lo, pick(lo)), jnp.minimum(z_hi, pick(hi))
             lo, hi = scatter_refined(lo, hi, neurons, z_lo, z_hi)
+        if splits is not None and i in splits:
+            lo, hi = clamp_to_split(lo, hi, splits[i])
         bounds[i], lines[i] = (lo, hi), line_fn(i, lo, hi)
         lo, hi = interval(lo, hi)
     return bounds, lines, (lo, hi)
