@@ -14,6 +14,8 @@ import numbers
 import re
 from typing import Any
 
+from jaxcert.train.recipes import literature_recipes
+
 METHODS = ("standard", "pgd", "certified", "rgs", "pgpe")
 # --- state-of-the-art certified objectives (jaxcert.train.methods) ------------------------------------------
 #: Certified objectives of the certified, RGS and PGPE trainers (field ``objective``); every one but
@@ -407,6 +409,9 @@ CONFIGS: dict[str, TrainConfig] = {
         out="runs/tiny",
     ),
 }
+
+# --- the literature's recipes of the state-of-the-art methods (jaxcert.train.recipes; docs/training.md) ---
+CONFIGS.update(literature_recipes(_BASE))
 
 
 def get_config(name: str) -> TrainConfig:
