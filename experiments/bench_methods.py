@@ -6,7 +6,11 @@ estimate, and the optimiser update) on one batch:
 
 * ``standard``, ``pgd`` (PGD training, ``attack_steps`` steps), ``certified`` (IBP);
 * the state-of-the-art objectives ``sabr``, ``taps``, ``staps``, ``mtl-ibp``, ``cc-ibp``, ``exp-ibp``;
-* ``rgs:OBJ`` (RGS with ``samples`` members of the objective ``OBJ``), ``pgpe:OBJ`` likewise (``population``).
+* ``rgs:OBJ`` (RGS with ``samples`` members of the objective ``OBJ``; by default k = 2 of ``certified``,
+  ``sabr``, ``taps`` and ``mtl-ibp``), ``pgpe:OBJ`` likewise (``population``).
+
+TAPS/STAPS run their default multi-estimator (one latent PGD per margin, ``attack_steps`` steps); SABR its
+decayed-step PGD over the ε-box.
 
 Throughput = batch / median step time (examples/s; GLS: examples of the batch, all members together). The
 memory column is XLA's estimate of one step (arguments + outputs + temporaries, ``compiled.memory_analysis()``,
@@ -47,8 +51,9 @@ def _bench_bounds() -> Any:
 
 BB = _bench_bounds()
 GiB = BB.GiB
-METHODS = "standard,pgd,certified,sabr,taps,staps,mtl-ibp,cc-ibp,exp-ibp,rgs:certified,rgs:sabr,rgs:mtl-ibp"
-DEFAULTS = {"arch": "cnn3", "batch": 128, "attack_steps": 8, "samples": 4, "population": 16, "repeats": 5}
+#: Every method, and GLS (RGS) of the plain certified loss, SABR, TAPS and MTL-IBP.
+METHODS = "standard,pgd,certified,sabr,taps,staps,mtl-ibp,cc-ibp,exp-ibp,rgs:certified,rgs:sabr,rgs:taps,rgs:mtl-ibp"
+DEFAULTS = {"arch": "cnn3", "batch": 128, "attack_steps": 8, "samples": 2, "population": 16, "repeats": 5}
 QUICK = {"arch": "mlp_small", "batch": 8, "attack_steps": 2, "samples": 2, "population": 4, "repeats": 2}
 #: input shape and ε of each architecture's data set
 DATA = {"cnn3": ((28, 28, 1), 0.1), "cnn7": ((32, 32, 3), 2 / 255), "mlp_small": ((28, 28, 1), 0.1)}

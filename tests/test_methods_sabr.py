@@ -5,12 +5,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcert.attacks.pgd import classification_margin
 from jaxcert.bounds import input_box
 from jaxcert.nets import Dense, Flatten, Normalize, ReLU, forward, init_params, split_trainable
 from jaxcert.train import certified_objective, recipe_schedule
 from jaxcert.train.methods import make_objective
-from jaxcert.train.methods.sabr import sabr_region, small_box
+from jaxcert.train.methods.sabr import centred_box, sabr_region
+from jaxcert.train.methods.sabr_attack import sabr_pgd, step_schedule
 
 ARCH = (Normalize((0.5,), (0.3,)), Flatten(), Dense(12), ReLU(), Dense(3))
 SHAPE = (2, 2, 1)
@@ -46,25 +46,49 @@ def test_the_small_box_lies_in_the_eps_box_and_the_data_range_with_radius_lambda
     assert float(jnp.max(upper - lower)) > 0.0
 
 
-def test_the_centre_is_adversarial_pgd_keeps_the_worst_point(problem):
+def test_the_pgd_steps_decay_as_in_the_reference():
+    # 8 steps (the reference's default): 0.5 ε until step ⌈4⌉, ×0.1 from ⌈6.4⌉ = 7 and again from ⌈7.2⌉ = 8
+    np.testing.assert_allclose(step_schedule(8), [0.5, 0.5, 0.5, 0.5, 0.05, 0.05, 0.05, 0.005], rtol=1e-6)
+    np.testing.assert_allclose(step_schedule(10, 1.0), [1] * 5 + [0.1] * 3 + [0.01] + [0.001], rtol=1e-6)
+    np.testing.assert_allclose(step_schedule(1), [0.5])
+    with pytest.raises(ValueError, match="steps >= 1"):
+        step_schedule(0)
+
+
+def test_the_attack_point_is_the_iterate_of_largest_ce_in_the_eps_box(problem):
+    params, x, y = problem
+    logits_fn = lambda z: forward(ARCH, params, z)
+    lower, upper = input_box(x, EPS)
+    point = sabr_pgd(logits_fn, lower, upper, y, EPS, jax.random.key(0), steps=8)
+    assert np.all(point >= lower) and np.all(point <= upper)
+    ce = lambda z: jax.nn.logsumexp(logits_fn(z), -1) - jnp.take_along_axis(logits_fn(z), y[:, None], 1)[:, 0]
+    start = lower + jax.random.uniform(jax.random.key(0), lower.shape) * (upper - lower)  # the attack's start
+    assert np.all(ce(point) >= ce(start) - 1e-6)  # never worse than the start: the best iterate is kept
+    assert float(jnp.mean(ce(point) - ce(x))) > 1e-3  # and clearly adversarial on average
+    one = sabr_pgd(logits_fn, lower, upper, y, EPS, jax.random.key(0), steps=1)  # more steps find more
+    assert float(jnp.mean(ce(point))) >= float(jnp.mean(ce(one))) - 1e-6
+
+
+def test_the_small_box_is_centred_at_the_attack_point_moved_inside(problem):
     params, x, y = problem
     lam = 0.3
     lower, upper = region(params, x, y, lam, steps=8)
     big_lo, big_hi = input_box(x, EPS)
-    start = lam * (big_lo + big_hi) / 2 + (1 - lam) * x  # the centre of the clean point's small box
-    margin = lambda z: classification_margin(forward(ARCH, params, z), y)
-    found, clean = margin((lower + upper) / 2), margin(start)
-    assert np.all(found <= clean + 1e-5)
-    assert float(jnp.mean(clean - found)) > 1e-3  # and the attack moved the centres
+    point = sabr_pgd(lambda z: forward(ARCH, params, z), big_lo, big_hi, y, EPS, jax.random.key(0), steps=8)
+    radius = lam * (big_hi - big_lo) / 2
+    inside = (point >= big_lo + radius) & (point <= big_hi - radius)
+    centre = (lower + upper) / 2
+    np.testing.assert_allclose(np.where(inside, centre, 0.0), np.where(inside, point, 0.0), atol=1e-6)
+    assert bool(jnp.any(inside)) and bool(jnp.any(~inside))
 
 
-def test_small_box_is_the_homothety_of_the_eps_box():
+def test_centred_box_projects_the_point_onto_the_shrunk_box():
     lower, upper = jnp.zeros(4), jnp.array([1.0, 2.0, 0.5, 0.0])
-    q = jnp.array([0.0, 2.0, 0.25, 0.0])
-    lo, hi = small_box(lower, upper, q, 0.5)
+    point = jnp.array([0.0, 2.0, 0.25, 0.0])
+    lo, hi = centred_box(lower, upper, point, 0.5)  # radius 0.5 h = (0.25, 0.5, 0.125, 0)
     np.testing.assert_allclose(lo, [0.0, 1.0, 0.125, 0.0])
     np.testing.assert_allclose(hi, [0.5, 2.0, 0.375, 0.0])
-    lo1, hi1 = small_box(lower, upper, q, 1.0)
+    lo1, hi1 = centred_box(lower, upper, point, 1.0)
     assert np.array_equal(lo1, lower) and np.array_equal(hi1, upper)
 
 

@@ -6,12 +6,12 @@ import numpy as np
 import optax
 import pytest
 
-from jaxcert.bounds import certified_cross_entropy, input_box, interval_layers
+from jaxcert.bounds import certified_cross_entropy, input_box, interval_layers, margin_spec
 from jaxcert.nets import Dense, Flatten, Normalize, ReLU, forward, init_params, split_trainable
 from jaxcert.train import adversarial_trainer, recipe_schedule
 from jaxcert.train.methods import make_objective, split_index
 from jaxcert.train.methods.objective import step_key
-from jaxcert.train.methods.taps import connect, latent_pgd
+from jaxcert.train.methods.taps import connect, latent_milestones, latent_pgd, taps_margins
 
 ARCH = (Normalize((0.5,), (0.3,)), Flatten(), Dense(12), ReLU(), Dense(8), ReLU(), Dense(3))
 SHAPE = (2, 2, 1)
@@ -30,10 +30,11 @@ def taps(split, **kw):
     return make_objective("taps", ARCH, "ibp", SCHEDULE, taps_split=split, attack_steps=kw.pop("steps", 6), **kw)
 
 
-def test_split_at_the_output_is_the_worst_corner_of_the_ibp_logit_box(problem):
+@pytest.mark.parametrize("estimator", ["multi", "single"])
+def test_split_at_the_output_is_the_worst_corner_of_the_ibp_logit_box(problem, estimator):
     params, x, y = problem
     trainable, frozen = split_trainable(params)
-    loss, aux = taps(len(ARCH))(trainable, frozen, x, y, 0)
+    loss, aux = taps(len(ARCH), taps_estimator=estimator)(trainable, frozen, x, y, 0)
     lo, hi = interval_layers(ARCH, params, *input_box(x, EPS))[-1]
     worst = jnp.where(jax.nn.one_hot(y, 3, dtype=bool), lo, hi)  # z_y at its lower, every other z_j at its upper
     corner_lb = jnp.take_along_axis(lo, y[:, None], 1) - hi  # margins l_y - u_j (0 at j = y)
@@ -53,7 +54,7 @@ def test_split_before_the_first_layer_is_pgd_training():
     trainable, frozen = split_trainable(params)
     x = jax.random.uniform(jax.random.key(4), (16, *SHAPE))
     y = jnp.arange(16) % 2
-    objective = make_objective("taps", arch, "ibp", SCHEDULE, taps_split=0, attack_steps=6)
+    objective = make_objective("taps", arch, "ibp", SCHEDULE, taps_split=0, attack_steps=6, taps_estimator="single")
     (loss, aux), grads = jax.jit(jax.value_and_grad(objective, has_aux=True))(trainable, frozen, x, y, 0)
     trainer = adversarial_trainer(arch, optax.sgd(0.0), SCHEDULE, attack_steps=6, step_size=EPS, lo=0.0, hi=1.0)
     _, pgd = trainer.step(trainer.init(params), x, y, step_key(0, 0))
@@ -62,11 +63,38 @@ def test_split_before_the_first_layer_is_pgd_training():
     assert float(optax.tree.norm(grads)) == pytest.approx(float(pgd["grad_norm"]), rel=1e-4)
 
 
-def test_the_estimate_lies_between_the_pgd_and_the_ibp_loss(problem):
+@pytest.mark.parametrize("estimator", ["multi", "single"])
+def test_the_estimate_lies_between_the_pgd_and_the_ibp_loss(problem, estimator):
     params, x, y = problem
     trainable, frozen = split_trainable(params)
-    losses = [float(taps(k)(trainable, frozen, x, y, 0)[0]) for k in (0, 4, len(ARCH))]
+    losses = [float(taps(k, taps_estimator=estimator)(trainable, frozen, x, y, 0)[0]) for k in (0, 4, len(ARCH))]
     assert losses[0] < losses[1] < losses[2]  # a deeper split bounds more of the net by intervals
+
+
+def test_the_multi_estimator_finds_each_margins_minimum_over_the_latent_box(problem):
+    """With the classifier one affine layer, each margin is linear on the latent box: its minimum is
+    ``c·m - |c|·r`` (``c`` the margin's row through the layer), reached at a corner that the per-margin PGD finds;
+    one shared point (the single estimator) cannot reach every margin's corner at once."""
+    params, x, y = problem
+    trainable, frozen = split_trainable(params)
+    split = len(ARCH) - 1
+    (lat_lo, lat_hi) = interval_layers(ARCH[:split], params[:split], *input_box(x, EPS))[-1]
+    W, b = params[-1]["kernel"], params[-1]["bias"]
+    C = margin_spec(y, 3)  # (B, 2, 3): rows e_y - e_j
+    rows = jnp.einsum("bkn,hn->bkh", C, W)
+    mid, rad = (lat_lo + lat_hi) / 2, (lat_hi - lat_lo) / 2
+    exact = jnp.einsum("bkh,bh->bk", rows, mid) - jnp.einsum("bkh,bh->bk", jnp.abs(rows), rad) + C @ b
+    multi = taps_margins(ARCH, params, *input_box(x, EPS), y, jax.random.key(0), split=split, steps=6)
+    np.testing.assert_allclose(multi, exact, rtol=1e-5, atol=1e-5)
+    loss = taps(split)(trainable, frozen, x, y, 0)[0]
+    np.testing.assert_allclose(loss, jnp.mean(certified_cross_entropy(exact)), rtol=1e-5)
+    single = taps(split, taps_estimator="single")(trainable, frozen, x, y, 0)[0]
+    assert float(single) < float(loss)  # the single point underestimates the worst case
+
+
+def test_the_multi_estimators_step_schedule():
+    assert latent_milestones(10) == () and latent_milestones(20) == (14,) and latent_milestones(60) == (24, 42)
+    assert latent_milestones(100) == (30, 60, 80)
 
 
 def test_the_connector_passes_the_gradient_to_the_bound_the_point_is_near():
@@ -121,3 +149,5 @@ def test_split_index_range():
         make_objective("taps", ARCH, "ibp", SCHEDULE, taps_split=len(ARCH) + 1)
     with pytest.raises(ValueError, match="IBP"):
         make_objective("staps", ARCH, "crown-ibp", SCHEDULE)
+    with pytest.raises(ValueError, match="unknown TAPS estimator 'best'"):
+        make_objective("taps", ARCH, "ibp", SCHEDULE, taps_estimator="best")

@@ -14,6 +14,8 @@ import numbers
 import re
 from typing import Any
 
+from jaxcert.train.recipes import literature_recipes
+
 METHODS = ("standard", "pgd", "certified", "rgs", "pgpe")
 # --- state-of-the-art certified objectives (jaxcert.train.methods) ------------------------------------------
 #: Certified objectives of the certified, RGS and PGPE trainers (field ``objective``); every one but
@@ -25,6 +27,8 @@ OBJECTIVE_TRAINERS = ("certified", "rgs", "pgpe")
 #: Objectives that propagate only intervals through the feature extractor (TAPS): IBP relaxations only.
 INTERVAL_ONLY_OBJECTIVES = ("taps", "staps")
 INTERVAL_RELAXATIONS = ("ibp", "box")
+#: TAPS's latent estimators: one PGD point per margin (the paper's default) or one point for all margins.
+TAPS_ESTIMATORS = ("multi", "single")
 METHODS = (*METHODS, *SOTA_METHODS)
 # --- end of the state-of-the-art block ------------------------------------------------------------------------
 #: Mean optimisers of PGPE (:mod:`jaxcert.train.es_optimizers`).
@@ -74,6 +78,7 @@ class TrainConfig:
     l1: float = 0.0  # L1 weight penalty
     bn_momentum: float = 0.1  # BatchNorm running-statistics momentum
     bn_mode: str = "eval"  # BatchNorm statistics in training losses and bounds: eval (running) | batch (clean batch's)
+    bn_population: bool = True  # BatchNorm nets: running mean/var := the training set's statistics after training
     reg_weight: float = 0.0  # Shi et al. warm-up regularisers (tightness + ReLU balance): weight λ (0: off)
     reg_tol: float = 0.5  # Shi et al. warm-up regularisers: tolerance τ
     loss_fusion: bool = False  # crown-ibp: bound the certified loss itself, one back-substituted row per example
@@ -81,7 +86,8 @@ class TrainConfig:
     steps: int = 1000  # training steps
     batch_size: int = 128  # examples per step
     lr: float = 5e-4  # Adam learning rate
-    lr_decay_fracs: tuple[float, ...] = (0.8, 0.9)  # learning rate x0.1 at these fractions of the steps
+    lr_decay_fracs: tuple[float, ...] = (0.8, 0.9)  # learning rate x lr_decay_factor at these fractions of the steps
+    lr_decay_factor: float = 0.1  # learning-rate factor at each decay (the SOTA papers' recipes: 0.2)
     grad_clip: float = 10.0  # global-norm gradient clipping (0: off)
     # PGD training
     attack_norm: str = "linf"  # PGD training threat model: linf | l2
@@ -91,6 +97,8 @@ class TrainConfig:
     sabr_lambda: float = 0.4  # SABR/STAPS: small-box ratio lambda in (0, 1] (1: the whole eps-box)
     method_alpha: float = 0.5  # MTL-IBP/CC-IBP/EXP-IBP: weight alpha in [0, 1] of the verified loss (0: PGD, 1: IBP)
     taps_split: int = -3  # TAPS/STAPS: feature extractor = the first N layers (negative: all but the last -N)
+    taps_estimator: str = "multi"  # TAPS/STAPS latent PGD: multi (one point per margin, the paper's) | single
+    attack_step_rel: float = 0.0  # PGD step inside sabr/staps/mtl/cc/exp-ibp, x eps (0: the method's: 0.5 | 0.25)
     # --- end of the state-of-the-art fields ---
     # Gaussian loss smoothing
     sigma: float = 0.01  # absolute σ, the same for every weight (used when sigma_rel is 0)
@@ -166,6 +174,8 @@ class TrainConfig:
             raise ValueError(f"eps must be >= 0, got {self.eps}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0 < self.lr_decay_factor <= 1:
+            raise ValueError(f"lr_decay_factor must be in (0, 1], got {self.lr_decay_factor}")
         if self.sigma_rel < 0:
             raise ValueError(f"sigma_rel must be >= 0 (0: absolute sigma), got {self.sigma_rel}")
         if self.std_lr < 0 or self.max_speed < 0:
@@ -221,6 +231,10 @@ class TrainConfig:
             raise ValueError(f"sabr_lambda must be in (0, 1], got {self.sabr_lambda}")
         if not 0.0 <= self.method_alpha <= 1.0:
             raise ValueError(f"method_alpha must be in [0, 1], got {self.method_alpha}")
+        if self.taps_estimator not in TAPS_ESTIMATORS:
+            raise ValueError(f"unknown taps_estimator {self.taps_estimator!r}; known: {', '.join(TAPS_ESTIMATORS)}")
+        if self.attack_step_rel < 0:
+            raise ValueError(f"attack_step_rel must be >= 0 (0: the method's own step), got {self.attack_step_rel}")
         if self.objective == "certified":
             return
         name = repr(self.objective)
@@ -402,6 +416,9 @@ CONFIGS: dict[str, TrainConfig] = {
         out="runs/tiny",
     ),
 }
+
+# --- the literature's recipes of the state-of-the-art methods (jaxcert.train.recipes; docs/training.md) ---
+CONFIGS.update(literature_recipes(_BASE))
 
 
 def get_config(name: str) -> TrainConfig:

@@ -36,6 +36,8 @@ from jaxcert.nets.network import LayerParams, split_trainable
 from jaxcert.provenance import provenance
 from jaxcert.train import distributed as dist
 from jaxcert.train.adversarial import adversarial_trainer
+from jaxcert.train.batch_norm import has_batch_norm
+from jaxcert.train.bn_population import population_stats
 from jaxcert.train.certified import certified_trainer
 from jaxcert.train.checkpoint import Checkpoints
 from jaxcert.train.configs import TrainConfig
@@ -119,7 +121,7 @@ def initial_params(config: TrainConfig, arch: Arch, in_shape: tuple[int, ...]) -
 
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
     """Adam with the step-decayed learning rate, after global-norm gradient clipping (if > 0)."""
-    adam = optax.adam(step_decay(config.lr, config.lr_decay_steps))
+    adam = optax.adam(step_decay(config.lr, config.lr_decay_steps, config.lr_decay_factor))
     return optax.chain(optax.clip_by_global_norm(config.grad_clip), adam) if config.grad_clip > 0 else adam
 
 
@@ -127,7 +129,7 @@ def make_pgpe_optimizer(config: TrainConfig) -> optax.GradientTransformation:
     """The PGPE mean optimiser ``config.pgpe_optimizer`` with the step-decayed learning rate (``adam``: the
     run's Adam of :func:`make_optimizer`), and decoupled weight decay if ``config.weight_decay`` > 0."""
     return mean_optimizer(
-        config.pgpe_optimizer, step_decay(config.lr, config.lr_decay_steps), base_lr=config.lr,
+        config.pgpe_optimizer, step_decay(config.lr, config.lr_decay_steps, config.lr_decay_factor), base_lr=config.lr,
         max_speed=config.max_speed, momentum=config.momentum, weight_decay=config.weight_decay,
         adam=make_optimizer(config),
     )  # fmt: skip
@@ -168,7 +170,8 @@ def make_trainer(
     # --- state-of-the-art objectives: config.objective, by gradient (--method sabr, ...) or by GLS ---
     objective = make_objective(
         config.objective, arch, config.relaxation, schedule, seed=config.seed, attack_steps=config.attack_steps,
-        sabr_lambda=config.sabr_lambda, method_alpha=config.method_alpha, taps_split=config.taps_split, **loss_options,
+        sabr_lambda=config.sabr_lambda, method_alpha=config.method_alpha, taps_split=config.taps_split,
+        taps_estimator=config.taps_estimator, attack_step_rel=config.attack_step_rel, **loss_options,
     )  # fmt: skip
     if config.method not in ("rgs", "pgpe"):
         return gradient_trainer(arch, plain_gradient(objective), optimizer, **common)
@@ -325,6 +328,9 @@ def train(config: TrainConfig, *, resume: bool = True, progress: bool = True, ev
                         f"non-finite training loss {host['loss']} at step {step} (epoch {epoch}); metrics: {host}. "
                         "Lower the learning rate, eps or sigma, or enable gradient clipping."
                     )
+                if step == config.steps and config.bn_population and has_batch_norm(arch):
+                    state = with_population_stats(state, arch, train_ds, mesh if multi else None)
+                    _say(f"BatchNorm statistics recomputed over the {len(train_ds)} training examples")
                 for k, v in host.items():
                     window.setdefault(k, []).append(v)
                 bar.update(1)
@@ -394,6 +400,18 @@ def train(config: TrainConfig, *, resume: bool = True, progress: bool = True, ev
         schedule = None if config.method == "standard" else _schedule_curve(config)
         plot_metrics(records, out / "curves.png", title=title, schedule=schedule)
     return result
+
+
+def with_population_stats(state: TrainState, arch: Arch, train_ds: Dataset, mesh: Any = None) -> TrainState:
+    """``state`` with the BatchNorm running statistics replaced by the training set's population statistics
+    (:func:`jaxcert.train.bn_population.population_stats`), each leaf placed like the one it replaces (``mesh``:
+    a multi-process run's, replicated on it)."""
+    full = population_stats(arch, dist.to_host(state.full_params), train_ds.x)
+    frozen = [{k: p[k] for k in f} for p, f in zip(full, state.frozen, strict=True)]
+    if mesh is not None:
+        return state.replace(frozen=dist.replicate(jax.tree_util.tree_map(np.asarray, frozen), mesh))
+    place = lambda new, old: jax.device_put(new, old.sharding) if isinstance(old, jax.Array) else new
+    return state.replace(frozen=jax.tree_util.tree_map(place, frozen, state.frozen))
 
 
 def _validation_due(config: TrainConfig, checkpoints: Checkpoints, step: int) -> bool:

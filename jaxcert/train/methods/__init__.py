@@ -37,20 +37,25 @@ def robust_term(
     sabr_lambda: float = 0.4,
     method_alpha: float = 0.5,
     taps_split: int = -3,
+    taps_estimator: str = "multi",
+    attack_step_rel: float = 0.0,
     lo: float = 0.0,
     hi: float = 1.0,
     **options: Any,
 ) -> RobustTerm:
-    """The robust term of the objective ``name`` (any of :data:`OBJECTIVES` but ``certified``)."""
+    """The robust term of the objective ``name`` (any of :data:`OBJECTIVES` but ``certified``);
+    ``attack_step_rel`` > 0 replaces the method's own input-PGD step (relative to ε)."""
     bounds = {"steps": attack_steps, "lo": lo, "hi": hi}
+    step = {"step_rel": attack_step_rel} if attack_step_rel > 0 else {}
     if name == "sabr":
-        return sabr_term(arch, relaxation, sabr_lambda, **bounds, **options)
+        return sabr_term(arch, relaxation, sabr_lambda, **bounds, **step, **options)
     if name in ("taps", "staps"):
         if relaxation not in INTERVAL_RELAXATIONS:
             raise ValueError(f"{name} bounds its feature extractor with IBP, not relaxation {relaxation!r}")
-        return taps_term(arch, taps_split, lam=sabr_lambda if name == "staps" else None, **bounds)
+        lam = sabr_lambda if name == "staps" else None
+        return taps_term(arch, taps_split, lam=lam, estimator=taps_estimator, **bounds, **step)
     if name in EXPRESSIVE_LOSSES:
-        return expressive_term(name, arch, relaxation, method_alpha, **bounds, **options)
+        return expressive_term(name, arch, relaxation, method_alpha, **bounds, **step, **options)
     raise ValueError(f"unknown objective {name!r}; known: {', '.join(OBJECTIVES)}")
 
 
@@ -72,6 +77,8 @@ def make_objective(
     sabr_lambda: float = 0.4,
     method_alpha: float = 0.5,
     taps_split: int = -3,
+    taps_estimator: str = "multi",
+    attack_step_rel: float = 0.0,
     **options: Any,
 ) -> Objective:
     """The objective ``name`` (``certified``: :func:`certified_objective`, the method settings unused)."""
@@ -82,6 +89,7 @@ def make_objective(
         raise ValueError(f"loss_fusion fuses the plain certified loss; objective {name!r} needs margin bounds")
     term = robust_term(
         name, arch, relaxation, attack_steps=attack_steps, sabr_lambda=sabr_lambda, method_alpha=method_alpha,
-        taps_split=taps_split, lo=lo, hi=hi, **options,
+        taps_split=taps_split, taps_estimator=taps_estimator, attack_step_rel=attack_step_rel, lo=lo, hi=hi,
+        **options,
     )  # fmt: skip
     return method_objective(arch, schedule, term, seed=seed, **recipe)

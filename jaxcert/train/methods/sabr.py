@@ -1,20 +1,17 @@
 """SABR (Müller et al., ICLR 2023): certified training on a small adversarial box.
 
 With the clipped ε-box ``[L, U] = [max(x - ε, lo), min(x + ε, hi)]`` (centre ``m``, half-width ``h``) and the
-ratio ``λ ∈ (0, 1]``, the small box is the image of ``[L, U]`` under the homothety of ratio ``λ`` about a
-point ``q ∈ [L, U]``:
+ratio ``λ ∈ (0, 1]``, SABR attacks the whole ε-box and centres a box of radius ``λ h`` at the attack point,
+moved just far enough inside for the small box to fit (eth-sri/SABR's ``adv_whitebox``; per-coordinate
+radius ``λ h`` as in eth-sri/TAPS's small box, so that the box never leaves the data range):
 
-    B_λ(q) = [λ L + (1 - λ) q,  λ U + (1 - λ) q],   centre c(q) = λ m + (1 - λ) q,   radius λ h.
-
-As ``q`` ranges over ``[L, U]`` the centre ranges over ``[m - (1 - λ) h, m + (1 - λ) h]``, the ε-box shrunk
-so that the small box fits: ``B_λ(q) ⊆ [L, U]`` always (inside the ε-box and the data range; near the data
-range the radius shrinks with ``h``, per coordinate, as in the reference code). SABR picks the centre by PGD,
-
-    q* = PGD over q ∈ [L, U] of CE(f_θ(c(q)), y)        (step 0.5 ε in q, i.e. 0.5 (1 - λ) ε for the centre),
-    R_SABR(θ) = mean CE_cert(lb_θ(B_λ(q*))),
+    x* = SABR's PGD over [L, U] of CE(f_θ(·), y)          (:mod:`.sabr_attack`: 8 steps from 0.5 ε, decayed),
+    c  = clip(x*, L + λ h, U - λ h),    B_λ = [c - λ h, c + λ h] ⊆ [L, U],
+    R_SABR(θ) = mean CE_cert(lb_θ(B_λ)),
 
 the certified cross-entropy of the margin lower bounds of any registered relaxation over the small box
-(IBP in the paper). ``λ = 1`` gives ``B_1 = [L, U]`` exactly: plain certified training with that relaxation.
+(IBP in the paper). ``λ = 1`` gives ``c = m`` and ``B_1 = [L, U]`` exactly: plain certified training with that
+relaxation.
 """
 
 from __future__ import annotations
@@ -31,11 +28,8 @@ from jaxcert.bounds.spec import batch_margin_spec
 from jaxcert.nets.layers import Arch
 from jaxcert.nets.network import LayerParams, forward
 from jaxcert.train.losses import BETA_RELAXATIONS
-from jaxcert.train.methods.inner_attack import inner_pgd
 from jaxcert.train.methods.objective import RobustTerm
-
-#: PGD step of the centre search, relative to ε (the reference code's 0.5, without its step decay).
-SABR_STEP = 0.5
+from jaxcert.train.methods.sabr_attack import SABR_STEP, sabr_pgd
 
 
 def check_lambda(lam: float) -> None:
@@ -43,11 +37,12 @@ def check_lambda(lam: float) -> None:
         raise ValueError(f"SABR's lambda must be in (0, 1], got {lam}")
 
 
-def small_box(lower: jax.Array, upper: jax.Array, q: jax.Array, lam: float) -> tuple[jax.Array, jax.Array]:
-    """``B_λ(q) = λ [L, U] + (1 - λ) q``, clipped to ``[L, U]`` (only rounding can leave it)."""
-    lo = jnp.clip(lam * lower + (1.0 - lam) * q, lower, upper)
-    hi = jnp.clip(lam * upper + (1.0 - lam) * q, lower, upper)
-    return lo, hi
+def centred_box(lower: jax.Array, upper: jax.Array, point: jax.Array, lam: float) -> tuple[jax.Array, jax.Array]:
+    """``[c - λh, c + λh]`` with ``c = clip(point, L + λh, U - λh)`` and ``h = (U - L)/2``, clipped to
+    ``[L, U]`` (only rounding can leave it)."""
+    radius = lam * (upper - lower) / 2
+    centre = jnp.clip(point, lower + radius, upper - radius)
+    return jnp.clip(centre - radius, lower, upper), jnp.clip(centre + radius, lower, upper)
 
 
 def sabr_region(
@@ -59,16 +54,15 @@ def sabr_region(
     key: jax.Array,
     *,
     steps: int,
+    step_rel: float = SABR_STEP,
     lo: float = 0.0,
     hi: float = 1.0,
 ) -> tuple[jax.Array, jax.Array]:
-    """The small box ``B_λ(q*)`` of SABR around the PGD centre (``logits_fn``'s weights stopped by the caller)."""
+    """The small box ``B_λ`` of SABR around the PGD point (``logits_fn``'s weights stopped by the caller)."""
     check_lambda(lam)
     lower, upper = input_box(x, eps, lo, hi)
-    mid = (lower + upper) / 2
-    centre_logits = lambda q: logits_fn(lam * mid + (1.0 - lam) * q)
-    q = inner_pgd(centre_logits, x, y, eps, key, steps=steps, step_size=SABR_STEP * eps, lo=lo, hi=hi)
-    return small_box(lower, upper, q, lam)
+    point = sabr_pgd(logits_fn, lower, upper, y, eps, key, steps=steps, step_rel=step_rel)
+    return centred_box(lower, upper, point, lam)
 
 
 def box_margin_lower_bounds(
@@ -90,7 +84,15 @@ def box_margin_lower_bounds(
 
 
 def sabr_term(
-    arch: Arch, relaxation: str, lam: float, *, steps: int, lo: float = 0.0, hi: float = 1.0, **options: Any
+    arch: Arch,
+    relaxation: str,
+    lam: float,
+    *,
+    steps: int,
+    step_rel: float = SABR_STEP,
+    lo: float = 0.0,
+    hi: float = 1.0,
+    **options: Any,
 ) -> RobustTerm:
     """``R_SABR`` (module doc); logs ``sabr_loss`` and ``sabr_acc`` (fraction of certified small boxes)."""
     get_relaxation(relaxation)
@@ -99,8 +101,9 @@ def sabr_term(
     def term(params, x, y, values, key):  # type: ignore[no-untyped-def]
         stopped = jax.lax.stop_gradient(params)
         lower, upper = sabr_region(
-            lambda z: forward(arch, stopped, z), x, y, values["eps"], lam, key, steps=steps, lo=lo, hi=hi
-        )
+            lambda z: forward(arch, stopped, z), x, y, values["eps"], lam, key, steps=steps, step_rel=step_rel,
+            lo=lo, hi=hi,
+        )  # fmt: skip
         opts = {**options, "beta": values["beta"]} if relaxation in BETA_RELAXATIONS else options
         lb = box_margin_lower_bounds(arch, params, lower, upper, y, relaxation=relaxation, **opts)
         loss = jnp.mean(certified_cross_entropy(lb))

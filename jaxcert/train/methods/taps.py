@@ -5,11 +5,18 @@ all but the last ``-k``). IBP bounds the extractor over the input box, giving th
 
     [l, u] = IBP_h([L, U]),
 
-and PGD through the classifier over that box estimates the worst case (TAPS's single estimator: the point
-of largest CE among ``attack_steps`` sign steps of ``max(0.2, 2 / steps) · (u - l)`` per coordinate from a
-uniform random start, the reference's step rule; the weights held constant):
+and PGD through the classifier over that box estimates the worst case of each margin
+``d_j(p) = g_θ(p)_y - g_θ(p)_j`` (j ≠ y), the weights held constant. TAPS's default *multi-estimator*
+(``estimator="multi"``, eth-sri/TAPS ``_get_pivotal_points``) runs one PGD point per margin,
 
-    p* = PGD over p ∈ [l, u] of CE(g_θ(p), y),    R_TAPS(θ) = mean CE(g_θ(connect(l, u, p*)), y).
+    p_j* = argmin over p ∈ [l, u] of d_j(p)       (sign steps of α_i (u - l) from a uniform start, keeping the
+                                                 lowest d_j among the steps + 1 iterates; α_0 = max(0.2, 2/steps),
+                                                 ×0.1 at 0.7 steps for 20–50 steps, the reference's schedule),
+    R_TAPS(θ) = mean CE_cert( (d_j(connect(l, u, p_j*)))_j ),
+
+``CE_cert(v) = log(1 + Σ_j exp(-v_j))``. ``estimator="single"`` uses one point for all margins, the point of
+largest CE among ``attack_steps`` sign steps of ``max(0.2, 2 / steps) · (u - l)`` from a uniform start, and
+``R = mean CE(g_θ(connect(l, u, p*)), y)`` (= ``CE_cert`` of its margins).
 
 The *gradient connector* (the reference's rectified linear link, slack ``c = 0.5``) passes the gradient at
 ``p*`` to the box bounds, so that the extractor learns through the estimate: ``connect`` is the identity
@@ -17,8 +24,10 @@ forwards; backwards, with ``s = c (u - l)``, a coordinate of ``p*`` within ``s``
 ``(p* - (u - s)) / s`` of its gradient to ``u``, and one within ``s`` of ``l`` the share ``(l + s - p*) / s``
 to ``l`` (a coordinate at a bound sends all of it). The classifier's weights get the gradient of ``g`` at ``p*``.
 
-At ``k = 0`` the latent box is the input box (which does not depend on θ): TAPS is PGD training. At the
-output (``k`` = number of layers) ``g`` is the identity and ``p*`` the worst corner of the IBP logit box,
+Both estimates lie between the PGD loss and the IBP loss: ``d_j(p_j*) ≥ min_box d_j ≥`` IBP's bound. At
+``k = 0`` the latent box is the input box (which does not depend on θ): the single estimator is PGD training.
+At the output (``k`` = number of layers) ``g`` is the identity: the multi-estimator's ``p_j*`` is the corner
+``(l_y, u_j)`` of the IBP logit box and ``d_j = l_y - u_j``, the single one's the worst corner
 ``(l_y, u_j)_{j≠y}``. STAPS runs TAPS on SABR's small box (:mod:`jaxcert.train.methods.sabr`) instead of the
 ε-box; ``λ = 1`` is TAPS.
 """
@@ -31,17 +40,20 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from jaxcert.bounds import cross_entropy, input_box
+from jaxcert.bounds import certified_cross_entropy, cross_entropy, input_box, is_certified
 from jaxcert.bounds.ibp import interval_layers
+from jaxcert.bounds.spec import batch_margin_spec
 from jaxcert.nets.layers import Arch
 from jaxcert.nets.network import LayerParams, forward
-from jaxcert.train.losses import batch_accuracy
 from jaxcert.train.methods.objective import RobustTerm
 from jaxcert.train.methods.sabr import check_lambda, sabr_region
+from jaxcert.train.methods.sabr_attack import SABR_STEP
 
 #: Slack of the rectified linear gradient connector, as a fraction of the box width (the reference's 0.5).
 CONNECTOR_SLACK = 0.5
 _TOL = 1e-5
+#: TAPS's latent estimators (:data:`jaxcert.train.configs.TAPS_ESTIMATORS`).
+ESTIMATORS = ("multi", "single")
 
 
 def split_index(split: int, depth: int) -> int:
@@ -92,6 +104,55 @@ def latent_pgd(
     return jax.lax.stop_gradient(best)
 
 
+def latent_milestones(steps: int) -> tuple[int, ...]:
+    """The steps after which the multi-estimator's step is ×0.1 (the reference's ``select_schedule``)."""
+    if 20 <= steps <= 50:
+        return (int(0.7 * steps),)
+    if 50 < steps <= 80:
+        return int(0.4 * steps), int(0.7 * steps)
+    if steps > 80:
+        return int(0.3 * steps), int(0.6 * steps), int(0.8 * steps)
+    return ()
+
+
+def latent_pgd_multi(
+    classifier: Callable[[jax.Array], jax.Array],
+    lower: jax.Array,
+    upper: jax.Array,
+    C: jax.Array,
+    key: jax.Array,
+    *,
+    steps: int,
+) -> jax.Array:
+    """Points ``p_j*`` (B, K-1, *latent) each minimising its own margin ``C_j · classifier(p)`` over the box
+    ``[lower, upper]`` (module doc), a constant (``stop_gradient``); ``C`` the (B, K-1, K) margin rows."""
+    if steps < 1:
+        raise ValueError(f"the latent PGD needs steps >= 1, got {steps}")
+    rows = C.shape[1]
+    lower, upper = (jnp.repeat(jax.lax.stop_gradient(b)[:, None], rows, axis=1) for b in (lower, upper))
+    milestones = latent_milestones(steps)
+    sizes = jnp.asarray([latent_step(steps) * 0.1 ** sum(i >= m for m in milestones) for i in range(steps)])
+
+    def margins(p: jax.Array) -> jax.Array:  # (B, K-1): d_j at p_j
+        logits = classifier(p.reshape(-1, *p.shape[2:])).reshape(*p.shape[:2], -1)
+        return jnp.einsum("bkn,bkn->bk", C, logits)
+
+    value_and_grad = jax.value_and_grad(lambda p: (lambda d: (jnp.sum(d), d))(margins(p)), has_aux=True)
+    cells = lambda mask: mask.reshape(mask.shape + (1,) * (lower.ndim - 2))
+
+    def body(i: int, carry):  # type: ignore[no-untyped-def]
+        p, best, best_margin = carry
+        (_, d), grad = value_and_grad(p)
+        better = d < best_margin
+        best, best_margin = jnp.where(cells(better), p, best), jnp.where(better, d, best_margin)
+        return jnp.clip(p - sizes[i] * (upper - lower) * jnp.sign(grad), lower, upper), best, best_margin
+
+    start = lower + jax.random.uniform(key, lower.shape, lower.dtype) * (upper - lower)
+    p, best, best_margin = jax.lax.fori_loop(0, steps, body, (start, start, jnp.full(C.shape[:2], jnp.inf)))
+    best = jnp.where(cells(margins(p) < best_margin), p, best)
+    return jax.lax.stop_gradient(best)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def connect(lower: jax.Array, upper: jax.Array, point: jax.Array, slack: float = CONNECTOR_SLACK) -> jax.Array:
     """``point`` (a constant forwards); backwards the rectified linear link to ``lower`` and ``upper``."""
@@ -115,7 +176,7 @@ def _connect_bwd(slack, residuals, grad):  # type: ignore[no-untyped-def]
 connect.defvjp(_connect_fwd, _connect_bwd)
 
 
-def taps_estimate(
+def taps_margins(
     arch: Arch,
     params: LayerParams,
     lower: jax.Array,
@@ -125,22 +186,45 @@ def taps_estimate(
     *,
     split: int,
     steps: int,
+    estimator: str = "multi",
 ) -> jax.Array:
-    """Logits ``g_θ(connect(l, u, p*))`` of TAPS's latent estimate over the input box ``[lower, upper]``."""
+    """TAPS's estimate of the margins ``z_y - z_j`` (j ≠ y, shape (B, K-1)) over the input box
+    ``[lower, upper]``: ``d_j(connect(l, u, p_j*))`` (module doc), differentiable through the connector."""
     k = split_index(split, len(arch))
     head, head_params = arch[k:], params[k:]
     lat_lo, lat_hi = interval_layers(arch[:k], params[:k], lower, upper)[-1]
     stopped = jax.lax.stop_gradient(head_params)
-    point = latent_pgd(lambda p: forward(head, stopped, p), lat_lo, lat_hi, y, key, steps=steps)
-    return forward(head, head_params, connect(lat_lo, lat_hi, point))
+    classifier = lambda p: forward(head, stopped, p)
+    C = batch_margin_spec(arch, params, lower, y)
+    if estimator == "single":
+        point = latent_pgd(classifier, lat_lo, lat_hi, y, key, steps=steps)
+        return jnp.einsum("bkn,bn->bk", C, forward(head, head_params, connect(lat_lo, lat_hi, point)))
+    if estimator != "multi":
+        raise ValueError(f"unknown TAPS estimator {estimator!r}; known: {', '.join(ESTIMATORS)}")
+    points = latent_pgd_multi(classifier, lat_lo, lat_hi, C, key, steps=steps)
+    spread = lambda b: jnp.broadcast_to(b[:, None], points.shape)  # the connector's gradients sum over j
+    linked = connect(spread(lat_lo), spread(lat_hi), points)
+    logits = forward(head, head_params, linked.reshape(-1, *points.shape[2:])).reshape(*points.shape[:2], -1)
+    return jnp.einsum("bkn,bkn->bk", C, logits)
 
 
 def taps_term(
-    arch: Arch, split: int, *, steps: int, lam: float | None = None, lo: float = 0.0, hi: float = 1.0
+    arch: Arch,
+    split: int,
+    *,
+    steps: int,
+    lam: float | None = None,
+    estimator: str = "multi",
+    step_rel: float = SABR_STEP,
+    lo: float = 0.0,
+    hi: float = 1.0,
 ) -> RobustTerm:
-    """``R_TAPS`` over the ε-box (``lam`` None: TAPS) or over SABR's small box of ratio ``lam`` (STAPS); logs
-    ``taps_loss`` and ``taps_acc`` (the fraction whose estimated worst case is still classified right)."""
+    """``R_TAPS`` over the ε-box (``lam`` None: TAPS) or over SABR's small box of ratio ``lam`` (STAPS, its
+    PGD step ``step_rel``); logs ``taps_loss`` and ``taps_acc`` (the fraction whose estimated margins are all
+    positive)."""
     split_index(split, len(arch))
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"unknown TAPS estimator {estimator!r}; known: {', '.join(ESTIMATORS)}")
     if lam is not None:
         check_lambda(lam)
 
@@ -150,11 +234,11 @@ def taps_term(
         if lam is not None:
             stopped = jax.lax.stop_gradient(params)
             logits_fn = lambda z: forward(arch, stopped, z)
-            lower, upper = sabr_region(logits_fn, x, y, eps, lam, box_key, steps=steps, lo=lo, hi=hi)
+            lower, upper = sabr_region(logits_fn, x, y, eps, lam, box_key, steps=steps, step_rel=step_rel, lo=lo, hi=hi)
         else:
             lower, upper = input_box(x, eps, lo, hi)
-        logits = taps_estimate(arch, params, lower, upper, y, latent_key, split=split, steps=steps)
-        loss = jnp.mean(cross_entropy(logits, y))
-        return loss, {"taps_loss": loss, "taps_acc": batch_accuracy(logits, y)}
+        d = taps_margins(arch, params, lower, upper, y, latent_key, split=split, steps=steps, estimator=estimator)
+        loss = jnp.mean(certified_cross_entropy(d))
+        return loss, {"taps_loss": loss, "taps_acc": jnp.mean(is_certified(d).astype(jnp.float32))}
 
     return term
