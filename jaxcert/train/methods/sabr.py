@@ -26,11 +26,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxcert.bounds import certified_cross_entropy, get_relaxation, input_box, is_certified
-from jaxcert.bounds.registry import is_one_sided
+from jaxcert.bounds.registry import is_beta_mixable, is_one_sided
 from jaxcert.bounds.spec import batch_margin_spec
 from jaxcert.nets.layers import Arch
 from jaxcert.nets.network import LayerParams, forward
-from jaxcert.train.losses import BETA_RELAXATIONS
 from jaxcert.train.methods.inner_attack import inner_pgd
 from jaxcert.train.methods.objective import RobustTerm
 
@@ -101,7 +100,7 @@ def sabr_term(
         lower, upper = sabr_region(
             lambda z: forward(arch, stopped, z), x, y, values["eps"], lam, key, steps=steps, lo=lo, hi=hi
         )
-        opts = {**options, "beta": values["beta"]} if relaxation in BETA_RELAXATIONS else options
+        opts = {**options, "beta": values["beta"]} if is_beta_mixable(relaxation) else options
         lb = box_margin_lower_bounds(arch, params, lower, upper, y, relaxation=relaxation, **opts)
         loss = jnp.mean(certified_cross_entropy(lb))
         aux = {"sabr_loss": loss, "sabr_acc": jnp.mean(is_certified(lb).astype(jnp.float32))}
