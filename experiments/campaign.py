@@ -48,7 +48,7 @@ from jaxcert.provenance import provenance
 from jaxcert.runs import load_test_split
 from jaxcert.train.configs import TrainConfig
 from jaxcert.train.logging import read_metrics
-from jaxcert.train.loop import train
+from jaxcert.workflow import train
 
 #: Arm name -> config fields over the recipe.
 ARMS: dict[str, dict[str, Any]] = {
