@@ -67,7 +67,7 @@ def worker(settings: dict[str, Any]) -> None:
     """One process of a layout: train, then print steps/s (process 0) and this process's peak RSS."""
     from jaxcert.train.configs import get_config, override
     from jaxcert.train.distributed import is_main_process
-    from jaxcert.train.loop import train
+    from jaxcert.workflow import train
 
     config = override(get_config("tiny"), **settings["config"])
     result = train(config, progress=False, evaluate=False)

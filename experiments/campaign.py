@@ -48,7 +48,7 @@ from jaxcert.provenance import provenance
 from jaxcert.runs import load_test_split
 from jaxcert.train.configs import TrainConfig
 from jaxcert.train.logging import read_metrics
-from jaxcert.train.loop import train
+from jaxcert.workflow import train
 
 #: The certified losses of the paradox: interval, CROWN-IBP (β = 1: its bound alone) and DeepPoly (full CROWN).
 RELAXATION_FIELDS: dict[str, dict[str, Any]] = {

@@ -36,19 +36,18 @@ import functools
 import json
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from jaxcert.cli import OneLineParser, command_name, one_line_warnings
+from jaxcert.crown_options import CrownOptions, relaxation_option_help
 from jaxcert.provenance import provenance
 
 STATES = ("verified", "falsified", "unknown", "timeout")
 DEFAULT_RELAXATIONS = ("ibp", "crown-ibp", "crown", "alpha-crown")
-#: Cost rank (``jaxcert.train.configs.relaxation_cost``) of CROWN/DeepPoly: cheaper relaxations run before
-#: the attacks, and on whole batches.
-CROWN_COST = 4
 #: Relative and absolute slack of the box check of a counterexample (float32 rounding of x ± ε).
 _BOX_TOL = 1e-6
 
@@ -194,10 +193,10 @@ def _jitted() -> dict[str, Any]:
         with jax.default_matmul_precision("highest"):
             return jnp.argmax(forward(arch, params, x), axis=-1)
 
-    @functools.partial(jax.jit, static_argnames=("arch", "relaxation", "lo", "hi"))
-    def min_margin(arch, params, x, y, eps, *, relaxation, lo, hi):  # type: ignore[no-untyped-def]
+    @functools.partial(jax.jit, static_argnames=("arch", "relaxation", "lo", "hi", "options"))
+    def min_margin(arch, params, x, y, eps, *, relaxation, lo, hi, options=()):  # type: ignore[no-untyped-def]
         with jax.default_matmul_precision("highest"):
-            lb = margin_lower_bounds(arch, params, x, y, eps, relaxation=relaxation, lo=lo, hi=hi)
+            lb = margin_lower_bounds(arch, params, x, y, eps, relaxation=relaxation, lo=lo, hi=hi, **dict(options))
         return jnp.min(lb, axis=-1)
 
     from jaxcert.bounds.crown import crown_preactivation_bounds
@@ -218,10 +217,11 @@ def _jitted() -> dict[str, Any]:
 
 def bound_batch_size(relaxation: str, batch_size: int) -> int:
     """Examples per call of a relaxation: ``batch_size``, divided by 8 for the back-substitution ones
-    (CROWN/DeepPoly variants, alpha-CROWN), whose memory grows with the number of neurons per example."""
-    from jaxcert.train.configs import relaxation_cost
+    (cost rank of CROWN's or above: CROWN/DeepPoly variants, alpha-CROWN), whose memory grows with the number
+    of neurons per example."""
+    from jaxcert.bounds.registry import is_cheap
 
-    return batch_size if relaxation_cost(relaxation) < CROWN_COST else max(1, batch_size // 8)
+    return batch_size if is_cheap(relaxation) else max(1, batch_size // 8)
 
 
 def _chunks(index: np.ndarray, size: int):
@@ -314,6 +314,7 @@ def certify_dataset(
     progress: bool = True,
     distributed: bool = False,
     bab: Any = None,
+    relaxation_options: Mapping[str, Any] | None = None,
 ) -> CertifyReport:
     """States of the first ``limit`` examples of ``ds`` (a :class:`jaxcert.data.Dataset`) at radius ``eps``
     (ℓ∞, clipped to ``ds.input_range``), by the stages of :func:`stage_plan`, each run only on the examples
@@ -323,15 +324,22 @@ def certify_dataset(
 
     ``distributed``: every process of a multi-process run calls this with the same arguments and the work
     is split over the ``P`` processes (see :class:`_Split`); every process gets the whole report, equal to a
-    single process's."""
+    single process's.
+
+    ``relaxation_options`` (:class:`jaxcert.crown_options.CrownOptions` as a dict): every relaxation of the
+    cascade gets those it takes (:func:`jaxcert.bounds.registry.options_by_relaxation`; one that none takes is
+    a ``ValueError``); the report's settings record them."""
     import jax
     import jax.numpy as jnp
 
     from jaxcert.bounds import check_eps, get_relaxation
+    from jaxcert.bounds.registry import options_by_relaxation
 
     relaxations = tuple(relaxations)
     for name in relaxations:
         get_relaxation(name)
+    options = CrownOptions.from_dict(relaxation_options or {})
+    per_relaxation = options_by_relaxation(relaxations, options)
     check_eps(eps)
     for name, value, least in (("pgd_steps", pgd_steps, 0), ("pgd_restarts", pgd_restarts, 1),
                                ("apgd_steps", apgd_steps, 0), ("apgd_restarts", apgd_restarts, 1),
@@ -386,7 +394,8 @@ def certify_dataset(
 
     def bound_work(name: str):  # type: ignore[no-untyped-def]
         def work(c: int, idx: np.ndarray, k: int) -> None:
-            lb = np.asarray(fns["min_margin"](arch, params, x[idx], y[idx], eps32, relaxation=name, lo=lo, hi=hi))[:k]
+            kwargs = {"relaxation": name, "lo": lo, "hi": hi, "options": tuple(per_relaxation[name].items())}
+            lb = np.asarray(fns["min_margin"](arch, params, x[idx], y[idx], eps32, **kwargs))[:k]
             rows = idx[:k]
             st.margin_lower[rows] = np.fmax(st.margin_lower[rows], lb)
             proven = rows[lb > 0]
@@ -450,6 +459,7 @@ def certify_dataset(
     settings = {
         "data": f"{ds.name}: {getattr(ds, 'source', '') or 'memory'}",
         "relaxations": list(relaxations),
+        "relaxation_options": options.to_dict(),
         "pgd_steps": pgd_steps,
         "pgd_restarts": pgd_restarts,
         "apgd_steps": apgd_steps,
@@ -489,15 +499,16 @@ class Stage:
 
 def stage_plan(relaxations: tuple[str, ...], pgd_restarts: int, apgd_restarts: int) -> list[Stage]:
     """The order of the stages, cheapest per decided example first: the clean prediction; the cascade's
-    leading relaxations of cost rank below CROWN's (IBP, CROWN-IBP: many examples per second); each PGD
-    restart, then each APGD-CE restart (``apgd_restarts`` 0: none); the rest of the cascade.
+    leading cheap relaxations (cost rank below CROWN's, :func:`jaxcert.bounds.registry.is_cheap`: IBP,
+    CROWN-IBP: many examples per second); each PGD restart, then each APGD-CE restart (``apgd_restarts``
+    0: none); the rest of the cascade.
 
     Each stage sees only the examples still open, so a verified example is never attacked (it has no
     counterexample) and a falsified one is neither attacked again nor bounded."""
-    from jaxcert.train.configs import relaxation_cost
+    from jaxcert.bounds.registry import is_cheap
 
     cheap = 0
-    while cheap < len(relaxations) and relaxation_cost(relaxations[cheap]) < CROWN_COST:
+    while cheap < len(relaxations) and is_cheap(relaxations[cheap]):
         cheap += 1
     attacks = [Stage("attack", "pgd", r, pgd_restarts) for r in range(pgd_restarts)]
     attacks += [Stage("attack", "apgd", r, apgd_restarts) for r in range(apgd_restarts)]
@@ -613,6 +624,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, help="certify only the first N test examples (default: the whole split)")
     p.add_argument("--eps", type=float, help="radius (default: the run's evaluation eps)")
     p.add_argument("--relaxations", default=",".join(DEFAULT_RELAXATIONS), help="cascade, cheapest first")
+    p.add_argument(
+        "--relaxation-option", action="append", default=[], metavar="NAME=VALUE",
+        help="an option of the CROWN-family relaxations (repeatable; given to every relaxation of the cascade that "
+        f"takes it, an option none takes is an error): {relaxation_option_help()}",
+    )  # fmt: skip
     p.add_argument("--pgd-steps", type=int, default=20)
     p.add_argument("--pgd-restarts", type=int, default=3)
     p.add_argument("--apgd-steps", type=int, default=100, help="APGD-CE iterations (0: no APGD)")
@@ -659,8 +675,9 @@ def bab_options(args: argparse.Namespace) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
+    try:  # before importing JAX: option names and values
         bab = bab_options(args)
+        options = CrownOptions.parse(args.relaxation_option)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -672,6 +689,10 @@ def main(argv: list[str] | None = None) -> int:
         elif (args.coordinator, args.num_processes, args.process_id) != (None, None, None):
             raise ValueError("--coordinator, --num-processes and --process-id need --distributed")
         main_process = is_main_process()
+        relaxations = tuple(r.strip() for r in args.relaxations.split(",") if r.strip())
+        from jaxcert.bounds.registry import options_by_relaxation
+
+        options_by_relaxation(relaxations, options)  # unknown relaxations, options none takes: before loading
         from jaxcert.runs import load_run, load_test_split
 
         arch, params, config = load_run(args.run_dir)
@@ -679,7 +700,6 @@ def main(argv: list[str] | None = None) -> int:
             raise FileNotFoundError(f"--data-dir {args.data_dir!r} does not exist")
         ds = load_test_split(config, data_dir=args.data_dir, limit=args.limit)
         eps = config.test_eps if args.eps is None else args.eps
-        relaxations = tuple(r.strip() for r in args.relaxations.split(",") if r.strip())
         if args.replace and args.output:
             raise ValueError("--replace writes certify.json; it excludes --output")
         if main_process:
@@ -691,6 +711,7 @@ def main(argv: list[str] | None = None) -> int:
             pgd_restarts=args.pgd_restarts, apgd_steps=args.apgd_steps, apgd_restarts=args.apgd_restarts,
             milp=args.milp, milp_time_limit=args.milp_time_limit, batch_size=args.batch_size, seed=args.seed,
             progress=main_process and not args.no_progress, distributed=args.distributed, bab=bab,
+            relaxation_options=options.to_dict(),
         )  # fmt: skip
     except (ValueError, FileNotFoundError, DistributedInitError) as e:
         print(f"error: {e}", file=sys.stderr)

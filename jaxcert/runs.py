@@ -1,8 +1,9 @@
 """Reading a training run back from its output folder: ``load_run(run_dir) -> (arch, params, config)``.
 
 A run folder (``python -m jaxcert.train``'s ``--out``) holds ``config.json`` and ``checkpoints/``; the
-newest readable checkpoint is restored (an unreadable newer one is skipped with a warning), into a
-template built from the config, so the parameters have exactly the trained shapes.
+newest readable checkpoint is restored (an unreadable newer one is skipped with a warning) as it was saved,
+and its parameters are checked against the architecture's shapes; no trainer (optimiser, PGPE state) is
+built, and the training loop is not imported.
 """
 
 from __future__ import annotations
@@ -47,34 +48,54 @@ def data_shape(config: TrainConfig) -> tuple[tuple[int, ...], int, str, tuple[fl
 
 def load_run(run_dir: str | Path) -> tuple[Arch, LayerParams, TrainConfig]:
     """``(arch, params, config)`` of the newest readable checkpoint in ``run_dir``; ``params`` are the full
-    parameters (trainable and BatchNorm statistics) that ``forward`` and the bounds take."""
-    config = run_config(run_dir)
-    from jaxcert.nets import get_architecture
-    from jaxcert.train.checkpoint import Checkpoints
-    from jaxcert.train.loop import initial_params, make_trainer
+    parameters (trainable and BatchNorm statistics) that ``forward`` and the bounds take.
 
-    in_shape, num_classes, normalization, input_range = data_shape(config)
-    arch = get_architecture(config.arch, num_classes, normalization)
-    params = initial_params(config, arch, in_shape)
-    template = make_trainer(config, arch, params, input_range).init(params)
+    No trainer is built: the checkpoint's state is read as saved and its parameters are checked against
+    the shapes and dtypes of the architecture's initialisation (``jax.eval_shape`` of
+    :func:`jaxcert.nets.init_params`: nothing is computed)."""
+    config = run_config(run_dir)
     directory = Path(run_dir) / "checkpoints"
     if not directory.is_dir():
         raise FileNotFoundError(f"{run_dir} holds no checkpoints (no {directory})")
+    import jax
+
+    from jaxcert.nets import get_architecture, init_params
+    from jaxcert.train.checkpoint import Checkpoints
+
+    in_shape, num_classes, normalization, _ = data_shape(config)
+    arch = get_architecture(config.arch, num_classes, normalization)
+    shapes = jax.eval_shape(lambda: init_params(arch, tuple(in_shape), config.seed))
     checkpoints = Checkpoints(directory, every=config.checkpoint_every, keep=config.keep_checkpoints)
     try:
-        restored = checkpoints.restore_valid(template, discard=False)
+        restored = checkpoints.restore_valid(None, discard=False)
     finally:
         checkpoints.close()
     if restored is None:
         raise FileNotFoundError(f"{directory} holds no readable checkpoint")
-    return arch, restored[0].full_params, config
+    state = restored[0]
+    return arch, saved_params(state, shapes, f"{run_dir} (step {int(state['step'])})"), config
+
+
+def saved_params(state: dict[str, Any], shapes: LayerParams, source: str) -> LayerParams:
+    """The full params of a checkpoint's state as saved (its ``params`` merged with its ``frozen``
+    BatchNorm statistics), as arrays; ``ValueError`` naming the first layer or leaf whose shape or dtype
+    differs from ``shapes`` (the architecture's initialisation)."""
+    import jax.numpy as jnp
+
+    from jaxcert.nets.network import merge
+    from jaxcert.train.warm_start import check_same_architecture
+
+    saved = merge([dict(p) for p in state["params"]], [dict(p) for p in state["frozen"]])
+    params = [{k: jnp.asarray(v) for k, v in layer.items()} for layer in saved]
+    check_same_architecture(params, shapes, source, action="restore")
+    return params
 
 
 def load_test_split(config: TrainConfig, *, data_dir: str | None = None, limit: int | None = None) -> Dataset:
     """The run's test split: the full split of an image data set (first ``limit`` examples when given), or
     for ``spheres`` the synthetic test set of the training loop (``config.test_limit`` or 512 points)."""
     if config.dataset == "spheres":
-        from jaxcert.train.loop import load_data
+        from jaxcert.train.run_data import load_data
 
         test = load_data(config)[1]
         return test if limit is None else test.take(limit)

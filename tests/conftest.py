@@ -17,7 +17,7 @@ settings.load_profile("ci")
 def tiny_run(tmp_path_factory):
     """``(run_dir, result)`` of the ``tiny`` config trained once per session (with its final evaluation)."""
     from jaxcert.train.configs import get_config, override
-    from jaxcert.train.loop import train
+    from jaxcert.workflow import train
 
     run_dir = tmp_path_factory.mktemp("tiny_run") / "tiny"
     return run_dir, train(override(get_config("tiny"), out=str(run_dir)), progress=False)

@@ -16,7 +16,8 @@ from jaxcert.train import certified_objective, pgpe_trainer, recipe_schedule
 from jaxcert.train.checkpoint import Checkpoints
 from jaxcert.train.configs import get_config, override
 from jaxcert.train.logging import read_metrics
-from jaxcert.train.loop import setup, train
+from jaxcert.train.loop import setup
+from jaxcert.workflow import train
 from tests.cli_runs import signal_on_line
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,7 +5,8 @@ import pytest
 from jaxcert.data import DatasetNotFoundError, load_dataset
 from jaxcert.train.__main__ import main
 from jaxcert.train.configs import CONFIGS, get_config, override
-from jaxcert.train.loop import NonFiniteLossError, train
+from jaxcert.train.loop import NonFiniteLossError
+from jaxcert.workflow import train
 
 
 def _has_fashion_mnist() -> bool:

@@ -17,8 +17,8 @@ from jaxcert.export import main as export_main
 from jaxcert.train.__main__ import main, parse_args, resolve_config
 from jaxcert.train.configs import TrainConfig
 from jaxcert.train.logging import read_metrics
-from jaxcert.train.loop import train
 from jaxcert.train.resume import finished_message
+from jaxcert.workflow import train
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}

@@ -21,6 +21,8 @@ def _example_value(field: dataclasses.Field):
     kind = str(field.type).replace(" ", "")
     if kind == "bool":
         return None, not default
+    if kind.startswith("dict"):  # a mapping field: one NAME=VALUE item per flag
+        return "unstable_budget=8", ["unstable_budget=8"]
     if kind.startswith("tuple[float"):
         return "0.25,0.5", (0.25, 0.5)
     if kind.startswith("tuple[str"):
@@ -106,7 +108,7 @@ def test_eval_cascade_defaults_to_ibp_crown_ibp_and_the_training_relaxation_chea
 
 
 def test_download_flag_reaches_the_data_loader(tmp_path, monkeypatch, capsys):
-    import jaxcert.train.loop as loop
+    import jaxcert.train.run_data as run_data
 
     calls = []
 
@@ -114,7 +116,7 @@ def test_download_flag_reaches_the_data_loader(tmp_path, monkeypatch, capsys):
         calls.append((name, split, kwargs))
         raise FileNotFoundError("stop here")
 
-    monkeypatch.setattr(loop, "load_dataset", fake_load)
+    monkeypatch.setattr(run_data, "load_dataset", fake_load)
     argv = ["--config", "tiny", "--dataset", "mnist", "--out", str(tmp_path / "o"), "--no-progress"]
     assert main([*argv, "--download"]) == 2
     assert calls == [("mnist", "train", {"limit": 256, "data_dir": None, "download": True})]

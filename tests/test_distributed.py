@@ -30,7 +30,8 @@ from jaxcert.nets.network import split_trainable
 from jaxcert.train.checkpoint import Checkpoints
 from jaxcert.train.configs import get_config, override
 from jaxcert.train.distributed import check_args, parse_address
-from jaxcert.train.loop import setup, train
+from jaxcert.train.loop import setup
+from jaxcert.workflow import train
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 240  # seconds for any group of processes (they normally take well under a minute)
@@ -49,7 +50,8 @@ DRIVER = textwrap.dedent(
     from jaxcert.train.configs import get_config, override
     from jaxcert.train.distributed import is_main_process, to_host
     from jaxcert.certify import certify_dataset
-    from jaxcert.train.loop import load_data, train
+    from jaxcert.train.loop import load_data
+    from jaxcert.workflow import train
 
     args = json.loads(sys.argv[1])
     results = {}

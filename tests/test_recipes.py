@@ -12,9 +12,9 @@ from jaxcert.data import load_dataset
 from jaxcert.train.__main__ import main, parse_args, resolve_config
 from jaxcert.train.bn_population import population_stats
 from jaxcert.train.configs import CONFIGS, TrainConfig, get_config, override
-from jaxcert.train.loop import train
 from jaxcert.train.preflight import preflight
 from jaxcert.train.recipes import literature_recipes
+from jaxcert.workflow import train
 
 NAMES = sorted(literature_recipes(TrainConfig()))
 FMNIST = [n for n in NAMES if "-fmnist-" in n]

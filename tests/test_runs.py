@@ -15,7 +15,7 @@ from jaxcert.train.__main__ import parse_args as parse_train_args
 from jaxcert.train.checkpoint import Checkpoints, interrupts_deferred
 from jaxcert.train.configs import get_config, override
 from jaxcert.train.logging import read_metrics
-from jaxcert.train.loop import train
+from jaxcert.workflow import train
 from tests.cli_runs import signal_on_line
 from tests.test_checkpoint import assert_trees_equal
 

@@ -7,7 +7,6 @@ import pytest
 
 from jaxcert.train.configs import get_config, override
 from jaxcert.train.logging import read_metrics
-from jaxcert.train.loop import train
 from jaxcert.train.tensorboard import (
     FILE_VERSION,
     EventWriter,
@@ -17,6 +16,7 @@ from jaxcert.train.tensorboard import (
     read_events,
     scalars_of,
 )
+from jaxcert.workflow import train
 
 
 def test_crc32c_matches_the_castagnoli_check_values():

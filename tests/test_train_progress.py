@@ -37,7 +37,7 @@ def test_durations_read_as_hours_minutes_seconds(seconds, text):
 
 
 def test_a_tiny_run_says_it_compiles_and_shows_the_loss_and_estimate_from_the_first_steps(tmp_path, capsys):
-    loop.train(override(get_config("tiny"), out=str(tmp_path / "run"), steps=8), progress=False, evaluate=False)
+    loop.run_training(override(get_config("tiny"), out=str(tmp_path / "run"), steps=8), progress=False)
     lines = capsys.readouterr().out.splitlines()
     compiling = next(i for i, line in enumerate(lines) if line.startswith("compiling the training step (certified)"))
     assert lines[compiling + 1].startswith("step 1: loss ") and "compiled and ran in" in lines[compiling + 1]
@@ -60,7 +60,7 @@ def test_a_run_with_a_validation_split_trains_without_it_and_logs_its_curve(tmp_
     config = override(get_config("tiny"), out=str(tmp_path / "run"), steps=12, val_size=64, val_every=5)
     setup = loop.setup(config)
     assert len(setup.train_ds) == 256 - 64 and len(setup.val_ds) == 64  # tiny trains on 256 spheres points
-    loop.train(config, progress=False, evaluate=False)
+    loop.run_training(config, progress=False)
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     val = [r for r in records if "val_cert_acc" in r]
     assert [r["step"] for r in val] == [5, 10, 12]  # every val_every steps and at the end
@@ -75,7 +75,7 @@ def test_the_validation_split_is_certified_by_the_named_relaxations(tmp_path):
         get_config("tiny"), out=str(tmp_path / "run"), steps=4, val_size=64, val_every=4, val_relaxations=("crown",)
     )
     assert config.val_cascade == ("crown",) and get_config("tiny").val_cascade == ("ibp", "crown-ibp")
-    loop.train(config, progress=False, evaluate=False)
+    loop.run_training(config, progress=False)
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     (val,) = [r for r in records if "val_cert_acc" in r]
     assert "val_cert_acc/ibp" not in val and val["val_cert_acc"] == val["val_cert_acc/crown"]

@@ -9,8 +9,9 @@ import pytest
 from jaxcert.nets import init_params
 from jaxcert.nets.architectures import mlp
 from jaxcert.train.configs import get_config
-from jaxcert.train.loop import setup, train
+from jaxcert.train.loop import setup
 from jaxcert.train.warm_start import load_run_params
+from jaxcert.workflow import train
 
 TINY = dataclasses.replace(get_config("tiny"), steps=4, checkpoint_every=2, log_every=2)
 

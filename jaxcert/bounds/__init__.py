@@ -10,16 +10,19 @@ from jaxcert.bounds.ibp import ibp_bounds, interval_layers
 from jaxcert.bounds.layer_rules import UnsupportedLayerError
 from jaxcert.bounds.loss import certified_cross_entropy, cross_entropy, is_certified
 from jaxcert.bounds.registry import (
+    RelaxationTraits,
     get_relaxation,
     make_bound_fn,
     margin_lower_bounds,
     output_bounds,
     register,
     relaxation_names,
+    relaxation_traits,
 )
 from jaxcert.bounds.spec import fold_spec, margin_spec
 
 __all__ = [
+    "RelaxationTraits",
     "UnsupportedLayerError",
     "certified_cross_entropy",
     "check_eps",
@@ -36,4 +39,5 @@ __all__ = [
     "output_bounds",
     "register",
     "relaxation_names",
+    "relaxation_traits",
 ]

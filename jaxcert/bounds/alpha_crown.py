@@ -46,7 +46,7 @@ from jaxcert.bounds.crown_ibp import ibp_intermediate
 from jaxcert.bounds.ibp import interval_layers
 from jaxcert.bounds.layer_rules import activation_indices, rule_for
 from jaxcert.bounds.loss import certified_cross_entropy
-from jaxcert.bounds.registry import register
+from jaxcert.bounds.registry import RelaxationTraits, register
 from jaxcert.bounds.relu_slopes import ReluLines
 from jaxcert.bounds.row_chunks import MAX_ROWS_BYTES
 from jaxcert.bounds.slope_ascent import projected_ascent
@@ -216,10 +216,13 @@ def lee_bounds(
     return split_two_sided(lbs)
 
 
-register("alpha-crown", alpha_crown_bounds, one_sided=True, steps=20, lr=0.1, intermediate="crown")
+register(
+    "alpha-crown", alpha_crown_bounds, traits=RelaxationTraits(cost=5, one_sided=True), steps=20, lr=0.1,
+    intermediate="crown",
+)  # fmt: skip
 #: alpha-CROWN whose intermediate passes' slopes are optimised too (jointly with the final ones).
 register(
-    "alpha-crown-full", alpha_crown_bounds, one_sided=True, steps=20, lr=0.1, intermediate="crown",
-    optimize_intermediate=True,
+    "alpha-crown-full", alpha_crown_bounds, traits=RelaxationTraits(cost=6, one_sided=True), steps=20, lr=0.1,
+    intermediate="crown", optimize_intermediate=True,
 )  # fmt: skip
-register("crown-lee", lee_bounds, intermediate="crown")
+register("crown-lee", lee_bounds, traits=RelaxationTraits(cost=5), intermediate="crown")

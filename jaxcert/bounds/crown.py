@@ -51,7 +51,7 @@ from jaxcert.bounds.ibp import affine_interval as folded_interval
 from jaxcert.bounds.layer_rules import activation_indices, rule_for
 from jaxcert.bounds.neuron_rows import check_budget, rows_needed, scatter_refined, select_unstable
 from jaxcert.bounds.patches import backsubstitute_windows, layer_windows, supports_windows, window_elements
-from jaxcert.bounds.registry import register
+from jaxcert.bounds.registry import CROWN_COST, RelaxationTraits, register
 from jaxcert.bounds.relu_slopes import ReluLines, check_rule, check_rule_options
 from jaxcert.bounds.relu_splits import clamp_to_split
 from jaxcert.bounds.row_chunks import MAX_ROWS_BYTES, check_max_rows_bytes, map_row_chunks, rows_per_chunk
@@ -340,13 +340,15 @@ def crown_bounds(
     return lb, ub
 
 
-register("crown", crown_bounds, one_sided=True, lower_slope="adaptive")
-register("deeppoly", crown_bounds, one_sided=True, lower_slope="adaptive")
-register("crown-zero", crown_bounds, one_sided=True, lower_slope="zero")
-register("crown-one", crown_bounds, one_sided=True, lower_slope="one")
-register("crown-parallel", crown_bounds, one_sided=True, lower_slope="parallel")
-register("crown-zero-c", crown_bounds, one_sided=True, lower_slope="zero-c")
-register("crown-one-c", crown_bounds, one_sided=True, lower_slope="one-c")
-register("crown-soft", crown_bounds, one_sided=True, lower_slope="soft")
+#: CROWN/DeepPoly and its slope variants: one backward pass per ReLU layer, lower bounds only on demand.
+_CROWN = RelaxationTraits(cost=CROWN_COST, one_sided=True)
+register("crown", crown_bounds, traits=_CROWN, lower_slope="adaptive")
+register("deeppoly", crown_bounds, traits=_CROWN, lower_slope="adaptive")
+register("crown-zero", crown_bounds, traits=_CROWN, lower_slope="zero")
+register("crown-one", crown_bounds, traits=_CROWN, lower_slope="one")
+register("crown-parallel", crown_bounds, traits=_CROWN, lower_slope="parallel")
+register("crown-zero-c", crown_bounds, traits=_CROWN, lower_slope="zero-c")
+register("crown-one-c", crown_bounds, traits=_CROWN, lower_slope="one-c")
+register("crown-soft", crown_bounds, traits=_CROWN, lower_slope="soft")
 #: Without ``lower_slopes=`` "crown-given" uses the slope 1/2 for every crossing neuron.
-register("crown-given", crown_bounds, one_sided=True, lower_slope="given", lower_slopes=0.5)
+register("crown-given", crown_bounds, traits=_CROWN, lower_slope="given", lower_slopes=0.5)

@@ -25,7 +25,7 @@ import numpy as np
 from jaxcert.bounds.backsub import backsubstitute, reject_options
 from jaxcert.bounds.crown import Interval, LineFn, check_bound_upper, make_line_fn, output_rows, relu_indices
 from jaxcert.bounds.ibp import affine_interval, interval_layers
-from jaxcert.bounds.registry import register
+from jaxcert.bounds.registry import RelaxationTraits, register
 from jaxcert.bounds.relu_slopes import ReluLines
 from jaxcert.bounds.spec import fold_spec
 from jaxcert.nets.layers import Arch
@@ -99,4 +99,7 @@ def crown_ibp_bounds(
     return mix(beta, lb, lb_ibp), mix(beta, ub, ub_ibp)
 
 
-register("crown-ibp", crown_ibp_bounds, one_sided=True, beta=1.0)
+register(
+    "crown-ibp", crown_ibp_bounds, beta=1.0,
+    traits=RelaxationTraits(cost=2, one_sided=True, beta_mixable=True, fusable=True),
+)  # fmt: skip

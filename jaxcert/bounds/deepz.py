@@ -21,7 +21,7 @@ import jax
 
 from jaxcert.bounds import zonotope as zono
 from jaxcert.bounds.layer_rules import rule_for
-from jaxcert.bounds.registry import register
+from jaxcert.bounds.registry import RelaxationTraits, register
 from jaxcert.bounds.relu_rules import deepz_relu, relu_slope_offset  # noqa: F401 (moved there; still importable here)
 from jaxcert.bounds.spec import fold_spec
 from jaxcert.nets.layers import Arch
@@ -46,4 +46,4 @@ def deepz_bounds(
     return zono.final_bounds(z, W, b)
 
 
-register("deepz", deepz_bounds)
+register("deepz", deepz_bounds, traits=RelaxationTraits(cost=3))

@@ -21,7 +21,7 @@ import jax
 
 from jaxcert.bounds import zonotope as zono
 from jaxcert.bounds.layer_rules import rule_for
-from jaxcert.bounds.registry import register
+from jaxcert.bounds.registry import RelaxationTraits, register
 from jaxcert.bounds.relu_rules import hbox_relu  # noqa: F401 (moved there; still importable here)
 from jaxcert.bounds.spec import fold_spec
 from jaxcert.nets.layers import Arch
@@ -59,4 +59,4 @@ def hbox_bounds(
     return zono.final_bounds(z, W, b)
 
 
-register("hbox", hbox_bounds)
+register("hbox", hbox_bounds, traits=RelaxationTraits(cost=1))

@@ -47,7 +47,11 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
     """The recipe, then the config file, then the flags; ``out`` from :func:`default_out` unless given."""
     config = get_config(args.config)
     overrides = read_config_file(args.config_file) if args.config_file else {}
-    overrides |= config_fields(args)
+    flags = config_fields(args)
+    if "relaxation_options" in flags:  # each --relaxation-option sets one option over the recipe's and the file's
+        earlier = overrides.get("relaxation_options", config.relaxation_options)
+        flags["relaxation_options"] = {**earlier, **flags["relaxation_options"]}
+    overrides |= flags
     config = dataclasses.replace(config, **overrides)
     if "out" not in overrides:
         config = dataclasses.replace(config, out=default_out(config, overrides))
@@ -81,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from jaxcert.data import DatasetNotFoundError
     from jaxcert.train.distributed import DistributedInitError, is_main_process
-    from jaxcert.train.loop import NonFiniteLossError, RunInterrupted, train
+    from jaxcert.train.loop import NonFiniteLossError, RunInterrupted
+    from jaxcert.workflow import train
 
     try:
         with one_line_warnings():

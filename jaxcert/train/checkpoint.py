@@ -142,20 +142,21 @@ class Checkpoints:
         restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
         return dict(restored["meta"])
 
-    def restore(self, template: TrainState, step: int | None = None) -> tuple[TrainState, dict[str, Any]] | None:
+    def restore(self, template: TrainState | None, step: int | None = None) -> tuple[Any, dict[str, Any]] | None:
         """``(state, meta)`` of checkpoint ``step`` (default: the latest) shaped like ``template``; ``None``
-        when there is no checkpoint."""
+        when there is no checkpoint. ``template=None`` restores the state as saved (a dict of the
+        ``TrainState`` fields, with the saved shapes and dtypes), without building a trainer for a template."""
         step = self.latest_step() if step is None else step
         if step is None:
             return None
-        abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
+        abstract = None if template is None else jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
         args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
         restored = self.manager.restore(step, args=args)
         return restored["state"], dict(restored["meta"])
 
     def restore_valid(
         self,
-        template: TrainState,
+        template: TrainState | None,
         check_meta: Callable[[dict[str, Any]], None] | None = None,
         *,
         discard: bool = True,
@@ -164,7 +165,7 @@ class Checkpoints:
         with one :class:`CheckpointWarning` each (and deleted if ``discard``, so that training can save that
         step again), the noise of the failed reads silenced. ``check_meta(meta)`` runs before the state is
         restored (it may raise, e.g. for a checkpoint of another config: that error propagates). ``None``
-        when no checkpoint is readable."""
+        when no checkpoint is readable. ``template=None``: the states as saved (see :meth:`restore`)."""
         steps = sorted(self.manager.all_steps(), reverse=True)
         unreadable: list[tuple[int, Exception]] = []
         try:
@@ -180,7 +181,7 @@ class Checkpoints:
 
     def _newest_readable(
         self,
-        template: TrainState,
+        template: TrainState | None,
         steps: list[int],
         check_meta: Callable[[dict[str, Any]], None] | None,
         unreadable: list[tuple[int, Exception]],
@@ -198,7 +199,7 @@ class Checkpoints:
         return None
 
     def _try_restore(
-        self, template: TrainState, step: int, check_meta: Callable[[dict[str, Any]], None] | None
+        self, template: TrainState | None, step: int, check_meta: Callable[[dict[str, Any]], None] | None
     ) -> tuple[TrainState, dict[str, Any]] | Exception:
         """``(state, meta)`` of checkpoint ``step``, or the exception that reading it raised (``check_meta``'s
         own errors propagate)."""

@@ -5,6 +5,8 @@ Every dataclass field ``some_field`` becomes the flag ``--some-field``, typed fr
     int / float / str        the value;  ``... | None`` fields also accept ``none``
     bool                     ``--some-field`` / ``--no-some-field``
     tuple[T, ...]            a comma list, e.g. ``--lr-decay-fracs 0.8,0.9`` (empty string: ``()``)
+    dict (relaxation_options)  one repeatable ``--relaxation-option NAME=VALUE`` per item
+                             (:class:`jaxcert.crown_options.CrownOptions`; set over the recipe's and the file's)
 
 The help text is the field's ``metadata["help"]``, else the comment after the field in the class body.
 Absent flags leave the field alone, so the precedence is: named config < ``--config-file`` < flags.
@@ -24,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from jaxcert.crown_options import CrownOptions, relaxation_option_help
 from jaxcert.train.configs import TrainConfig, annotation_parts, check_field, describe_type
 
 _SCALARS: dict[str, Callable[[str], Any]] = {"int": int, "float": float, "str": str}
@@ -75,16 +78,27 @@ def _named(parse: Callable[[str], Any], name: str) -> Callable[[str], Any]:
     return typed
 
 
+#: Mapping fields: one repeatable ``--FLAG NAME=VALUE`` each (the flag names one item, the field holds them all).
+MAPPING_FLAGS = {"relaxation_options": "--relaxation-option"}
+
+
 def flag_name(field: str) -> str:
-    return "--" + field.replace("_", "-")
+    """``--some-field`` for ``some_field`` (a mapping field: its one-item flag, :data:`MAPPING_FLAGS`)."""
+    return MAPPING_FLAGS.get(field) or "--" + field.replace("_", "-")
 
 
 def add_config_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """One flag per :class:`TrainConfig` field; absent flags are absent from the namespace."""
     helps = field_help()
     for f in dataclasses.fields(TrainConfig):
-        parse, metavar = field_parser(str(f.type))
         common = {"dest": f.name, "default": argparse.SUPPRESS, "help": helps[f.name] or None}
+        if f.name in MAPPING_FLAGS:
+            help_ = f"{helps[f.name]}. Options: {relaxation_option_help()}"
+            parser.add_argument(
+                MAPPING_FLAGS[f.name], action="append", metavar="NAME=VALUE", **{**common, "help": help_}
+            )
+            continue
+        parse, metavar = field_parser(str(f.type))
         if parse is None:
             parser.add_argument(flag_name(f.name), action=argparse.BooleanOptionalAction, **common)
         else:
@@ -92,9 +106,13 @@ def add_config_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup) 
 
 
 def config_fields(namespace: argparse.Namespace) -> dict[str, Any]:
-    """The config fields given on the command line (as parsed values)."""
+    """The config fields given on the command line (as parsed values; ``--relaxation-option`` items as the
+    dict of :class:`jaxcert.crown_options.CrownOptions`, a later item overriding an earlier one)."""
     names = {f.name for f in dataclasses.fields(TrainConfig)}
-    return {k: v for k, v in vars(namespace).items() if k in names}
+    fields = {k: v for k, v in vars(namespace).items() if k in names}
+    if "relaxation_options" in fields:
+        fields["relaxation_options"] = CrownOptions.parse(fields["relaxation_options"]).to_dict()
+    return fields
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
@@ -132,6 +150,11 @@ def file_value(path: Path, field: str, annotation: str, value: Any) -> Any:
     """A config-file value as the field takes it: lists become tuples, and a string for a non-string field is
     parsed like the field's flag (YAML reads ``1e-3`` as a string). A value of the wrong type (or a string it
     cannot parse) is a ``ValueError`` naming the file and the field."""
+    if field in MAPPING_FLAGS:
+        try:
+            return CrownOptions.from_dict(value).to_dict()
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
     kind, _, is_tuple = annotation_parts(annotation)
     parse, _ = field_parser(annotation)
     if isinstance(value, list):

@@ -14,6 +14,7 @@ import numbers
 import re
 from typing import Any
 
+from jaxcert.crown_options import CrownOptions
 from jaxcert.train.recipes import literature_recipes
 
 METHODS = ("standard", "pgd", "certified", "rgs", "pgpe")
@@ -26,7 +27,6 @@ SOTA_METHODS = OBJECTIVES[1:]
 OBJECTIVE_TRAINERS = ("certified", "rgs", "pgpe")
 #: Objectives that propagate only intervals through the feature extractor (TAPS): IBP relaxations only.
 INTERVAL_ONLY_OBJECTIVES = ("taps", "staps")
-INTERVAL_RELAXATIONS = ("ibp", "box")
 #: TAPS's latent estimators: one PGD point per margin (the paper's default) or one point for all margins.
 TAPS_ESTIMATORS = ("multi", "single")
 METHODS = (*METHODS, *SOTA_METHODS)
@@ -34,22 +34,21 @@ METHODS = (*METHODS, *SOTA_METHODS)
 #: Mean optimisers of PGPE (:mod:`jaxcert.train.es_optimizers`).
 PGPE_OPTIMIZERS = ("clipup", "sgd", "adam")
 
-#: Rough cost rank of the relaxations (interval < CROWN-IBP < zonotope < back-substitution < optimised).
-_COST = {
-    "ibp": 0,
-    "box": 0,
-    "hbox": 1,
-    "crown-ibp": 2,
-    "deepz": 3,
-    "alpha-crown": 5,
-    "crown-lee": 5,
-    "alpha-crown-full": 6,
-}
+
+def _registry() -> Any:
+    """:mod:`jaxcert.bounds.registry`, imported on first use: the relaxations' traits (cost rank, fusable,
+    interval, the options each takes) are declared where they are registered, in modules that import JAX.
+    Only the checks of fields that need them (``loss_fusion``, TAPS's relaxation, ``relaxation_options``)
+    and :attr:`TrainConfig.eval_cascade` pay that import; a default config imports no JAX."""
+    from jaxcert.bounds import registry
+
+    return registry
 
 
-def relaxation_cost(name: str) -> int:
-    """Rank for ordering a certification cascade cheapest first (CROWN/DeepPoly variants: 4)."""
-    return _COST.get(name, 4)
+_OPTIONS_HELP = (
+    "an option of the CROWN-family relaxations, NAME=VALUE (repeatable; jaxcert.crown_options), given to every "
+    "relaxation of the run (training, certification) that takes it; an option none takes is an error"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +81,7 @@ class TrainConfig:
     reg_weight: float = 0.0  # Shi et al. warm-up regularisers (tightness + ReLU balance): weight λ (0: off)
     reg_tol: float = 0.5  # Shi et al. warm-up regularisers: tolerance τ
     loss_fusion: bool = False  # crown-ibp: bound the certified loss itself, one back-substituted row per example
+    relaxation_options: dict[str, Any] = dataclasses.field(default_factory=dict, metadata={"help": _OPTIONS_HELP})
     # optimisation
     steps: int = 1000  # training steps
     batch_size: int = 128  # examples per step
@@ -140,6 +140,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             check_field(f.name, str(f.type), getattr(self, f.name))
+        # validated and normalised (typed values, declaration order) without JAX; who takes them: at the end
+        object.__setattr__(self, "relaxation_options", CrownOptions.from_dict(self.relaxation_options).to_dict())
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; known: {', '.join(METHODS)}")
         positive = ("steps", "batch_size", "checkpoint_every", "keep_checkpoints", "log_every", "samples", "population")
@@ -192,9 +194,10 @@ class TrainConfig:
             raise ValueError("bn_mode='batch' is not supported by method 'pgd' (PGD training uses eval mode)")
         if self.reg_weight and self.method in ("standard", "pgd"):
             raise ValueError(f"reg_weight (warm-up regularisers) needs a certified loss, not method {self.method!r}")
-        if self.loss_fusion and (self.method in ("standard", "pgd") or self.relaxation != "crown-ibp"):
+        if self.loss_fusion and (self.method in ("standard", "pgd") or not _registry().is_fusable(self.relaxation)):
+            fusable = " or ".join(repr(name) for name in _registry().relaxations_with("fusable"))
             raise ValueError(
-                f"loss_fusion needs a certified loss with relaxation 'crown-ibp', got method {self.method!r} "
+                f"loss_fusion needs a certified loss with relaxation {fusable}, got method {self.method!r} "
                 f"and relaxation {self.relaxation!r}"
             )
         if self.eps_ramp not in ("linear", "smooth"):
@@ -209,6 +212,8 @@ class TrainConfig:
         if self.warmup_frac + self.ramp_frac > 1.0:
             raise ValueError("warmup_frac + ramp_frac must be <= 1")
         self._check_objective()
+        if self.relaxation_options:
+            _registry().options_by_relaxation(self.bounded_relaxations, self.relaxation_options)
 
     # --- state-of-the-art certified objectives: validation -------------------------------------------------------
     def _check_objective(self) -> None:
@@ -244,10 +249,10 @@ class TrainConfig:
             raise ValueError(f"objective {name} is defined for the linf box, not attack_norm {self.attack_norm!r}")
         if self.loss_fusion:
             raise ValueError(f"loss_fusion fuses the plain certified loss; objective {name} needs margin bounds")
-        if self.objective in INTERVAL_ONLY_OBJECTIVES and self.relaxation not in INTERVAL_RELAXATIONS:
+        if self.objective in INTERVAL_ONLY_OBJECTIVES and not _registry().is_interval(self.relaxation):
             raise ValueError(
                 f"objective {self.objective!r} bounds its feature extractor with IBP: relaxation must be "
-                f"{' or '.join(INTERVAL_RELAXATIONS)}, got {self.relaxation!r}"
+                f"{' or '.join(_registry().relaxations_with('interval'))}, got {self.relaxation!r}"
             )
 
     @property
@@ -285,11 +290,18 @@ class TrainConfig:
     @property
     def eval_cascade(self) -> tuple[str, ...]:
         """The relaxations of the final certification, cheapest first: ``eval_relaxations`` if given, else
-        IBP, CROWN-IBP and the training relaxation (ordered by :func:`relaxation_cost`)."""
+        IBP, CROWN-IBP and the training relaxation, ordered by cost rank
+        (:func:`jaxcert.bounds.registry.cheapest_first`; imports JAX)."""
         if self.eval_relaxations:
             return tuple(self.eval_relaxations)
-        names = dict.fromkeys(("ibp", "crown-ibp", self.relaxation))
-        return tuple(sorted(names, key=relaxation_cost))
+        return _registry().cheapest_first(dict.fromkeys(("ibp", "crown-ibp", self.relaxation)))
+
+    @property
+    def bounded_relaxations(self) -> tuple[str, ...]:
+        """Every relaxation the run bounds with: the training relaxation (but for standard and PGD training),
+        then the final certification's cascade — those that ``relaxation_options`` go to."""
+        trained = () if self.method in ("standard", "pgd") else (self.relaxation,)
+        return tuple(dict.fromkeys((*trained, *self.eval_cascade)))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

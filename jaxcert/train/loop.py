@@ -1,4 +1,7 @@
-"""The training loop: data → trainer → steps with logging and checkpoints → final evaluation.
+"""The training loop: data → trainer → steps with logging and checkpoints (:func:`run_training`).
+
+The final evaluation is not the loop's: :func:`jaxcert.workflow.train` trains with this loop, then certifies
+with :mod:`jaxcert.certify`; this module imports neither, so certifying never imports the training loop.
 
 Step ``t`` (0-based) trains on batch ``t mod B`` of epoch ``t div B`` (``B`` batches per epoch, order a
 function of ``(seed, epoch)``) with key ``fold_in(key(seed), t)``, so a run restored from a checkpoint
@@ -6,7 +9,7 @@ at step ``s`` continues exactly as the uninterrupted run would have. A non-finit
 with :class:`NonFiniteLossError`. With ``init_from`` the run starts from a saved run's weights
 (:mod:`jaxcert.train.warm_start`); resuming it restores its own checkpoint, not the warm start.
 
-Runs resume by default: :func:`train` continues from the newest readable checkpoint in ``config.out``
+Runs resume by default: :func:`run_training` continues from the newest readable checkpoint in ``config.out``
 (refusing one written by a config that differs in a field outside :data:`RESUME_FREE_FIELDS`, or in
 ``steps`` where that moves the schedule: :mod:`jaxcert.train.resume`), and
 ``resume=False`` deletes the folder's checkpoints and metrics first. Ctrl-C saves a checkpoint at the
@@ -15,7 +18,6 @@ current step and raises :class:`RunInterrupted`.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 import sys
@@ -29,11 +31,13 @@ import optax
 from tqdm import tqdm
 
 from jaxcert.bounds import get_relaxation
-from jaxcert.data import Dataset, batches, concentric_spheres, load_dataset, num_batches
+from jaxcert.bounds.loss_fusion import fused_loss_from_box
+from jaxcert.bounds.registry import accepted_by, accepted_options, is_beta_mixable
+from jaxcert.crown_options import CrownOptions
+from jaxcert.data import Dataset, batches, num_batches
 from jaxcert.nets import get_architecture, init_params
 from jaxcert.nets.layers import Arch
 from jaxcert.nets.network import LayerParams, split_trainable
-from jaxcert.provenance import provenance
 from jaxcert.train import distributed as dist
 from jaxcert.train.adversarial import adversarial_trainer
 from jaxcert.train.batch_norm import has_batch_norm
@@ -49,6 +53,7 @@ from jaxcert.train.methods import make_objective, split_index
 from jaxcert.train.pgpe import pgpe_trainer
 from jaxcert.train.resume import RESUME_FREE_FIELDS, config_differences, resume_refusal  # noqa: F401 (re-exported)
 from jaxcert.train.rgs import rgs_trainer
+from jaxcert.train.run_data import load_data, validation_split
 from jaxcert.train.schedules import recipe_schedule, step_decay
 from jaxcert.train.sharding import BATCH, SAMPLES, shard_batch, training_mesh
 from jaxcert.train.sigma import Sigma, relative_sigma
@@ -73,38 +78,6 @@ class RunInterrupted(KeyboardInterrupt):
         super().__init__(f"interrupted at step {step}; checkpoint saved in {checkpoint_dir}")
         self.step = step
         self.checkpoint_dir = checkpoint_dir
-
-
-def load_data(config: TrainConfig) -> tuple[Dataset, Dataset]:
-    """Train and test splits; ``"spheres"`` is the synthetic concentric-spheres problem (d = 10). The
-    training split is whole: :func:`setup` holds out the validation examples (:func:`validation_split`).
-    A ``data_dir`` that does not exist is a ``FileNotFoundError`` (unless ``download``)."""
-    if config.data_dir is not None and not config.download and not Path(config.data_dir).exists():
-        raise FileNotFoundError(f"--data-dir {config.data_dir!r} does not exist")
-    if config.dataset == "spheres":
-        n_train, n_test = config.train_limit or 512, config.test_limit or 512
-        source = "synthetic concentric spheres (d = 10, seed {})"
-        return (
-            dataclasses.replace(concentric_spheres(n_train, 10, seed=config.seed), source=source.format(config.seed)),
-            dataclasses.replace(
-                concentric_spheres(n_test, 10, seed=config.seed + 1), source=source.format(config.seed + 1)
-            ),
-        )
-    options = {"data_dir": config.data_dir, "download": config.download}
-    train = load_dataset(config.dataset, "train", limit=config.train_limit, **options)
-    test = load_dataset(config.dataset, "test", limit=config.test_limit, **options)
-    return train, test
-
-
-def validation_split(train: Dataset, val_size: int) -> tuple[Dataset, Dataset | None]:
-    """``(train without its last val_size examples, those examples)``; ``(train, None)`` for ``val_size`` 0.
-    The held-out examples are never trained on, so tuning on them leaves the test split unseen."""
-    if val_size == 0:
-        return train, None
-    if val_size >= len(train):
-        raise ValueError(f"val_size {val_size} leaves no training examples (the split has {len(train)})")
-    n = len(train) - val_size
-    return train.subset(slice(0, n)), dataclasses.replace(train.subset(slice(n, None)), name=f"{train.name}-val")
 
 
 def initial_params(config: TrainConfig, arch: Arch, in_shape: tuple[int, ...]) -> LayerParams:
@@ -142,6 +115,15 @@ def gls_sigma(config: TrainConfig, params: LayerParams) -> Sigma:
     return config.sigma
 
 
+def training_relaxation_options(config: TrainConfig) -> dict[str, Any]:
+    """The ``relaxation_options`` of ``config`` that its training relaxation takes (with ``loss_fusion``: that
+    the fused loss takes, :func:`jaxcert.bounds.loss_fusion.fused_loss_from_box`), as keyword arguments."""
+    options = CrownOptions.from_dict(config.relaxation_options)
+    if config.loss_fusion:
+        return options.kwargs_for(accepted_by(fused_loss_from_box))
+    return options.kwargs_for(accepted_options(config.relaxation))
+
+
 def make_trainer(
     config: TrainConfig, arch: Arch, params: LayerParams, input_range: tuple[float, float], mesh: Any = None
 ) -> Trainer:
@@ -165,6 +147,7 @@ def make_trainer(
         )  # fmt: skip
     loss_options = {"l1": config.l1, "lo": lo, "hi": hi, "bn_mode": config.bn_mode}
     loss_options |= {"reg_weight": config.reg_weight, "reg_tol": config.reg_tol, "loss_fusion": config.loss_fusion}
+    loss_options |= training_relaxation_options(config)
     if config.method == "certified" and config.objective == "certified":
         return certified_trainer(arch, config.relaxation, optimizer, schedule, **loss_options, **common)
     # --- state-of-the-art objectives: config.objective, by gradient (--method sabr, ...) or by GLS ---
@@ -198,7 +181,7 @@ def _mesh(config: TrainConfig):  # type: ignore[no-untyped-def]
     return training_mesh(n, config.mesh_data or (1 if config.method in ("rgs", "pgpe") else n))
 
 
-def _say(message: str) -> None:
+def say(message: str) -> None:
     """A line on stdout that does not break the progress bar (on stderr); process 0 only."""
     if not dist.is_main_process():
         return
@@ -256,8 +239,25 @@ def setup(config: TrainConfig) -> Setup:
     return Setup(train_ds, test_ds, arch, params, trainer, mesh, val_ds)
 
 
-def train(config: TrainConfig, *, resume: bool = True, progress: bool = True, evaluate: bool = True) -> dict:
-    """Run ``config`` end to end; returns ``{"state", "arch", "metrics", "eval", "out"}``.
+class TrainedRun(NamedTuple):
+    """What :func:`run_training` hands to the steps after training (:mod:`jaxcert.workflow`): the final
+    state, the architecture, the metrics records (process 0's; empty elsewhere), the output folder, the data
+    splits, the training time, and whether this is a multi-process run and its process 0."""
+
+    state: TrainState
+    arch: Arch
+    records: list[dict[str, Any]]
+    out: Path
+    train_ds: Dataset
+    test_ds: Dataset
+    train_seconds: float
+    multi: bool
+    main: bool
+
+
+def run_training(config: TrainConfig, *, resume: bool = True, progress: bool = True) -> TrainedRun:
+    """Train ``config`` (no final evaluation: that is :func:`jaxcert.workflow.train`'s, above both this loop
+    and :mod:`jaxcert.certify`); the metrics are written, the curves are not plotted (:func:`plot_run`).
 
     ``resume=True`` (the default) continues from the newest readable checkpoint in ``config.out``, if any;
     ``resume=False`` deletes the folder's previous checkpoints and metrics and starts at step 0."""
@@ -269,7 +269,7 @@ def train(config: TrainConfig, *, resume: bool = True, progress: bool = True, ev
         clear_run(out)
     multi, main = dist.multi_process(mesh), dist.is_main_process()  # several processes: global arrays, process 0 writes
     if main:
-        _say(f"data: {config.dataset}, {len(train_ds)} training examples from {train_ds.source or 'memory'}")
+        say(f"data: {config.dataset}, {len(train_ds)} training examples from {train_ds.source or 'memory'}")
     shard_data = mesh is not None and BATCH in mesh.axis_names
     state: TrainState = trainer.init(params)
     if multi:
@@ -286,7 +286,7 @@ def train(config: TrainConfig, *, resume: bool = True, progress: bool = True, ev
         if restored is not None:
             state = dist.replicate(restored[0], mesh) if multi else restored[0]
             resume_step = int(state.step)
-            _say(f"resumed from step {resume_step} ({checkpoints.directory}); --fresh starts over")
+            say(f"resumed from step {resume_step} ({checkpoints.directory}); --fresh starts over")
     tensorboard = out / "tensorboard" if config.tensorboard else None
     log = MetricsLog(out / "metrics.jsonl", resume_step=resume_step, tensorboard=tensorboard) if main else None
     if main:
@@ -300,7 +300,7 @@ def train(config: TrainConfig, *, resume: bool = True, progress: bool = True, ev
     window: dict[str, list[float]] = {}
     start_time = time.time()
     if step < config.steps:
-        _say(f"compiling the training step ({config.method_label}{_members(config)}); the first step includes it")
+        say(f"compiling the training step ({config.method_label}{_members(config)}); the first step includes it")
     bar = None  # made after the first step, so that its rate and ETA leave the compilation out
     clock = _StepClock(step, config.steps)
     try:
@@ -319,7 +319,7 @@ def train(config: TrainConfig, *, resume: bool = True, progress: bool = True, ev
                 shown = host.get("loss_at_mean", host["loss"])  # GLS: the loss of the returned net
                 message = clock.tick(step, shown)
                 if message:
-                    _say(message)
+                    say(message)
                 if bar is None:
                     bar = tqdm(total=config.steps, initial=step - 1, disable=not (progress and main), desc=out.name,
                                dynamic_ncols=True)  # fmt: skip
@@ -330,7 +330,7 @@ def train(config: TrainConfig, *, resume: bool = True, progress: bool = True, ev
                     )
                 if step == config.steps and config.bn_population and has_batch_norm(arch):
                     state = with_population_stats(state, arch, train_ds, mesh if multi else None)
-                    _say(f"BatchNorm statistics recomputed over the {len(train_ds)} training examples")
+                    say(f"BatchNorm statistics recomputed over the {len(train_ds)} training examples")
                 for k, v in host.items():
                     window.setdefault(k, []).append(v)
                 bar.update(1)
@@ -345,10 +345,10 @@ def train(config: TrainConfig, *, resume: bool = True, progress: bool = True, ev
                     record = {"step": step, "epoch": epoch, **validate(config, arch, state, val_ds, multi)}
                     if log is not None:
                         log.write(record)
-                    _say(f"step {step}: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in record.items() if "acc" in k))
+                    say(f"step {step}: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in record.items() if "acc" in k))
                 if checkpoints.due(step) or step == config.steps:
                     checkpoints.save(state, meta)
-                    _say(f"checkpoint saved at step {step}")
+                    say(f"checkpoint saved at step {step}")
                 if step >= config.steps:
                     break
     except KeyboardInterrupt:
@@ -363,43 +363,14 @@ def train(config: TrainConfig, *, resume: bool = True, progress: bool = True, ev
     train_time = time.time() - start_time
 
     records = read_metrics(out / "metrics.jsonl") if main else []
-    result: dict[str, Any] = {"state": state, "arch": arch, "metrics": records, "out": out}
-    if evaluate:
-        from jaxcert.certify import certify_dataset, write_report
+    return TrainedRun(state, arch, records, out, train_ds, test_ds, train_time, multi, main)
 
-        n_test = min(len(test_ds), config.test_limit or len(test_ds))
-        cascade = config.eval_cascade
-        if main:
-            _say(
-                f"final evaluation on {n_test} test examples ({test_ds.source or 'memory'}), eps={config.test_eps}: "
-                f"PGD {config.eval_pgd_steps} steps x {config.eval_pgd_restarts} restarts, APGD-CE "
-                f"{config.eval_apgd_steps} steps, certified by {' -> '.join(cascade)}"
-            )
-        # multi-process: every process holds all the params and certifies its share of the test examples
-        params = dist.to_host(state.full_params) if multi else state.full_params
-        report = certify_dataset(
-            arch, params, test_ds, config.test_eps, relaxations=cascade, pgd_steps=config.eval_pgd_steps,
-            pgd_restarts=config.eval_pgd_restarts, apgd_steps=config.eval_apgd_steps,
-            batch_size=config.eval_batch_size, limit=config.test_limit, seed=config.seed,
-            progress=progress and main, distributed=multi,
-        )  # fmt: skip
-        scores = report.accuracies()
-        training = {"method": config.method, "objective": config.objective, "relaxation": config.relaxation}
-        report.settings["training"] = training  # the trained method in certify.json/.md
-        if main:
-            write_report(report, out)
-        result["eval"] = scores
-        summary = {"eps": config.test_eps, "test_examples": n_test, "relaxations": list(cascade), **training}
-        summary |= {"data_source": {"train": train_ds.source, "test": test_ds.source}}
-        summary |= {"train_seconds": train_time, "steps": config.steps, **scores, "provenance": provenance()}
-        if main:
-            (out / "results.json").write_text(json.dumps(summary, indent=2))
-        records = [*records, {"step": config.steps, **{f"test_{k}": v for k, v in scores.items()}}] if main else []
-    if records:
-        title = f"{out.name}: {config.method_label}/{config.relaxation}"
-        schedule = None if config.method == "standard" else _schedule_curve(config)
-        plot_metrics(records, out / "curves.png", title=title, schedule=schedule)
-    return result
+
+def plot_run(config: TrainConfig, records: list[dict[str, Any]], out: Path) -> None:
+    """``out/curves.png``: the metrics ``records`` and, but for standard training, the recipe's schedule."""
+    title = f"{out.name}: {config.method_label}/{config.relaxation}"
+    schedule = None if config.method == "standard" else _schedule_curve(config)
+    plot_metrics(records, out / "curves.png", title=title, schedule=schedule)
 
 
 def with_population_stats(state: TrainState, arch: Arch, train_ds: Dataset, mesh: Any = None) -> TrainState:
@@ -487,6 +458,6 @@ def _schedule_curve(config: TrainConfig) -> dict[str, np.ndarray]:
     )  # fmt: skip
     steps = np.unique(np.linspace(0, config.steps, min(config.steps + 1, 200)).astype(int))
     curves = {"step": steps, **{k: np.asarray(v) for k, v in schedule(steps).items()}}
-    if config.relaxation != "crown-ibp":
+    if not is_beta_mixable(config.relaxation):
         del curves["beta"]
     return curves

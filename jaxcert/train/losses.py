@@ -29,6 +29,7 @@ import jax.numpy as jnp
 
 from jaxcert.bounds import certified_cross_entropy, cross_entropy, get_relaxation, is_certified, margin_lower_bounds
 from jaxcert.bounds.loss_fusion import fused_certified_loss
+from jaxcert.bounds.registry import is_beta_mixable, is_fusable, relaxations_with
 from jaxcert.nets.layers import Arch
 from jaxcert.nets.network import LayerParams, forward, merge
 from jaxcert.train.batch_norm import check_bn_mode, with_batch_stats
@@ -37,18 +38,14 @@ from jaxcert.train.warmup_regularisers import add_warmup, check_warmup
 
 Objective = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
 
-#: Relaxations whose bound is mixed with IBP by the scheduled coefficient β.
-BETA_RELAXATIONS = frozenset({"crown-ibp"})
-#: Relaxations whose certified loss can be fused (bounded with one row per example).
-FUSABLE_RELAXATIONS = frozenset({"crown-ibp"})
-
 
 def check_loss_fusion(loss_fusion: bool, relaxation: str) -> None:
-    """``ValueError`` unless loss fusion is off or ``relaxation`` has a fused certified loss."""
-    if loss_fusion and relaxation not in FUSABLE_RELAXATIONS:
+    """``ValueError`` unless loss fusion is off or ``relaxation`` has a fused certified loss (its trait
+    ``fusable``, :func:`jaxcert.bounds.registry.is_fusable`)."""
+    if loss_fusion and not is_fusable(relaxation):
         raise ValueError(
             f"loss_fusion bounds the certified loss with CROWN-IBP's back-substitution: it needs relaxation "
-            f"{' or '.join(sorted(FUSABLE_RELAXATIONS))}, got {relaxation!r}"
+            f"{' or '.join(sorted(relaxations_with('fusable')))}, got {relaxation!r}"
         )
 
 
@@ -122,7 +119,7 @@ def certified_objective(
         logits = forward(arch, params, x)
         ce = jnp.mean(cross_entropy(logits, y))
         opts = dict(options)
-        if relaxation in BETA_RELAXATIONS:
+        if is_beta_mixable(relaxation):
             opts["beta"] = values["beta"]
         else:
             values.pop("beta")

@@ -32,22 +32,28 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
 
 
 def _describe(params: Any) -> list[dict[str, tuple[tuple[int, ...], str]]]:
-    return [{k: (tuple(np.shape(v)), str(jnp.asarray(v).dtype)) for k, v in layer.items()} for layer in params]
+    """Per layer, ``{leaf: (shape, dtype)}`` (of arrays or of ``jax.ShapeDtypeStruct`` s)."""
+
+    def shape_dtype(v: Any) -> tuple[tuple[int, ...], str]:
+        if isinstance(v, jax.ShapeDtypeStruct):
+            return tuple(v.shape), str(v.dtype)
+        return tuple(np.shape(v)), str(jnp.asarray(v).dtype)
+
+    return [{k: shape_dtype(v) for k, v in layer.items()} for layer in params]
 
 
-def check_same_architecture(saved: LayerParams, template: LayerParams, source: str) -> None:
-    """``ValueError`` (one line) naming the first layer/leaf where ``saved`` and ``template`` differ."""
+def check_same_architecture(saved: LayerParams, template: Any, source: str, *, action: str = "warm-start from") -> None:
+    """``ValueError`` (one line, "cannot <action> <source>: ...") naming the first layer/leaf where ``saved``
+    and ``template`` (params, or their ``jax.ShapeDtypeStruct`` s) differ."""
     got, want = _describe(saved), _describe(template)
     if len(got) != len(want):
         raise ValueError(
-            f"cannot warm-start from {source}: architecture mismatch: saved net has {len(got)} layers, "
+            f"cannot {action} {source}: architecture mismatch: saved net has {len(got)} layers, "
             f"this run's has {len(want)}"
         )
     for i, (g, w) in enumerate(zip(got, want, strict=True)):
         if g != w:
-            raise ValueError(
-                f"cannot warm-start from {source}: architecture mismatch at layer {i}: saved {g}, expected {w}"
-            )
+            raise ValueError(f"cannot {action} {source}: architecture mismatch at layer {i}: saved {g}, expected {w}")
 
 
 def load_run_params(run_dir: str | Path, template: LayerParams, *, step: int | None = None) -> LayerParams:

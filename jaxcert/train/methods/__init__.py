@@ -16,8 +16,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from jaxcert.bounds.registry import is_interval
 from jaxcert.nets.layers import Arch
-from jaxcert.train.configs import INTERVAL_RELAXATIONS, OBJECTIVES
+from jaxcert.train.configs import OBJECTIVES
 from jaxcert.train.losses import Objective, certified_objective
 from jaxcert.train.methods.expressive import EXPRESSIVE_LOSSES, expressive_term
 from jaxcert.train.methods.objective import RobustTerm, method_objective
@@ -50,7 +51,7 @@ def robust_term(
     if name == "sabr":
         return sabr_term(arch, relaxation, sabr_lambda, **bounds, **step, **options)
     if name in ("taps", "staps"):
-        if relaxation not in INTERVAL_RELAXATIONS:
+        if not is_interval(relaxation):
             raise ValueError(f"{name} bounds its feature extractor with IBP, not relaxation {relaxation!r}")
         lam = sabr_lambda if name == "staps" else None
         return taps_term(arch, taps_split, lam=lam, estimator=taps_estimator, **bounds, **step)

@@ -22,10 +22,11 @@ import jax
 import jax.numpy as jnp
 
 from jaxcert.bounds import certified_cross_entropy, cross_entropy, get_relaxation, is_certified, margin_lower_bounds
+from jaxcert.bounds.registry import is_beta_mixable
 from jaxcert.bounds.spec import batch_margin_spec
 from jaxcert.nets.layers import Arch
 from jaxcert.nets.network import forward
-from jaxcert.train.losses import BETA_RELAXATIONS, batch_accuracy
+from jaxcert.train.losses import batch_accuracy
 from jaxcert.train.methods.inner_attack import inner_pgd
 from jaxcert.train.methods.objective import RobustTerm
 
@@ -84,7 +85,7 @@ def expressive_term(
             lo=lo, hi=hi,
         )  # fmt: skip
         logits_adv = forward(arch, params, x_adv)
-        opts = {**options, "beta": values["beta"]} if relaxation in BETA_RELAXATIONS else options
+        opts = {**options, "beta": values["beta"]} if is_beta_mixable(relaxation) else options
         lb = margin_lower_bounds(arch, params, x, y, eps, relaxation=relaxation, lo=lo, hi=hi, **opts)
         adv, ver = jnp.mean(cross_entropy(logits_adv, y)), jnp.mean(certified_cross_entropy(lb))
         if kind == "mtl-ibp":

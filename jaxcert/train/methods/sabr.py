@@ -23,11 +23,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxcert.bounds import certified_cross_entropy, get_relaxation, input_box, is_certified
-from jaxcert.bounds.registry import is_one_sided
+from jaxcert.bounds.registry import is_beta_mixable, is_one_sided
 from jaxcert.bounds.spec import batch_margin_spec
 from jaxcert.nets.layers import Arch
 from jaxcert.nets.network import LayerParams, forward
-from jaxcert.train.losses import BETA_RELAXATIONS
 from jaxcert.train.methods.objective import RobustTerm
 from jaxcert.train.methods.sabr_attack import SABR_STEP, sabr_pgd
 
@@ -104,7 +103,7 @@ def sabr_term(
             lambda z: forward(arch, stopped, z), x, y, values["eps"], lam, key, steps=steps, step_rel=step_rel,
             lo=lo, hi=hi,
         )  # fmt: skip
-        opts = {**options, "beta": values["beta"]} if relaxation in BETA_RELAXATIONS else options
+        opts = {**options, "beta": values["beta"]} if is_beta_mixable(relaxation) else options
         lb = box_margin_lower_bounds(arch, params, lower, upper, y, relaxation=relaxation, **opts)
         loss = jnp.mean(certified_cross_entropy(lb))
         aux = {"sabr_loss": loss, "sabr_acc": jnp.mean(is_certified(lb).astype(jnp.float32))}
