@@ -6,8 +6,8 @@ For a population of ``--members`` parameter samples ``θ + σ z_i`` (CNN3, batch
 * ``rgs``:     the value and gradient of the objective for ``--samples`` members (an RGS step's work),
 
 under each schedule of :func:`jaxcert.train.members.map_members`: ``vmap`` (one vmap of all members),
-``map<k>`` (``lax.map`` over chunks of ``k``), ``unroll<k>`` (the chunks as copies in the program) and
-``auto`` (the default rule of :mod:`jaxcert.train.member_schedule` for this backend). Throughput is
+``map<k>`` (``lax.map`` over chunks of ``k``) and ``auto`` (the default rule of
+:mod:`jaxcert.train.member_schedule` for this backend). Throughput is
 member-examples/s = members · batch / median seconds; memory is XLA's estimate
 (``compiled.memory_analysis()``: arguments + outputs + temporaries). A program whose estimate exceeds
 ``--memory-gb`` is recorded as skipped, not run. The measurement behind the CPU chunk of the default rule:
@@ -38,26 +38,24 @@ from jaxcert.train.members import map_members
 GiB = 2**30
 FULL = {
     "arch": "cnn3", "in_shape": (28, 28, 1), "batch": 32, "members": 32, "samples": 4,
-    "relaxations": ("ibp", "crown-ibp", "deeppoly"), "schedules": ("vmap", "map1", "map2", "map4", "map8", "unroll4",
-                                                                   "auto"),
+    "relaxations": ("ibp", "crown-ibp", "deeppoly"), "schedules": ("vmap", "map1", "map2", "map4", "map8", "auto"),
     "repeats": 2, "memory_gb": 6.0,
 }  # fmt: skip
 QUICK = {
     "arch": "mlp_small", "in_shape": (4, 4, 1), "batch": 4, "members": 4, "samples": 2, "relaxations": ("ibp",),
-    "schedules": ("vmap", "map2", "unroll2", "auto"), "repeats": 1, "memory_gb": 6.0,
+    "schedules": ("vmap", "map2", "auto"), "repeats": 1, "memory_gb": 6.0,
 }  # fmt: skip
 
 
 def schedule_arguments(name: str) -> dict[str, Any]:
-    """``"vmap"`` / ``"map<k>"`` / ``"unroll<k>"`` / ``"auto"`` -> keyword arguments of ``map_members``."""
+    """``"vmap"`` / ``"map<k>"`` / ``"auto"`` -> the ``chunk`` of ``map_members`` (``-1``: one vmap)."""
     if name == "vmap":
         return {"chunk": -1}
     if name == "auto":
         return {"chunk": 0}
-    for prefix, unroll in (("map", False), ("unroll", True)):
-        if name.startswith(prefix) and name[len(prefix) :].isdigit():
-            return {"chunk": int(name[len(prefix) :]), "unroll": unroll}
-    raise ValueError(f"unknown schedule {name!r}: expected vmap, auto, map<k> or unroll<k>")
+    if name.startswith("map") and name[3:].isdigit() and int(name[3:]) > 0:
+        return {"chunk": int(name[3:])}
+    raise ValueError(f"unknown schedule {name!r}: expected vmap, auto or map<k> (k >= 1)")
 
 
 def members_program(objective: Any, name: str, gradient: bool) -> Callable[..., Any]:
@@ -67,7 +65,7 @@ def members_program(objective: Any, name: str, gradient: bool) -> Callable[..., 
     if options["chunk"] == -1:  # one vmap, whatever the rule would choose
         mapped = lambda members, *shared: jax.vmap(lambda m: fn(m, *shared))(members)
     else:
-        mapped = map_members(fn, options["chunk"], unroll=options.get("unroll", False))
+        mapped = map_members(fn, options["chunk"])
     return lambda members, frozen, x, y: mapped(members, frozen, x, y, 0)
 
 
@@ -151,7 +149,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny setting (seconds), used by the tests")
     p.add_argument("--relaxations", nargs="+", help="relaxations (default: ibp crown-ibp deeppoly)")
-    p.add_argument("--schedules", nargs="+", help="vmap, auto, map<k>, unroll<k> (default: a sweep)")
+    p.add_argument("--schedules", nargs="+", help="vmap, auto, map<k> (default: a sweep)")
     p.add_argument("--memory-gb", type=float, help="skip programs XLA estimates above this (default 6)")
     p.add_argument("--works", nargs="+", choices=("forward", "rgs"), help="default: both")
     p.add_argument("--repeats", type=int, help="timed calls per schedule (default 2)")
