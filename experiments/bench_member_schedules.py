@@ -65,7 +65,7 @@ def members_program(objective: Any, name: str, gradient: bool) -> Callable[..., 
     if options["chunk"] == -1:  # one vmap, whatever the rule would choose
         mapped = lambda members, *shared: jax.vmap(lambda m: fn(m, *shared))(members)
     else:
-        mapped = map_members(fn, options["chunk"])
+        mapped = map_members(fn, options["chunk"], gradient=gradient)
     return lambda members, frozen, x, y: mapped(members, frozen, x, y, 0)
 
 

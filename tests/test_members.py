@@ -113,12 +113,21 @@ def test_the_default_rule_chunks_on_cpu_and_vmaps_on_accelerators(problem, monke
     assert chunk == 1 and "even one member" in why
     with pytest.raises(ValueError, match=">= 1 member"):
         choose_chunk(0, "cpu")
+    # gradients (RGS) on CPU: one vmap unless XLA's estimate exceeds the limit, as on accelerators
+    assert choose_chunk(4, "cpu", estimate, memory_limit=1e9, gradient=True)[0] == 4
+    assert choose_chunk(4, "cpu", estimate, memory_limit=250.0, gradient=True)[0] == 2
 
     # map_members(chunk=0) asks the rule with this backend's name, and on an accelerator XLA's real estimate
     for backend, expect_loop in (("cpu", CPU_CHUNK < POPULATION), ("gpu", False), ("tpu", False)):
         monkeypatch.setattr(jax, "default_backend", lambda b=backend: b)
         hlo = jax.jit(map_members(OBJECTIVE)).lower(members, frozen, x, y, 0).as_text()
         assert ("while" in hlo) == expect_loop, backend
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    for memory, expect_loop in ((1e15, False), (1.0, True)):  # RGS-style gradients on CPU: by the estimate
+        monkeypatch.setattr(member_schedule, "host_memory_bytes", lambda m=memory: m)
+        grad = jax.value_and_grad(OBJECTIVE, has_aux=True)
+        hlo = jax.jit(map_members(grad, gradient=True)).lower(members, frozen, x, y, 0).as_text()
+        assert ("while" in hlo) == expect_loop, memory
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     monkeypatch.setattr(member_schedule, "device_memory_bytes", lambda: 1e15)
     assert "while" not in jax.jit(map_members(OBJECTIVE)).lower(members, frozen, x, y, 0).as_text()  # fits
@@ -130,5 +139,6 @@ def test_the_default_schedule_is_described_in_one_line():
     assert describe(32, 0, "cpu").startswith(f"lax.map over chunks of {CPU_CHUNK}")
     assert "--member-chunk overrides" in describe(32, 0, "cpu")
     assert describe(32, 0, "gpu").startswith("one vmap unless XLA's memory estimate exceeds")
+    assert "of free RAM (cpu)" in describe(4, 0, "cpu", gradient=True)
     assert describe(32, 4) == "lax.map over chunks of 4 (member_chunk=4)"
     assert describe(32, 32) == "one vmap (member_chunk=32)"

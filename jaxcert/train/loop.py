@@ -427,7 +427,8 @@ def _members(config: TrainConfig) -> str:
     if size is None:
         return ""
     what = "samples" if config.method == "rgs" else "members"
-    return f", {size} {what} as {describe_member_schedule(size, config.member_chunk)}"
+    how = describe_member_schedule(size, config.member_chunk, gradient=config.method == "rgs")
+    return f", {size} {what} as {how}"
 
 
 class _StepClock:
