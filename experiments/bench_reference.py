@@ -42,6 +42,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REFERENCE_SCRIPT = HERE / "reference_lirpa.py"
+CPUS_VARIABLE = "JAXCERT_BENCH_CPUS"  # the CPUs a side's process pins itself to
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,8 +216,11 @@ def jaxcert_side(plan: dict[str, Any]) -> dict[str, Any]:
 
 
 def pinned_env(threads: int) -> dict[str, str]:
-    """Environment of a child process: ``threads`` threads for every BLAS / OpenMP pool."""
+    """Environment of a child process: ``threads`` threads for every BLAS / OpenMP pool, and the CPUs it
+    pins itself to (:data:`CPUS_VARIABLE`; set by the child before its runtime starts, since a
+    ``preexec_fn`` in this process, whose JAX runtime has threads, could deadlock the fork)."""
     env = dict(os.environ)
+    env[CPUS_VARIABLE] = ",".join(map(str, sorted(os.sched_getaffinity(0))[:threads]))
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[var] = str(threads)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE.parent), env.get("PYTHONPATH", "")]))
@@ -225,13 +229,11 @@ def pinned_env(threads: int) -> dict[str, str]:
 
 def run_child(command: list[str], threads: int, timeout: float) -> tuple[dict[str, Any] | None, str]:
     """Run one side's process pinned to the first ``threads`` CPUs; ``(its JSON, "")`` or ``(None, why)``."""
-    cpus = sorted(os.sched_getaffinity(0))[:threads]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out.json"
         try:
             done = subprocess.run(
-                [*command, str(out)], env=pinned_env(threads), capture_output=True, text=True, timeout=timeout,
-                preexec_fn=lambda: os.sched_setaffinity(0, cpus),
+                [*command, str(out)], env=pinned_env(threads), capture_output=True, text=True, timeout=timeout
             )  # fmt: skip
         except subprocess.TimeoutExpired:
             return None, f"timed out after {timeout:.0f} s"
@@ -308,7 +310,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    if args.side == "jaxcert":  # the child process
+    if args.side == "jaxcert":  # the child process: pinned before JAX starts its thread pool
+        if os.environ.get(CPUS_VARIABLE):
+            os.sched_setaffinity(0, {int(c) for c in os.environ[CPUS_VARIABLE].split(",")})
         sys.path.insert(0, str(HERE))
         result = jaxcert_side(json.loads(Path(args.plan[0]).read_text()))
         Path(args.plan[1]).write_text(json.dumps(result, indent=1))
