@@ -2,8 +2,8 @@
 
 PGPE: seconds per generation (ask → certified loss of every member → tell) for several population
 sizes, the whole generation one jitted step whose member axis is scheduled as ONE ``vmap`` over the
-population, as ``lax.map`` over chunks of ``--chunk`` members, or as those chunks unrolled into the
-program (``jaxcert.train.members``), against
+population, as ``lax.map`` over chunks of ``--chunk`` members, or in the default schedule (``member_chunk=0``:
+the measured rule per backend, ``jaxcert.train.member_schedule``), against
 a Python loop that evaluates the members one by one with a jitted single-member loss (ask and tell jitted
 too). RGS: seconds per step with ``k`` perturbed gradients (all three schedules) against one plain
 certified-training step.
@@ -13,8 +13,7 @@ Inputs are random images (timing does not depend on the data). Programs are comp
 is 32 (not 128) so that the full CPU run stays within about ten minutes on two cores. A configuration
 whose compiled program needs more memory than ``--memory-fraction`` of this machine's RAM is skipped
 with a note, as is one whose call is estimated (from the loop, or k plain steps) to take longer than
-``--max-call-s``, an unrolled program of more than ``--max-copies`` copies, and a relaxation that is not
-registered. For large populations the loop is timed on
+``--max-call-s``, and a relaxation that is not registered. For large populations the loop is timed on
 ``--loop-members`` members and extrapolated linearly (marked in the table).
 
     python experiments/bench_gls.py            # the real benchmark (CPU: several minutes)
@@ -42,6 +41,7 @@ from jaxcert.bounds import relaxation_names
 from jaxcert.nets import get_architecture, init_params, split_trainable
 from jaxcert.provenance import provenance
 from jaxcert.train import certified_objective, certified_trainer, pgpe_trainer, recipe_schedule, rgs_trainer
+from jaxcert.train.member_schedule import describe as describe_member_schedule
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 NAME = "bench_gls"
@@ -49,12 +49,12 @@ NAME = "bench_gls"
 FULL = {
     "arch": "cnn3", "in_shape": (28, 28, 1), "batch": 32, "populations": (16, 64, 256),
     "relaxations": ("crown-ibp", "deeppoly"), "samples": (4, 16), "repeats": 2, "loop_members": 16,
-    "chunk": 1, "max_call_s": 60.0, "max_copies": 64,
+    "chunk": 1, "max_call_s": 60.0,
 }  # fmt: skip
 QUICK = {
     "arch": "mlp_small", "in_shape": (4, 4, 1), "batch": 4, "populations": (4,), "relaxations": ("ibp",),
     "samples": (2,), "repeats": 1, "loop_members": 2,
-    "chunk": 2, "max_call_s": 60.0, "max_copies": 64,
+    "chunk": 2, "max_call_s": 60.0,
 }  # fmt: skip
 
 
@@ -70,7 +70,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--loop-members", type=int, help="members the Python loop is timed on (default: 16)")
     p.add_argument("--chunk", type=int, help="members per lax.map step of the chunked schedule (default: 1)")
     p.add_argument("--max-call-s", type=float, help="skip a program estimated to take longer per call (default: 60)")
-    p.add_argument("--max-copies", type=int, help="skip unrolled programs with more copies (default: 64)")
     p.add_argument("--memory-fraction", type=float, default=0.6, help="skip programs needing more of the RAM")
     return p.parse_args(argv)
 
@@ -86,7 +85,6 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         "loop_members",
         "chunk",
         "max_call_s",
-        "max_copies",
     ):
         value = getattr(args, key)
         if value is not None:
@@ -138,13 +136,13 @@ def ram_bytes() -> int:
 
 
 #: The schedules of the member axis that are timed: one vmap, lax.map over chunks of ``chunk``, and the
-#: chunks unrolled into the program.
-SCHEDULES = ("vmap", "chunked", "unrolled")
+#: default rule of the backend (``member_chunk=0``).
+SCHEDULES = ("vmap", "chunked", "default")
 
 
-def schedule_options(name: str, chunk: int) -> dict[str, Any]:
-    """``chunk``/``unroll`` keyword arguments of the GLS trainers for schedule ``name``."""
-    return {"vmap": {"chunk": 0}, "chunked": {"chunk": chunk}, "unrolled": {"chunk": chunk, "unroll": True}}[name]
+def schedule_options(name: str, chunk: int, size: int) -> dict[str, Any]:
+    """``chunk`` keyword argument of the GLS trainers for schedule ``name`` (``size``: the members)."""
+    return {"vmap": {"chunk": size}, "chunked": {"chunk": chunk}, "default": {"chunk": 0}}[name]
 
 
 class Bench:
@@ -162,15 +160,11 @@ class Bench:
         self.budget = memory_fraction * ram_bytes()
         self.key = jax.random.key(1)
 
-    def time_step(self, row: dict[str, Any], name: str, trainer: Any, estimate_s: float, copies: int = 1) -> None:
+    def time_step(self, row: dict[str, Any], name: str, trainer: Any, estimate_s: float) -> None:
         """Time ``trainer.step`` into ``row[name + "_s"]`` (compile seconds into ``name + "_compile_s"``), or
-        record why it was skipped: too much memory, an estimated call longer than ``max_call_s``, or more
-        unrolled copies than ``max_copies``."""
+        record why it was skipped: too much memory, or an estimated call longer than ``max_call_s``."""
         if estimate_s > self.s["max_call_s"]:
             row[f"{name}_skipped"] = f"estimated {estimate_s:.0f} s per call > {self.s['max_call_s']:.0f} s limit"
-            return
-        if copies > self.s["max_copies"]:
-            row[f"{name}_skipped"] = f"{copies} unrolled copies > {self.s['max_copies']} limit"
             return
         state = trainer.init(self.params)
         compiled, row[f"{name}_compile_s"], why, need = compile_checked(
@@ -190,12 +184,11 @@ class Bench:
             row: dict[str, Any] = {"relaxation": relaxation, "population": pop, "chunk": s["chunk"]}
             row.update(self.loop_generation(single, pop, s["loop_members"], s["repeats"]))
             for name in SCHEDULES:
-                options = schedule_options(name, s["chunk"])
+                options = schedule_options(name, s["chunk"], pop)
                 trainer = pgpe_trainer(
                     self.arch, objective, self.params, optax.adam(1e-3), sigma=0.01, population=pop, **options
                 )
-                copies = pop // s["chunk"] if options.get("unroll") else 1
-                self.time_step(row, name, trainer, row["loop_s"], copies)
+                self.time_step(row, name, trainer, row["loop_s"])
                 if f"{name}_s" in row:
                     row[f"{name}_speedup"] = row["loop_s"] / row[f"{name}_s"]
             rows.append(row)
@@ -246,10 +239,9 @@ class Bench:
         for k in s["samples"]:
             row: dict[str, Any] = {"relaxation": relaxation, "samples": k, "chunk": s["chunk"], **probe}
             for name in SCHEDULES:
-                options = schedule_options(name, s["chunk"])
+                options = schedule_options(name, s["chunk"], k)
                 trainer = rgs_trainer(self.arch, objective, optimizer, sigma=0.01, samples=k, **options)
-                copies = k // s["chunk"] if options.get("unroll") else 1
-                self.time_step(row, name, trainer, k * probe["plain_s"], copies)
+                self.time_step(row, name, trainer, k * probe["plain_s"])
                 if f"{name}_s" in row:
                     row[f"{name}_ratio"] = row[f"{name}_s"] / row["plain_s"]
             rows.append(row)
@@ -302,21 +294,21 @@ def markdown(result: dict[str, Any]) -> str:
         "## PGPE: seconds per generation",
         "",
         f"Schedules of the member axis inside the one jitted generation (`jaxcert.train.members`): one `vmap` "
-        f"over the population; `lax.map` over chunks of {s['chunk']} members (`chunk={s['chunk']}`); the same "
-        f"chunks unrolled into the program (`chunk={s['chunk']}, unroll=True`); all against a Python loop over "
-        f"jitted members.",
+        f"over the population; `lax.map` over chunks of {s['chunk']} members (`chunk={s['chunk']}`); the default "
+        f"schedule of this backend (`chunk=0`: {describe_member_schedule(2**10, 0)}); all against a Python loop "
+        f"over jitted members.",
         "",
-        "| relaxation | population | one vmap (s) | chunked (s) | unrolled (s) | Python loop (s) | vmap speed-up "
-        "| chunked speed-up | unrolled speed-up | compile vmap / chunked / unrolled (s) "
-        "| memory vmap / chunked / unrolled (GiB) |",
+        "| relaxation | population | one vmap (s) | chunked (s) | default (s) | Python loop (s) | vmap speed-up "
+        "| chunked speed-up | default speed-up | compile vmap / chunked / default (s) "
+        "| memory vmap / chunked / default (GiB) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
         *(format_pgpe(r) for r in result["pgpe"]),
         "",
         "## RGS: seconds per step with k perturbed gradients vs a plain certified step (ideal ratio: k)",
         "",
-        "| relaxation | k | RGS one vmap (s) | RGS chunked (s) | RGS unrolled (s) | plain step (s) | vmap ratio "
-        "| chunked ratio | unrolled ratio | compile vmap / chunked / unrolled (s) "
-        "| memory vmap / chunked / unrolled (GiB) |",
+        "| relaxation | k | RGS one vmap (s) | RGS chunked (s) | RGS default (s) | plain step (s) | vmap ratio "
+        "| chunked ratio | default ratio | compile vmap / chunked / default (s) "
+        "| memory vmap / chunked / default (GiB) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
         *(format_rgs(r) for r in result["rgs"]),
     ]
@@ -360,9 +352,8 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         result["notes"].append(
             "XLA:CPU: a convolution vmapped over per-member kernels (activations and kernels both carry the "
             "member axis) lowers to a grouped convolution, which XLA:CPU runs several times slower per member "
-            "than one ordinary convolution, and runs the convolutions of a loop body (lax.map) slowly too; unrolled "
-            "chunks (`member_chunk=1, member_unroll=True`) avoid both. Chunking bounds the memory by the chunk "
-            "instead of the population."
+            "than one ordinary convolution; chunks of few members via lax.map avoid it (the default rule on CPU, "
+            "experiments/bench_member_schedules.py). Chunking bounds the memory by the chunk instead of the population."
         )
     result["total_seconds"] = time.time() - start
     result["provenance"] = provenance()

@@ -9,8 +9,17 @@ import optax
 import pytest
 
 from jaxcert.nets import Dense, Flatten, Normalize, ReLU, init_params, split_trainable
-from jaxcert.train import certified_objective, gaussian_noise, perturb, pgpe_trainer, recipe_schedule, rgs_trainer
+from jaxcert.train import (
+    certified_objective,
+    gaussian_noise,
+    member_schedule,
+    perturb,
+    pgpe_trainer,
+    recipe_schedule,
+    rgs_trainer,
+)
 from jaxcert.train.configs import TrainConfig
+from jaxcert.train.member_schedule import CPU_CHUNK, choose_chunk, describe
 from jaxcert.train.members import map_members, population_size
 
 ARCH = (Normalize((0.5,), (0.3,)), Flatten(), Dense(8), ReLU(), Dense(3))
@@ -29,12 +38,11 @@ def problem():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("chunk", "unroll"), [(0, False), (1, False), (2, False), (4, False), (8, False), (16, False),
-                                               (1, True), (4, True)])  # fmt: skip
-def test_every_chunking_equals_a_python_loop_over_members(problem, chunk, unroll):
+@pytest.mark.parametrize("chunk", [0, 1, 2, 4, 8])
+def test_every_chunking_equals_a_python_loop_over_members(problem, chunk):
     _, _, frozen, x, y, members = problem
     fn = jax.value_and_grad(OBJECTIVE, has_aux=True)
-    (losses, aux), grads = jax.jit(map_members(fn, chunk, unroll=unroll))(members, frozen, x, y, 7)
+    (losses, aux), grads = jax.jit(map_members(fn, chunk))(members, frozen, x, y, 7)
     assert losses.shape == (POPULATION,)
     single = jax.jit(fn)
     for i in range(POPULATION):
@@ -46,31 +54,24 @@ def test_every_chunking_equals_a_python_loop_over_members(problem, chunk, unroll
     assert float(jnp.std(losses)) > 0  # the members differ: a broadcast bug would not pass
 
 
-def test_chunked_program_is_a_loop_over_groups_unless_unrolled(problem):
+def test_chunked_program_is_a_loop_over_groups_and_a_whole_chunk_one_vmap(problem):
     _, _, frozen, x, y, members = problem
     hlo = jax.jit(map_members(OBJECTIVE, 2)).lower(members, frozen, x, y, 0).as_text()
-    assert "while" in hlo  # lax.map over the 4 groups, not an unrolled or fully vmapped program
-    assert "while" not in jax.jit(map_members(OBJECTIVE, 0)).lower(members, frozen, x, y, 0).as_text()
-    unrolled = jax.jit(map_members(OBJECTIVE, 2, unroll=True)).lower(members, frozen, x, y, 0).as_text()
-    assert "while" not in unrolled  # four copies of the group's program instead of a loop
-    assert unrolled.count("dot_general") == 4 * jax.jit(map_members(OBJECTIVE, 8)).lower(
-        members, frozen, x, y, 0
-    ).as_text().count("dot_general")
+    assert "while" in hlo  # lax.map over the 4 groups, not a fully vmapped program
+    assert "while" not in jax.jit(map_members(OBJECTIVE, POPULATION)).lower(members, frozen, x, y, 0).as_text()
 
 
 @pytest.mark.slow
 def test_chunked_rgs_and_pgpe_steps_equal_the_full_vmap(problem):
     params, _, _, x, y, _ = problem
     key = jax.random.key(3)
-    for make in (
-        lambda c, u: rgs_trainer(ARCH, OBJECTIVE, optax.adam(1e-2), sigma=0.05, samples=4, chunk=c, unroll=u),
-        lambda c, u: pgpe_trainer(
-            ARCH, OBJECTIVE, params, optax.adam(1e-2), sigma=0.05, population=8, chunk=c, unroll=u
-        ),
+    for size, make in (
+        (4, lambda c: rgs_trainer(ARCH, OBJECTIVE, optax.adam(1e-2), sigma=0.05, samples=4, chunk=c)),
+        (8, lambda c: pgpe_trainer(ARCH, OBJECTIVE, params, optax.adam(1e-2), sigma=0.05, population=8, chunk=c)),
     ):
-        full = make(0, False)
+        full = make(size)  # a chunk of the whole population: one vmap
         a, ma = full.step(full.init(params), x, y, key)
-        for chunked in (make(2, False), make(2, True)):
+        for chunked in (make(2), make(0)):  # lax.map over pairs; the default rule
             b, mb = chunked.step(chunked.init(params), x, y, key)
             np.testing.assert_allclose(ma["loss"], mb["loss"], rtol=1e-5)
             for u, v in zip(jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(b.params), strict=True):
@@ -91,6 +92,53 @@ def test_bad_chunks_are_rejected_clearly(problem):
         TrainConfig(method="pgpe", population=16, member_chunk=5)
     with pytest.raises(ValueError, match="member_chunk must be >= 0"):
         TrainConfig(member_chunk=-2)
+    with pytest.raises(ValueError, match="member_unroll was removed"):
+        TrainConfig(method="pgpe", member_chunk=4, member_unroll=True)
     assert dataclasses.replace(TrainConfig(method="certified"), member_chunk=5).member_chunk == 5  # unused: fine
     with pytest.raises(ValueError, match="leading"):
         population_size([jnp.zeros((4, 2)), jnp.zeros((3, 2))])
+
+
+def test_the_default_rule_chunks_on_cpu_and_vmaps_on_accelerators(problem, monkeypatch):
+    _, _, frozen, x, y, members = problem
+    assert choose_chunk(32, "cpu")[0] == CPU_CHUNK
+    assert choose_chunk(6, "cpu")[0] == max(k for k in (1, 2, 3, 6) if k <= CPU_CHUNK)  # a divisor of N
+    assert "lax.map" in choose_chunk(32, "cpu")[1]
+    assert choose_chunk(32, "gpu") == (32, "one vmap (gpu)")  # no estimate: one vmap
+    estimate = lambda k: 100.0 * k  # bytes grow with the members per step
+    assert choose_chunk(32, "tpu", estimate, memory_limit=3200.0)[0] == 32
+    assert choose_chunk(32, "gpu", estimate, memory_limit=1000.0)[0] == 8  # the largest divisor that fits
+    assert choose_chunk(6, "gpu", estimate, memory_limit=250.0)[0] == 2
+    chunk, why = choose_chunk(4, "gpu", estimate, memory_limit=50.0)
+    assert chunk == 1 and "even one member" in why
+    with pytest.raises(ValueError, match=">= 1 member"):
+        choose_chunk(0, "cpu")
+    # gradients (RGS) on CPU: one vmap unless XLA's estimate exceeds the limit, as on accelerators
+    assert choose_chunk(4, "cpu", estimate, memory_limit=1e9, gradient=True)[0] == 4
+    assert choose_chunk(4, "cpu", estimate, memory_limit=250.0, gradient=True)[0] == 2
+
+    # map_members(chunk=0) asks the rule with this backend's name, and on an accelerator XLA's real estimate
+    for backend, expect_loop in (("cpu", CPU_CHUNK < POPULATION), ("gpu", False), ("tpu", False)):
+        monkeypatch.setattr(jax, "default_backend", lambda b=backend: b)
+        hlo = jax.jit(map_members(OBJECTIVE)).lower(members, frozen, x, y, 0).as_text()
+        assert ("while" in hlo) == expect_loop, backend
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    for memory, expect_loop in ((1e15, False), (1.0, True)):  # RGS-style gradients on CPU: by the estimate
+        monkeypatch.setattr(member_schedule, "host_memory_bytes", lambda m=memory: m)
+        grad = jax.value_and_grad(OBJECTIVE, has_aux=True)
+        hlo = jax.jit(map_members(grad, gradient=True)).lower(members, frozen, x, y, 0).as_text()
+        assert ("while" in hlo) == expect_loop, memory
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(member_schedule, "device_memory_bytes", lambda: 1e15)
+    assert "while" not in jax.jit(map_members(OBJECTIVE)).lower(members, frozen, x, y, 0).as_text()  # fits
+    monkeypatch.setattr(member_schedule, "device_memory_bytes", lambda: 1.0)
+    assert "while" in jax.jit(map_members(OBJECTIVE)).lower(members, frozen, x, y, 0).as_text()  # too large: chunks
+
+
+def test_the_default_schedule_is_described_in_one_line():
+    assert describe(32, 0, "cpu").startswith(f"lax.map over chunks of {CPU_CHUNK}")
+    assert "--member-chunk overrides" in describe(32, 0, "cpu")
+    assert describe(32, 0, "gpu").startswith("one vmap unless XLA's memory estimate exceeds")
+    assert "of free RAM (cpu)" in describe(4, 0, "cpu", gradient=True)
+    assert describe(32, 4) == "lax.map over chunks of 4 (member_chunk=4)"
+    assert describe(32, 32) == "one vmap (member_chunk=32)"

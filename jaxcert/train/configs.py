@@ -111,8 +111,8 @@ class TrainConfig:
     momentum: float = 0.9  # PGPE mean optimiser momentum (clipup, sgd)
     weight_decay: float = 0.0  # PGPE: decoupled decay of the mean, μ ← (1 - weight_decay) μ + step per generation
     antithetic: bool = False  # RGS
-    member_chunk: int = 0  # GLS samples/members evaluated at once (0: all, one vmap; k: lax.map over groups of k)
-    member_unroll: bool = False  # GLS: the groups of member_chunk as copies in the program, not an XLA loop (CPU)
+    member_chunk: int = 0  # GLS members at once (0: measured rule per backend, member_schedule; k: lax.map; N: vmap)
+    member_unroll: bool = False  # removed (unrolled chunks were slower than lax.map, memory unbounded); True refused
     devices: int = 1  # shard the sample/population (GLS) or batch axis over this many devices (0: all)
     mesh_data: int = 0  # devices along the batch axis of the (batch × members) mesh (0: all for certified, 1 GLS)
     # multi-process runs (jax.distributed; the mesh spans every device of every process)
@@ -167,7 +167,12 @@ class TrainConfig:
         if self.mesh_data < 0:
             raise ValueError(f"mesh_data must be >= 0 (0: automatic), got {self.mesh_data}")
         if self.member_chunk < 0:
-            raise ValueError(f"member_chunk must be >= 0 (0: all members at once), got {self.member_chunk}")
+            raise ValueError(f"member_chunk must be >= 0 (0: the default rule per backend), got {self.member_chunk}")
+        if self.member_unroll:
+            raise ValueError(
+                "member_unroll was removed: unrolled chunks ran slower than lax.map and did not bound memory "
+                "(experiments/RESULTS.md); member_chunk alone sets the schedule"
+            )
         size = {"rgs": self.samples, "pgpe": self.population}.get(self.method)
         if size is not None and self.member_chunk and size % self.member_chunk:
             what = "samples" if self.method == "rgs" else "population"
@@ -362,12 +367,9 @@ def check_field(name: str, annotation: str, value: Any) -> None:
 
 _BASE = TrainConfig()
 
-#: GLS with full CROWN/DeepPoly on CNN3 at batch 32, every member in one vmap (member_chunk=0). With
-#: windowed (patches-mode) back-substitution and lower bounds only, XLA estimates a whole PGPE generation of
-#: 32 members at 10.8 GiB and an RGS step with 4 samples at 3.5 GiB (dense rows needed ~120 GiB and ~38 GiB,
-#: hence the former member_chunk=1). On CPUs, where vmapped convolutions are slow, add member_chunk=4: the
-#: 32-member generation then ran 4.2x faster than a Python loop over members, against 1.9x as one vmap
-#: (experiments/RESULTS.md, GLS benchmark).
+#: GLS with full CROWN/DeepPoly on CNN3 at batch 32, the member schedule by the measured default rule
+#: (member_chunk=0, jaxcert.train.member_schedule): on CPUs lax.map over small chunks (one vmap of 32 members
+#: was the slow program there, and XLA estimates it at 10.8 GiB); on GPUs/TPUs one vmap while it fits.
 _GLS = dataclasses.replace(_BASE, relaxation="deeppoly", batch_size=32, member_chunk=0, steps=3000)
 
 CONFIGS: dict[str, TrainConfig] = {

@@ -49,6 +49,7 @@ from jaxcert.train.es_optimizers import mean_optimizer
 from jaxcert.train.gradient import gradient_trainer, plain_gradient
 from jaxcert.train.init import ibp_init
 from jaxcert.train.logging import MetricsLog, plot_metrics, read_metrics
+from jaxcert.train.member_schedule import describe as describe_member_schedule
 from jaxcert.train.methods import make_objective, split_index
 from jaxcert.train.pgpe import pgpe_trainer
 from jaxcert.train.resume import RESUME_FREE_FIELDS, config_differences, resume_refusal  # noqa: F401 (re-exported)
@@ -162,12 +163,12 @@ def make_trainer(
     if config.method == "rgs":
         return rgs_trainer(
             arch, objective, optimizer, sigma=gls_sigma(config, params), samples=config.samples,
-            antithetic=config.antithetic, chunk=config.member_chunk, unroll=config.member_unroll, mesh=mesh, **common,
+            antithetic=config.antithetic, chunk=config.member_chunk, mesh=mesh, **common,
         )  # fmt: skip
     return pgpe_trainer(
         arch, objective, params, make_pgpe_optimizer(config), sigma=gls_sigma(config, params),
         population=config.population, std_lr=config.std_lr,
-        chunk=config.member_chunk, unroll=config.member_unroll, mesh=mesh, **common,
+        chunk=config.member_chunk, mesh=mesh, **common,
     )  # fmt: skip
 
 
@@ -411,8 +412,9 @@ def _members(config: TrainConfig) -> str:
     size = {"rgs": config.samples, "pgpe": config.population}.get(config.method)
     if size is None:
         return ""
-    how = "in one vmap" if config.member_chunk in (0, size) else f"in chunks of {config.member_chunk}"
-    return f", {size} {'samples' if config.method == 'rgs' else 'members'} {how}"
+    what = "samples" if config.method == "rgs" else "members"
+    how = describe_member_schedule(size, config.member_chunk, gradient=config.method == "rgs")
+    return f", {size} {what} as {how}"
 
 
 class _StepClock:

@@ -1,21 +1,23 @@
 """Evaluating one function of the parameters over a population of parameter samples, in one XLA program.
 
-    map_members(f, chunk, mesh, unroll=...)(members, *shared)[i] = f(members[i], *shared)
+    map_members(f, chunk, mesh)(members, *shared)[i] = f(members[i], *shared)
 
 for every member ``i`` (leading axis of every leaf of ``members``), with the ``shared`` arguments (frozen
-statistics, data, step) the same for all. Three schedules of the same computation:
+statistics, data, step) the same for all. Schedules of the same computation:
 
-- ``chunk=0`` (default): one ``jax.vmap`` over the whole population, the vectorised program meant for
+- ``chunk=0`` (default): the measured rule of :mod:`jaxcert.train.member_schedule` picks one of the
+  below per backend (CPU: ``lax.map`` over small chunks; GPU/TPU: one vmap unless XLA's memory estimate
+  of it is too large). With a device ``mesh`` it is one vmap sharded over the devices.
+- ``chunk=k >= N``: one ``jax.vmap`` over the whole population, the vectorised program meant for
   accelerators; memory grows with the population size N.
-- ``chunk=k``: ``lax.map`` over the N/k groups of ``k`` members, vmapped within a group. Peak memory
+- ``chunk=k < N``: ``lax.map`` over the N/k groups of ``k`` members, vmapped within a group. Peak memory
   grows with ``k`` instead of N, so tight relaxations (full CROWN on CNNs) fit at large N; and on
   XLA:CPU, where a convolution vmapped over per-member kernels lowers to a slow *grouped* convolution,
   small ``k`` is faster than the full vmap.
-- ``chunk=k, unroll=True``: the N/k groups as N/k copies of the group's program in the one jitted step
-  (no XLA loop). XLA:CPU runs the convolutions of a loop body (and vmapped ones) several times slower
-  than top-level ones, so on CPU this is the fastest of the three, on a par with a Python loop over
-  jitted members while staying one program; compile time and program size grow with N/k. Measured in
-  ``experiments/bench_gls.py``.
+- There is no unrolled schedule (the chunks as copies in the program): it was slower than ``lax.map``
+  for IBP and CROWN-IBP populations and its memory was not bounded by the chunk, even with each copy
+  chained to the previous one by ``lax.optimization_barrier`` (XLA's estimate for 32 DeepPoly members on
+  CNN3, batch 32, chunks of 4: 10.4 GiB, against 1.2 GiB for ``lax.map``; ``experiments/RESULTS.md``).
 
 With a ``mesh`` the member axis of each group (of the whole population when ``chunk=0``) is sharded
 over the devices, so ``k`` must be a multiple of the number of devices. Results are the same up to
@@ -24,6 +26,7 @@ floating-point reassociation.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -31,7 +34,10 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
+from jaxcert.train.member_schedule import choose_chunk, chunks_by_rule
 from jaxcert.train.sharding import check_divisible, constrain_leading
+
+logger = logging.getLogger(__name__)
 
 
 def population_size(members: Any) -> int:
@@ -51,10 +57,11 @@ def check_chunk(size: int, chunk: int, what: str) -> None:
 
 
 def map_members(
-    fn: Callable[..., Any], chunk: int = 0, mesh: Mesh | None = None, *, unroll: bool = False
+    fn: Callable[..., Any], chunk: int = 0, mesh: Mesh | None = None, *, gradient: bool = False
 ) -> Callable[..., Any]:
-    """``(members, *shared) -> stacked fn(member, *shared)``, all at once (``chunk=0``) or ``chunk`` at a time
-    (in an XLA loop, or in ``n / chunk`` copies of the group's program when ``unroll``)."""
+    """``(members, *shared) -> stacked fn(member, *shared)``, ``chunk`` members at a time in an XLA loop
+    (``0``: the default rule of :mod:`jaxcert.train.member_schedule`, told by ``gradient`` whether ``fn``
+    is a value-and-gradient; ``>= N``: all at once, one vmap)."""
     check_chunk(chunk, chunk, "the member chunk")  # any chunk divides itself: this checks chunk >= 0
     if chunk:
         check_divisible(chunk, mesh, "member chunk")
@@ -62,17 +69,39 @@ def map_members(
     def mapped(members: Any, *shared: Any) -> Any:
         n = population_size(members)
         group = jax.vmap(lambda m: fn(m, *shared))
-        if not chunk or chunk >= n:
+        size = chunk or default_chunk(fn, members, shared, mesh, gradient)
+        if size >= n:
             return group(constrain_leading(members, mesh))
-        check_chunk(n, chunk, "the population")
-        if unroll:
-            outs = [
-                group(constrain_leading(jax.tree_util.tree_map(lambda a, i=i: a[i : i + chunk], members), mesh))
-                for i in range(0, n, chunk)
-            ]
-            return jax.tree_util.tree_map(lambda *parts: jnp.concatenate(parts), *outs)
-        split = jax.tree_util.tree_map(lambda a: a.reshape(n // chunk, chunk, *a.shape[1:]), members)
+        check_chunk(n, size, "the population")
+        split = jax.tree_util.tree_map(lambda a: a.reshape(n // size, size, *a.shape[1:]), members)
         out = jax.lax.map(lambda g: group(constrain_leading(g, mesh)), split)
         return jax.tree_util.tree_map(lambda a: a.reshape(n, *a.shape[2:]), out)
 
     return mapped
+
+
+def default_chunk(
+    fn: Callable[..., Any], members: Any, shared: tuple[Any, ...], mesh: Mesh | None, gradient: bool
+) -> int:
+    """The chunk of ``chunk=0``: one vmap with a ``mesh`` (the devices share the members), otherwise
+    :func:`jaxcert.train.member_schedule.choose_chunk` for this backend, which (except where the rule
+    chunks on its own) compiles the group for a candidate chunk to read XLA's memory estimate."""
+    n = population_size(members)
+    if mesh is not None:
+        return n
+    backend = jax.default_backend()
+    abstract = lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a))
+
+    def estimate_bytes(k: int) -> float | None:
+        chunk_members = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct((k, *a.shape[1:]), a.dtype), members)
+        program = jax.jit(lambda m, *s: jax.vmap(lambda one: fn(one, *s))(m))
+        compiled = program.lower(chunk_members, *jax.tree_util.tree_map(abstract, shared)).compile()
+        stats = compiled.memory_analysis()
+        if stats is None:
+            return None
+        return float(stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes)
+
+    chunk, why = choose_chunk(n, backend, estimate_bytes, gradient=gradient)
+    if not chunks_by_rule(backend, gradient) and chunk < n:
+        logger.warning("GLS member axis: %d members as %s; member_chunk overrides", n, why)
+    return chunk

@@ -44,10 +44,10 @@ from jaxcert.train.state import Trainer, TrainState
 
 
 def population_fitness(  # type: ignore[no-untyped-def]
-    objective: Objective, chunk: int = 0, mesh: Mesh | None = None, *, unroll: bool = False
+    objective: Objective, chunk: int = 0, mesh: Mesh | None = None
 ):
     """``(population, frozen, x, y, step) -> (fitness (N,), aux)``: ``objective`` mapped over the members."""
-    return map_members(objective, chunk, mesh, unroll=unroll)
+    return map_members(objective, chunk, mesh)
 
 
 def pgpe_trainer(
@@ -61,7 +61,6 @@ def pgpe_trainer(
     std_lr: float = 0.0,
     std_max_change: float = 0.2,
     chunk: int = 0,
-    unroll: bool = False,
     mesh: Mesh | None = None,
     bn_momentum: float = 0.1,
 ) -> Trainer:
@@ -82,7 +81,7 @@ def pgpe_trainer(
     es = PGPE(population, solution=template, optimizer=optimizer)
     std_init = ravel_pytree(broadcast_sigma(sigma, template))[0] if is_per_leaf(sigma) else sigma
     es_params = es.default_params.replace(std_init=std_init, std_lr=std_lr, std_max_change=std_max_change)
-    fitness_fn = population_fitness(objective, chunk, mesh, unroll=unroll)
+    fitness_fn = population_fitness(objective, chunk, mesh)
 
     def init(params: LayerParams) -> TrainState:
         trainable, frozen = split_trainable(params)

@@ -63,7 +63,6 @@ def smoothed_gradient(
     samples: int,
     antithetic: bool = False,
     chunk: int = 0,
-    unroll: bool = False,
     mesh: Mesh | None = None,
 ) -> GradientEstimator:
     """The RGS estimator ``(trainable, frozen, x, y, step, key) -> (mean loss, ĝ, mean aux)``."""
@@ -74,7 +73,7 @@ def smoothed_gradient(
     check_sigma(sigma, strict=False)  # σ may be traced (e.g. a schedule value): not checked then
     check_divisible(samples, mesh, "RGS samples")
     check_chunk(samples, chunk, "RGS samples")
-    per_sample = map_members(jax.value_and_grad(objective, has_aux=True), chunk, mesh, unroll=unroll)
+    per_sample = map_members(jax.value_and_grad(objective, has_aux=True), chunk, mesh, gradient=True)
 
     def estimate(trainable, frozen, x, y, step, key):  # type: ignore[no-untyped-def]
         noise = gaussian_noise(key, trainable, samples, antithetic=antithetic)
@@ -95,12 +94,11 @@ def rgs_trainer(
     samples: int,
     antithetic: bool = False,
     chunk: int = 0,
-    unroll: bool = False,
     mesh: Mesh | None = None,
     bn_momentum: float = 0.1,
 ) -> Trainer:
     """RGS: any optax ``optimizer`` on the smoothed gradient of ``objective``."""
     estimator = smoothed_gradient(
-        objective, sigma=sigma, samples=samples, antithetic=antithetic, chunk=chunk, unroll=unroll, mesh=mesh
+        objective, sigma=sigma, samples=samples, antithetic=antithetic, chunk=chunk, mesh=mesh
     )
     return gradient_trainer(arch, estimator, optimizer, bn_momentum=bn_momentum)
