@@ -46,12 +46,17 @@ slopes, ``False`` none, ``"auto"`` (default) the passes that fit ``max_slope_byt
 first (:func:`start_node_plan`). With the default ``MAX_SLOPE_BYTES`` (4 GiB, float32, Fashion-MNIST /
 CIFAR shapes):
 
-    CNN3 (one pass, 3136 rows × 4×4×16 windows):  per row up to B ≈ 200 (B = 128: 2.5 GB)
-    CNN5 (passes of ReLU 2, 3, 4):  B = 32: ReLU 2 and 3 (1.3 + 4.3 GB is over: ReLU 2 only... see
-                                    :func:`start_node_plan`; the dense 512-neuron pass costs 1.7 GB/example)
-    CNN7 (CIFAR): shared everywhere at B ≥ 2 (its cheapest pass, ReLU 2, costs 1.8 GB per example)
+    CNN3 (one pass: ReLU 2, 3136 rows × a 4×4×16 window):  19 MB per example: per row up to B = 222
+                                                            (B = 128: 2.3 GiB)
+    CNN5 (ReLU 2, ReLU 3, the dense 512): 39, 140, 424 MB per example: all three up to B = 7; ReLU 2
+                                          alone up to B = 111 (B = 32: ReLU 2 per row, the others shared);
+                                          shared everywhere at B = 128
+    CNN7 (CIFAR; 1.7, 3.2, 13.9, 33.6, 5.3 GiB per example): ReLU 2 per row at B = 1 or 2, else shared
 
-``best-per-row`` keeping costs ``2 · B · Σ_j N_j`` numbers for the kept intermediate bounds and one
+(:func:`start_node_plan` prints nothing; call it to see the plan of a net and batch.) Certifying a batch in
+slices of a few examples gives every pass per-row slopes on CNN5.
+
+Best-per-row keeping costs ``2 · B · Σ_j N_j`` numbers for the kept intermediate bounds and one
 ``B · R`` for the row values, beside the kept slopes the per-example keeping holds as well.
 
 The first ReLU whose bounds are exact interval ones (at most one mixing affine layer below it) has no
