@@ -21,8 +21,10 @@ are differentiable in the parameters (the slopes held fixed).
 "alpha-crown-full"): the slopes ``β_{j,i}`` of ReLU ``i`` used inside the CROWN pass that bounds ReLU
 ``j > i`` are optimised too, jointly with ``α``, by the same ascent on ``Σ_rows lb_row(α, β)``; each step
 recomputes the pre-activation bounds from ``β`` and intersects them with the initial ones,
-``l_j = max(l⁰_j, CROWN_j(β))``, ``u_j = min(u⁰_j, CROWN_j(β))``. See
-:mod:`jaxcert.bounds.alpha_intermediate` (slopes kept per example; never looser than CROWN).
+``l_j = max(l*_j, CROWN_j(β))``, ``u_j = min(u*_j, CROWN_j(β))`` (``l*``, ``u*``: the tightest bounds seen).
+Options ``start_nodes`` (True | False | "auto": slopes ``β`` per start-node row, as in auto_LiRPA, where
+their memory fits ``max_slope_bytes``) and ``keep_best`` ("row" | "example"). See
+:mod:`jaxcert.bounds.alpha_intermediate` (never looser than CROWN).
 
 **Lee et al. slopes** ("crown-lee"): one sign-gradient step on the certified loss picks, per neuron,
 ``α = 1`` where ``∂L/∂α < 0`` at the min-area slopes and ``α = 0`` otherwise. ``L`` is the certified
@@ -39,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcert.bounds.alpha_intermediate import joint_alpha_row_bounds
+from jaxcert.bounds.alpha_intermediate import MAX_SLOPE_BYTES, check_joint_options, joint_alpha_row_bounds
 from jaxcert.bounds.backsub import backsubstitute, reject_options, split_two_sided, two_sided_rows
 from jaxcert.bounds.crown import Interval, check_bound_upper, crown_intermediate, make_line_fn, output_rows
 from jaxcert.bounds.crown_ibp import ibp_intermediate
@@ -132,6 +134,9 @@ def alpha_crown_bounds(
     patches: bool | str = "auto",
     max_rows_bytes: int = MAX_ROWS_BYTES,
     optimize_intermediate: bool = False,
+    start_nodes: bool | str | None = None,
+    keep_best: str | None = None,
+    max_slope_bytes: int | None = None,
     **unknown: Any,
 ) -> tuple[jax.Array, jax.Array]:
     """alpha-CROWN bounds ``(lb, ub)`` of ``C f(x)`` over ``[lower, upper]`` (see the module doc).
@@ -139,7 +144,9 @@ def alpha_crown_bounds(
     ``bound_upper=False`` optimises and back-substitutes the lower rows only (the upper bound is the
     interval one); ``unstable_budget``, ``patches`` and ``max_rows_bytes`` are the options of the
     intermediate CROWN passes. ``optimize_intermediate=True`` also optimises the slopes used inside the
-    intermediate passes (:mod:`jaxcert.bounds.alpha_intermediate`; needs ``intermediate="crown"``).
+    intermediate passes (:mod:`jaxcert.bounds.alpha_intermediate`; needs ``intermediate="crown"``), with
+    the options ``start_nodes`` (default "auto"), ``keep_best`` (default "row") and ``max_slope_bytes``
+    (default :data:`jaxcert.bounds.alpha_intermediate.MAX_SLOPE_BYTES`).
     """
     reject_options(unknown, "alpha-crown")
     _check_steps(steps, lr)
@@ -148,6 +155,13 @@ def alpha_crown_bounds(
         raise ValueError(f"alpha-crown: optimize_intermediate must be True or False, got {optimize_intermediate!r}")
     if optimize_intermediate and intermediate != "crown":
         raise ValueError(f"alpha-crown: optimize_intermediate=True needs intermediate='crown', got {intermediate!r}")
+    joint = {"start_nodes": start_nodes, "keep_best": keep_best, "max_slope_bytes": max_slope_bytes}
+    given = sorted(name for name, value in joint.items() if value is not None)
+    if given and not optimize_intermediate:
+        raise ValueError(f"alpha-crown: {', '.join(given)} only apply with optimize_intermediate=True (full)")
+    defaults = {"start_nodes": "auto", "keep_best": "row", "max_slope_bytes": MAX_SLOPE_BYTES}
+    joint = {name: defaults[name] if value is None else value for name, value in joint.items()}
+    check_joint_options(**joint)
     body, body_params, W, b = fold_spec(arch, params, C, lower.shape[0])
     activation_indices(body, "slopes", "alpha_crown_bounds")
     bounds, lines, out = fixed_intermediate(
@@ -160,7 +174,7 @@ def alpha_crown_bounds(
         return finish(
             joint_alpha_row_bounds(
                 body, body_params, bounds, lines, line_fn, A, a, lower, upper, steps=steps, lr=lr,
-                unstable_budget=unstable_budget, patches=patches, max_rows_bytes=max_rows_bytes,
+                unstable_budget=unstable_budget, patches=patches, max_rows_bytes=max_rows_bytes, **joint,
             )
         )  # fmt: skip
     rows = A.shape[1]

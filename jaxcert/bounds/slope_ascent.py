@@ -8,6 +8,11 @@ inside a ``lax.fori_loop`` (jittable, vmappable). The returned slopes are, per *
 depends only on its own slopes: leaves shaped (B, R, *neurons)), or with ``per_example`` per *example*
 (slopes shared by the rows of an example: leaves shaped (B, ...), scored by the sum of its row bounds),
 the best ones seen, the start included, so the result is never worse than ``init``.
+
+:func:`tracked_ascent` is the same ascent for objectives that carry a state from step to step (e.g. the
+tightest intermediate bounds seen so far) and score every slope leaf on its own rows: each leaf keeps
+its slopes, elementwise over the leading axes of its score, where that score was the best seen, and the
+best value of every row is kept too (``best[b, r] = max_t value_t[b, r]``).
 """
 
 from __future__ import annotations
@@ -49,3 +54,43 @@ def projected_ascent(
     best = jnp.full(first.shape[: 1 if per_example else 2], -jnp.inf, first.dtype)
     carry = (init, optimizer.init(init), init, best)
     return jax.lax.fori_loop(0, steps, step, carry)[2]
+
+
+def tracked_ascent(
+    objective: Callable[[Any, Any], tuple[jax.Array, tuple[Any, Any]]],
+    init: Any,
+    state: Any,
+    steps: int,
+    lr: float | jax.Array,
+) -> tuple[Any, Any, jax.Array]:
+    """``(best slopes, final state, best row values)`` of ``steps`` projected Adam steps from ``init``.
+
+    ``objective(slopes, state) -> (value (B, R), (scores, new_state))``: the gradient of ``Σ value`` moves
+    the slopes; ``scores`` has the structure of the slopes, each leaf's score shaped like its leading axes
+    (e.g. (B,) per example, (B, R) per row); a slope is kept where its score beats the best seen (the
+    start included). With ``steps = 0`` the result is ``(init, state, -inf)``.
+    """
+    value_shape, (score_shapes, _) = jax.eval_shape(objective, init, state)
+    best_value = jnp.full(value_shape.shape, -jnp.inf, value_shape.dtype)
+    if steps == 0 or not jax.tree_util.tree_leaves(init):
+        return init, state, best_value
+    optimizer = optax.adam(lr)
+    best_scores = jax.tree_util.tree_map(lambda s: jnp.full(s.shape, -jnp.inf, s.dtype), score_shapes)
+
+    def keep(new: jax.Array, old: jax.Array, improved: jax.Array) -> jax.Array:
+        return jnp.where(improved.reshape(improved.shape + (1,) * (new.ndim - improved.ndim)), new, old)
+
+    def step(_: int, carry: tuple) -> tuple:
+        slopes, opt_state, state, best_slopes, best_scores, best_value = carry
+        value, vjp, (scores, state) = jax.vjp(lambda s: objective(s, state), slopes, has_aux=True)
+        (grad,) = vjp(jnp.ones_like(value))
+        improved = jax.tree_util.tree_map(jnp.greater, scores, best_scores)
+        best_slopes = jax.tree_util.tree_map(keep, slopes, best_slopes, improved)
+        best_scores = jax.tree_util.tree_map(jnp.maximum, scores, best_scores)
+        updates, opt_state = optimizer.update(jax.tree_util.tree_map(jnp.negative, grad), opt_state, slopes)
+        slopes = jax.tree_util.tree_map(lambda s, u: jnp.clip(s + u, 0.0, 1.0), slopes, updates)
+        return slopes, opt_state, state, best_slopes, best_scores, jnp.maximum(value, best_value)
+
+    carry = (init, optimizer.init(init), state, init, best_scores, best_value)
+    _, _, state, best_slopes, _, best_value = jax.lax.fori_loop(0, steps, step, carry)
+    return best_slopes, state, best_value
