@@ -7,6 +7,7 @@ the cases without support, the ONNX export and the residual architectures.
 
 import functools
 import itertools
+import json
 
 import jax
 import jax.numpy as jnp
@@ -330,3 +331,46 @@ def test_residual_architectures_fit_both_data_sets(dataset, in_shape, features):
     assert sum(int(np.prod(plan.shapes[i])) for i in plan.activations) <= 300  # small enough for the MILP
     x = jnp.zeros((2, *in_shape))
     assert forward(tiny, init_params(tiny, in_shape), x).shape == (2, 10)
+
+
+# ------------------------------------------------------------------------------------------ the command lines
+
+
+def test_a_taps_split_inside_a_residual_block_stops_the_training_command_before_any_work(tmp_path, capsys):
+    from jaxcert.train.__main__ import main
+
+    out = tmp_path / "run"
+    argv = ["--config", "tiny", "--arch", "resnet_tiny", "--method", "taps", "--taps-split", "5", "--out", str(out)]
+    assert main([*argv, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "taps_split 5: the cut before layer 5 falls inside a residual block" in err
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_a_residual_net_trains_certifies_and_exports_from_the_command_lines(tmp_path):
+    """CROWN-IBP training of resnet_tiny for a few steps, the certification cascade with the MILP, the export."""
+    from jaxcert.certify import main as certify_main
+    from jaxcert.data.load import load_dataset
+    from jaxcert.train.__main__ import main
+
+    try:
+        load_dataset("fashion_mnist", "test", limit=1)
+    except (FileNotFoundError, ValueError) as err:
+        pytest.skip(f"needs offline Fashion-MNIST: {err}")
+    out = tmp_path / "run"
+    argv = ["--config", "tiny", "--dataset", "fashion_mnist", "--arch", "resnet_tiny", "--relaxation", "crown-ibp",
+            "--steps", "4", "--log-every", "2", "--checkpoint-every", "4", "--batch-size", "16", "--train-limit", "64",
+            "--eps", "0.02", "--warmup-frac", "0", "--ramp-frac", "0", "--no-progress", "--no-eval",
+            "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    assert losses and all(np.isfinite(losses))
+    relaxations = "ibp,crown-ibp,crown,alpha-crown"
+    assert certify_main([str(out), "--limit", "4", "--relaxations", relaxations, "--milp", "--no-progress"]) == 0
+    report = json.loads(next(out.glob("certify-*.json")).read_text())
+    assert report["settings"]["relaxations"] == relaxations.split(",")
+    pytest.importorskip("onnx")
+    from jaxcert.export import main as export_main
+
+    assert export_main([str(out), "--examples", "1"]) == 0 and (out / "export" / "model.onnx").is_file()
