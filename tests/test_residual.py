@@ -40,7 +40,7 @@ from jaxcert.nets import (
     shapes,
 )
 from jaxcert.nets.graph import suffix
-from jaxcert.train.methods.taps import split_arch, taps_estimate
+from jaxcert.train.methods.taps import split_arch, taps_margins
 from tests.soundness import GRAPH_NET_NAMES, GRAPH_NETS, assert_sound, sample_box, tiny_params
 
 #: Every relaxation with Add and AvgPool support, with the options that pick another code path.
@@ -291,8 +291,8 @@ def test_taps_split_inside_a_residual_block_is_a_one_line_error():
     k, head = split_arch(arch, 8)  # after the block
     assert k == 8 and head == arch[8:]
     lo, hi = input_box(jax.random.uniform(jax.random.key(0), (2, *in_shape)), 0.05)
-    logits = taps_estimate(arch, params, lo, hi, jnp.array([0, 1]), jax.random.key(1), split=3, steps=2)
-    assert logits.shape == (2, 3) and bool(jnp.all(jnp.isfinite(logits)))
+    margins = taps_margins(arch, params, lo, hi, jnp.array([0, 1]), jax.random.key(1), split=3, steps=2)
+    assert margins.shape == (2, 2) and bool(jnp.all(jnp.isfinite(margins)))
 
 
 # --------------------------------------------------------------------------------------------------- export
