@@ -15,6 +15,8 @@ order. Layer by layer:
     LeakyReLU   LeakyRelu(alpha = slope)
     Flatten     Transpose back to NHWC (if NCHW), Flatten: the NHWC order of jaxcert's Flatten
     BatchNorm   Mul(scale / sqrt(var + eps)), Add(bias - mean · scale / sqrt(var + eps))  (eval mode)
+    AvgPool     Transpose to NCHW (once), AveragePool(kernel_shape, strides, no padding)
+    Add         Add of the two nodes' tensors (the shortcut transposed first if its layout differs)
 
 VNNLIB property of example ``(x, y)`` at radius ε: the input box and the *negation* of robustness
 (a verifier proves the network robust by showing this is unsatisfiable):
@@ -81,56 +83,33 @@ def _channel_shape(values: np.ndarray, layout: str) -> np.ndarray:
     return values.reshape(-1, 1, 1) if layout == "nchw" else values.reshape(-1)
 
 
+_PERMUTATIONS = {("nhwc", "nchw"): [0, 3, 1, 2], ("nchw", "nhwc"): [0, 2, 3, 1]}
+
+
+def _to_layout(g: _Graph, h: str, layout: str, target: str) -> str:
+    """The tensor ``h`` (in ``layout``) transposed to ``target`` (a no-op when equal)."""
+    return h if layout == target else g.node("Transpose", [h], f"to_{target}", perm=_PERMUTATIONS[layout, target])
+
+
 def to_onnx(arch: tuple, params: list, in_shape: tuple[int, ...], *, name: str = "jaxcert") -> Any:
     """The ``onnx.ModelProto`` computing ``forward(arch, params, x)`` for inputs of shape (batch, *in_shape)."""
-    from jaxcert.bounds.layer_rules import rule_for
-    from jaxcert.nets.layers import BatchNorm, Conv, Dense, Flatten, Normalize
+    from jaxcert.nets.graph import walk_forward
+    from jaxcert.nets.network import check_params, shapes
 
     onnx = _onnx()
+    check_params(tuple(arch), params)
+    n_out = shapes(tuple(arch), tuple(in_shape))[-1]  # checks the graph first
     g = _Graph()
-    layout = "nhwc" if len(in_shape) == 3 else "flat"
-    h = "input"
-    for spec, p in zip(arch, params, strict=True):
-        p = {k: np.asarray(v, np.float32) for k, v in p.items()}
-        if not spec.is_affine:  # by the layer kind's "onnx" rule (its operator type); no rule: an error
-            op = rule_for(spec, "onnx", "to_onnx")
-            op, attrs = (op, {}) if isinstance(op, str) else op
-            h = g.node(op, [h], op.lower(), **attrs)
-        elif isinstance(spec, Normalize):
-            std, mean = np.asarray(spec.std, np.float32), np.asarray(spec.mean, np.float32)
-            h = g.node("Div", [h, g.const(_channel_shape(std, layout), "std")], "normalize")
-            h = g.node("Add", [h, g.const(_channel_shape(-mean / std, layout), "shift")], "normalize")
-        elif isinstance(spec, Dense):
-            h = g.node("Gemm", [h, g.const(p["kernel"], "kernel"), g.const(p["bias"], "bias")], "dense")
-        elif isinstance(spec, Conv):
-            if layout == "nhwc":
-                h = g.node("Transpose", [h], "to_nchw", perm=[0, 3, 1, 2])
-                layout = "nchw"
-            kernel = np.transpose(p["kernel"], (3, 2, 0, 1))  # HWIO -> OIHW
-            pads, strides = [spec.padding] * 4, [spec.stride] * 2
-            h = g.node(
-                "Conv",
-                [h, g.const(kernel, "kernel"), g.const(p["bias"], "bias")],
-                "conv",
-                pads=pads,
-                strides=strides,
-                kernel_shape=[spec.kernel, spec.kernel],
-            )
-        elif isinstance(spec, Flatten):
-            if layout == "nchw":
-                h = g.node("Transpose", [h], "to_nhwc", perm=[0, 2, 3, 1])
-            h = g.node("Flatten", [h], "flatten", axis=1)
-            layout = "flat"
-        elif isinstance(spec, BatchNorm):
-            gain = p["scale"] / np.sqrt(p["var"] + np.float32(spec.eps))
-            h = g.node("Mul", [h, g.const(_channel_shape(gain, layout), "bn_gain")], "batchnorm")
-            h = g.node("Add", [h, g.const(_channel_shape(p["bias"] - p["mean"] * gain, layout), "bn_shift")], "bn")
-        else:
-            raise ValueError(f"cannot export layer {spec!r} to ONNX")
-    g.nodes.append(onnx.helper.make_node("Identity", [h], ["output"], name="output"))
-    from jaxcert.nets.network import shapes
 
-    n_out = shapes(tuple(arch), tuple(in_shape))[-1]
+    def step(i: int, spec: Any, node: tuple[str, str]) -> tuple[str, str]:
+        return _layer_node(g, spec, {k: np.asarray(v, np.float32) for k, v in params[i].items()}, *node)
+
+    def merge(node: tuple[str, str], skip: tuple[str, str]) -> tuple[str, str]:
+        (h, layout), (s, skip_layout) = node, skip
+        return g.node("Add", [h, _to_layout(g, s, skip_layout, layout)], "residual"), layout
+
+    h, _ = walk_forward(tuple(arch), ("input", "nhwc" if len(in_shape) == 3 else "flat"), step, merge)
+    g.nodes.append(onnx.helper.make_node("Identity", [h], ["output"], name="output"))
     graph = onnx.helper.make_graph(
         g.nodes,
         name,
@@ -143,6 +122,50 @@ def to_onnx(arch: tuple, params: list, in_shape: tuple[int, ...], *, name: str =
     )
     onnx.checker.check_model(model)
     return model
+
+
+def _layer_node(g: _Graph, spec: Any, p: dict[str, np.ndarray], h: str, layout: str) -> tuple[str, str]:
+    """The ONNX nodes of one (non-merge) layer on the tensor ``h`` in ``layout``: ``(output, its layout)``."""
+    from jaxcert.bounds.layer_rules import rule_for
+    from jaxcert.nets.layers import AvgPool, BatchNorm, Conv, Dense, Flatten, Normalize
+
+    if not spec.is_affine:  # by the layer kind's "onnx" rule (its operator type); no rule: an error
+        op = rule_for(spec, "onnx", "to_onnx")
+        op, attrs = (op, {}) if isinstance(op, str) else op
+        h = g.node(op, [h], op.lower(), **attrs)
+    elif isinstance(spec, Normalize):
+        std, mean = np.asarray(spec.std, np.float32), np.asarray(spec.mean, np.float32)
+        h = g.node("Div", [h, g.const(_channel_shape(std, layout), "std")], "normalize")
+        h = g.node("Add", [h, g.const(_channel_shape(-mean / std, layout), "shift")], "normalize")
+    elif isinstance(spec, Dense):
+        h = g.node("Gemm", [h, g.const(p["kernel"], "kernel"), g.const(p["bias"], "bias")], "dense")
+    elif isinstance(spec, Conv):
+        h, layout = _to_layout(g, h, layout, "nchw"), "nchw"
+        kernel = np.transpose(p["kernel"], (3, 2, 0, 1))  # HWIO -> OIHW
+        pads, strides = [spec.padding] * 4, [spec.stride] * 2
+        h = g.node(
+            "Conv",
+            [h, g.const(kernel, "kernel"), g.const(p["bias"], "bias")],
+            "conv",
+            pads=pads,
+            strides=strides,
+            kernel_shape=[spec.kernel, spec.kernel],
+        )
+    elif isinstance(spec, AvgPool):
+        h, layout = _to_layout(g, h, layout, "nchw"), "nchw"
+        size, stride = [spec.window] * 2, [spec.step] * 2
+        h = g.node("AveragePool", [h], "avgpool", kernel_shape=size, strides=stride)
+    elif isinstance(spec, Flatten):
+        h = _to_layout(g, h, layout, "nhwc") if layout == "nchw" else h
+        h = g.node("Flatten", [h], "flatten", axis=1)
+        layout = "flat"
+    elif isinstance(spec, BatchNorm):
+        gain = p["scale"] / np.sqrt(p["var"] + np.float32(spec.eps))
+        h = g.node("Mul", [h, g.const(_channel_shape(gain, layout), "bn_gain")], "batchnorm")
+        h = g.node("Add", [h, g.const(_channel_shape(p["bias"] - p["mean"] * gain, layout), "bn_shift")], "bn")
+    else:
+        raise ValueError(f"cannot export layer {spec!r} to ONNX")
+    return h, layout
 
 
 def input_box_f64(x: np.ndarray, eps: float, lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:

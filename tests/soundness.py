@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcert.bounds import get_relaxation, input_box, margin_spec
-from jaxcert.nets import BatchNorm, Conv, Dense, Flatten, Normalize, ReLU, forward, init_params
+from jaxcert.nets import Add, AvgPool, BatchNorm, Conv, Dense, Flatten, Normalize, ReLU, forward, init_params
 
 #: Tiny architectures covering every layer kind: name -> (arch, input shape).
 TINY_NETS = {
@@ -26,10 +26,59 @@ TINY_NETS = {
 }
 NET_NAMES = sorted(TINY_NETS)
 
+#: Tiny nets of the layer graph (``Add`` shortcuts, ``AvgPool``): name -> (arch, input shape). Kept apart from
+#: TINY_NETS (whose names parametrise the older tests); :func:`tiny_params` and :func:`assert_sound` take both.
+GRAPH_NETS = {
+    # a basic residual block (shortcut from a ReLU output), AvgPool, then a dense head: 2·48 + 48 + 5 ReLUs
+    "residual": (
+        (
+            Normalize((0.2, 0.5), (0.3, 0.6)),
+            Conv(3, 3, 1, 1),
+            ReLU(),
+            Conv(3, 3, 1, 1),
+            ReLU(),
+            Conv(3, 3, 1, 1),
+            Add(source=3),
+            ReLU(),
+            AvgPool(2),
+            Flatten(),
+            Dense(5),
+            ReLU(),
+            Dense(3),
+        ),
+        (4, 4, 2),
+    ),
+    # shortcuts from the network input (node 0), from a pre-activation (node 2) and two Adds reading node 4
+    "residual_mlp": (
+        (
+            Flatten(),
+            Dense(4),
+            Dense(4),
+            ReLU(),
+            Dense(4),
+            Add(source=2),
+            Add(source=0),
+            ReLU(),
+            Dense(4),
+            Add(source=8),
+            Add(source=8),
+            ReLU(),
+            Dense(3),
+        ),
+        (4,),
+    ),
+    "avgpool": (
+        (Normalize((0.3,), (0.4,)), Conv(3, 3, 1, 1), ReLU(), AvgPool(2, 1), ReLU(), Flatten(), Dense(3)),
+        (4, 4, 1),
+    ),
+}
+GRAPH_NET_NAMES = sorted(GRAPH_NETS)
+_ALL_NETS = {**TINY_NETS, **GRAPH_NETS}
+
 
 def tiny_params(name: str, seed: int, weight_scale: float = 1.0):
     """Random params for a tiny net; BatchNorm gets random (non-trivial) statistics and affine terms."""
-    arch, in_shape = TINY_NETS[name]
+    arch, in_shape = _ALL_NETS[name]
     params = init_params(arch, in_shape, seed=seed)
     key = jax.random.key(seed + 1000)
     out = []
@@ -60,7 +109,7 @@ def sample_box(key: jax.Array, lower: jax.Array, upper: jax.Array, n: int) -> ja
 
 @functools.cache
 def _bound_fn(net: str, relaxation: str, options: tuple):
-    arch, _ = TINY_NETS[net]
+    arch, _ = _ALL_NETS[net]
     fn = get_relaxation(relaxation)
     return jax.jit(lambda params, lo, hi, C: fn(arch, params, lo, hi, C, **dict(options)))
 

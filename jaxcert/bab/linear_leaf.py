@@ -26,7 +26,8 @@ import numpy as np
 from scipy.optimize import linprog
 
 from jaxcert.bab.layout import LayerSlot
-from jaxcert.nets.layers import Arch
+from jaxcert.nets.graph import walk_forward
+from jaxcert.nets.layers import Arch, LayerSpec
 from jaxcert.nets.network import LayerParams
 
 #: A leaf counts as verified only if every row's LP minimum exceeds this (float32 network, float64 LP).
@@ -47,13 +48,15 @@ def affine_pieces(arch: Arch, params: LayerParams, phases: dict[int, jax.Array],
     ``phases[i] ⊙ ·``), ``z`` the pre-activations of every ReLU, flattened and concatenated."""
 
     def run(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        h, pre = x[None], []
-        for i, (spec, p) in enumerate(zip(arch, params, strict=True)):
+        pre: list[jax.Array] = []
+
+        def step(i: int, spec: LayerSpec, h: jax.Array) -> jax.Array:
             if spec.is_affine:
-                h = spec.apply(p, h)
-            else:
-                pre.append(h.reshape(-1))
-                h = h * phases[i]
+                return spec.apply(params[i], h)
+            pre.append(h.reshape(-1))
+            return h * phases[i]
+
+        h = walk_forward(arch, x[None], step, lambda h, skip: h + skip)  # Add merges: the graph's sum
         return h[0], jnp.concatenate(pre)
 
     with jax.default_matmul_precision("highest"):

@@ -10,7 +10,12 @@ Going back through one layer:
     affine  h_k = L(h_{k-1}) + o :   A ← Lᵀ A,                 a ← a + ⟨A, o⟩
     ReLU    α z ≤ h_k ≤ s z + t  :   A ← A⁺ α + A⁻ s,          a ← a + ⟨A⁻, t⟩
 
-(a positive coefficient takes the lower line, a negative one the upper line), where ``Lᵀ`` is the
+(a positive coefficient takes the lower line, a negative one the upper line), and
+
+    Add     h_k = h_{k-1} + h_j      :   A passes on to h_{k-1} unchanged and is added to the coefficients
+                                         on h_j when the walk reaches node j (pending per skip source)
+
+where ``Lᵀ`` is the
 transpose of ``spec.linear`` (``jax.linear_transpose``, so Conv, Normalize, BatchNorm and Flatten all
 work), applied to the ``B·R`` rows as one batch. At the input box with centre ``c`` and radius ``r``:
 
@@ -33,8 +38,9 @@ from jaxcert.bounds.conv_transpose import conv_transpose
 from jaxcert.bounds.layer_rules import rule_for
 from jaxcert.bounds.relu_rules import backward_relu  # noqa: F401 (moved there; still importable here)
 from jaxcert.bounds.relu_slopes import ReluLines
+from jaxcert.nets.graph import plan_for
 from jaxcert.nets.layers import Arch, Conv, LayerSpec, Params
-from jaxcert.nets.network import LayerParams, shapes
+from jaxcert.nets.network import LayerParams
 
 
 def reject_options(unknown: Mapping[str, Any], relaxation: str) -> None:
@@ -85,16 +91,23 @@ def backsubstitute(
 ) -> jax.Array:
     """Lower bounds (B, R) of ``⟨A, f(x)⟩ + a`` over the box, ``f`` = ``arch``, ``A`` on its output.
 
-    ``lines[i]`` is the relaxation of the non-affine layer at index ``i`` of ``arch`` (every one needs one),
-    carried back by the "backward" rule of its kind (:mod:`jaxcert.bounds.layer_rules`).
+    ``lines[i]`` is the relaxation of the activation layer at index ``i`` of ``arch`` (every one needs one),
+    carried back by the "backward" rule of its kind (:mod:`jaxcert.bounds.layer_rules`). At
+    ``Add(source=j)`` the coefficients go on unchanged AND are kept as pending for node ``j``, added to
+    ``A`` when the walk reaches it (:mod:`jaxcert.nets.graph`).
     """
-    layer_shapes = shapes(arch, lower.shape[1:])
+    plan = plan_for(arch, lower.shape[1:])
+    pending: dict[int, jax.Array] = {}
     for i in reversed(range(len(arch))):
         spec, p = arch[i], params[i]
-        if spec.is_affine:
-            A, const = backward_affine(spec, p, A, const, layer_shapes[i])
+        if spec.is_merge:
+            pending[spec.source] = pending[spec.source] + A if spec.source in pending else A
+        elif spec.is_affine:
+            A, const = backward_affine(spec, p, A, const, plan.shapes[i])
         else:
             A, const = rule_for(spec, "backward", "backsubstitute")(A, const, lines[i])
+        if i in pending:  # A is now on node i, which a shortcut also reads
+            A = A + pending.pop(i)
     return concretize(A, const, lower, upper)
 
 
@@ -118,13 +131,13 @@ def neuron_rows(
     arch: Arch, params: LayerParams, index: int, in_shape: tuple[int, ...], batch: int, dtype: Any
 ) -> tuple[int, jax.Array, jax.Array]:
     """Rows ``[I; -I]`` for the output of layer ``index - 1`` (the input of layer ``index``), carried back
-    through the affine layers directly below it, down to the last ReLU (or the input).
+    through the affine layers directly below it, down to the last activation or ``Add`` (or the input).
 
     These layers are the same for every example, so the rows are built once (a batch of one) and then
     broadcast: this saves a factor ``B`` on the widest transposed layer of each intermediate pass.
     Returns ``(start, A, a)``: continue with :func:`backsubstitute` on ``arch[:start]``.
     """
-    layer_shapes = shapes(arch, in_shape)
+    layer_shapes = plan_for(arch, in_shape).shapes
     A, a = identity_rows(1, layer_shapes[index], dtype)
     start = index
     while start > 0 and arch[start - 1].is_affine:

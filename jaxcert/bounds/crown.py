@@ -47,8 +47,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxcert.bounds.backsub import backsubstitute, neuron_rows, reject_options, split_two_sided, two_sided_rows
+from jaxcert.bounds.ibp import add_intervals
 from jaxcert.bounds.ibp import affine_interval as folded_interval
-from jaxcert.bounds.layer_rules import activation_indices, rule_for
+from jaxcert.bounds.layer_rules import UnsupportedLayerError, activation_indices, layer_kind, rule_for
 from jaxcert.bounds.neuron_rows import check_budget, rows_needed, scatter_refined, select_unstable
 from jaxcert.bounds.patches import backsubstitute_windows, layer_windows, supports_windows, window_elements
 from jaxcert.bounds.registry import CROWN_COST, RelaxationTraits, register
@@ -56,8 +57,9 @@ from jaxcert.bounds.relu_slopes import ReluLines, check_rule, check_rule_options
 from jaxcert.bounds.relu_splits import clamp_to_split
 from jaxcert.bounds.row_chunks import MAX_ROWS_BYTES, check_max_rows_bytes, map_row_chunks, rows_per_chunk
 from jaxcert.bounds.spec import fold_spec
-from jaxcert.nets.layers import Arch, Conv, Dense, LayerSpec, Params
-from jaxcert.nets.network import LayerParams, shapes
+from jaxcert.nets.graph import plan_for, walk_forward
+from jaxcert.nets.layers import Arch, LayerSpec, Params
+from jaxcert.nets.network import LayerParams
 
 Interval = tuple[jax.Array, jax.Array]
 LineFn = Callable[[int, jax.Array, jax.Array], ReluLines]
@@ -109,8 +111,19 @@ def affine_interval(spec: LayerSpec, p: Params, lower: jax.Array, upper: jax.Arr
 
 
 def _interval_is_exact(prefix: Arch) -> bool:
-    """Interval arithmetic is exact for affine layers of which at most one mixes coordinates."""
-    return all(s.is_affine for s in prefix) and sum(isinstance(s, Dense | Conv) for s in prefix) <= 1
+    """Interval arithmetic is exact for affine layers of which at most one mixes coordinates (no activation,
+    no merge: :attr:`jaxcert.nets.graph.GraphPlan.exact_nodes`)."""
+    plain = all(s.is_affine for s in prefix)
+    return plain and sum(s.mixes for s in prefix) <= 1
+
+
+def check_patches(arch: Arch, patches: bool | str) -> None:
+    """``patches=True`` asks for windows, which do not pass ``Add`` merges: :class:`UnsupportedLayerError`
+    on a net with one (``"auto"`` chooses dense rows there by itself)."""
+    if patches is True:
+        merge = next((s for s in arch if s.is_merge), None)
+        if merge is not None:
+            raise UnsupportedLayerError(layer_kind(merge), "window", "CROWN patches mode (use patches='auto' or False)")
 
 
 def _window_geometry_fits(arch: Arch, in_shape: tuple[int, ...]) -> bool:
@@ -164,7 +177,7 @@ def neuron_bounds(
     order) of the input of layer ``index``, relaxing the earlier ReLUs with ``lines``; the rows are
     back-substituted in chunks of at most ``max_rows_bytes`` (:mod:`jaxcert.bounds.row_chunks`)."""
     in_shape, batch, itemsize = lower.shape[1:], lower.shape[0], lower.dtype.itemsize
-    shape = shapes(arch, in_shape)[index]
+    shape = plan_for(arch, in_shape).shapes[index]
     if use_windows(arch[:index], in_shape, patches):
         A, a, h, w, split = _window_rows(neurons, shape, lower.dtype)
         per_position = batch * A.shape[2] * window_elements(arch[:index], in_shape) * itemsize
@@ -177,7 +190,7 @@ def neuron_bounds(
     if neurons is not None:
         rows = jnp.concatenate([neurons, neurons + math.prod(shape)], axis=1)
         A, a = A[0][rows], a[0][rows]
-    per_row = batch * max(math.prod(s) for s in shapes(arch[:start], in_shape)) * itemsize
+    per_row = batch * max(math.prod(s) for s in plan_for(arch, in_shape).shapes[: start + 1]) * itemsize
     dense = lambda A, a: backsubstitute(arch[:start], params[:start], A, a, lines, lower, upper)
     return split_two_sided(map_row_chunks(dense, (A, a), rows_per_chunk(A.shape[1], per_row, max_rows_bytes)))
 
@@ -205,15 +218,17 @@ def crown_intermediate(
     ``None`` (or all zeros) changes nothing."""
     check_budget(unstable_budget)
     check_max_rows_bytes(max_rows_bytes)
+    check_patches(arch, patches)
+    plan = plan_for(arch, lower.shape[1:])
     bounds: dict[int, Interval] = {}
     lines: dict[int, ReluLines] = {}
-    lo, hi = lower, upper  # forward interval of the current layer output
-    for i, spec in enumerate(arch):
+
+    def step(i: int, spec: LayerSpec, interval: Interval) -> Interval:  # the forward interval of node i + 1
+        lo, hi = interval
         if spec.is_affine:
-            lo, hi = affine_interval(spec, params[i], lo, hi)
-            continue
-        interval = rule_for(spec, "interval", "crown_intermediate")
-        if not _interval_is_exact(arch[:i]):
+            return affine_interval(spec, params[i], lo, hi)
+        image = rule_for(spec, "interval", "crown_intermediate")
+        if i not in plan.exact_nodes:
             k = rows_needed(unstable_budget, math.prod(lo.shape[1:]))
             neurons = None if k is None else select_unstable(lo, hi, k)
             z_lo, z_hi = neuron_bounds(arch, params, i, neurons, lines, lower, upper, patches, max_rows_bytes)
@@ -224,8 +239,10 @@ def crown_intermediate(
         if splits is not None and i in splits:
             lo, hi = clamp_to_split(lo, hi, splits[i])
         bounds[i], lines[i] = (lo, hi), line_fn(i, lo, hi)
-        lo, hi = interval(lo, hi)
-    return bounds, lines, (lo, hi)
+        return image(lo, hi)
+
+    out = walk_forward(arch, (lower, upper), step, add_intervals)
+    return bounds, lines, out
 
 
 def _take(t: jax.Array, neurons: jax.Array) -> jax.Array:

@@ -10,7 +10,8 @@ The input box is the zonotope ``c = (u + l)/2``, ``G = diag((u - l)/2)``. Affine
 the minimal-area parallelogram around the ReLU graph (slope λ, offsets 0 and -λl). The new error terms
 are diagonal, so they are kept in the box part of a :class:`HybridZonotope` and lifted into ordinary
 generators at the next affine layer (``r ⊙ A(I)``, identical to appending ``diag(μ)`` to ``G``, one
-generator per neuron, zero where the neuron is stable). The spec ``C`` is folded into the last layer.
+generator per neuron, zero where the neuron is stable). The spec ``C`` is folded into the last layer; an
+``Add`` merge sums the two zonotopes (:func:`jaxcert.bounds.zonotope.add`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from jaxcert.bounds.layer_rules import rule_for
 from jaxcert.bounds.registry import RelaxationTraits, register
 from jaxcert.bounds.relu_rules import deepz_relu, relu_slope_offset  # noqa: F401 (moved there; still importable here)
 from jaxcert.bounds.spec import fold_spec
-from jaxcert.nets.layers import Arch
+from jaxcert.nets.graph import walk_forward
+from jaxcert.nets.layers import Arch, LayerSpec
 from jaxcert.nets.network import LayerParams
 
 
@@ -40,10 +42,13 @@ def deepz_bounds(
     zono.check_no_options("deepz", options)
     zono.check_box("deepz", lower, upper)
     body, body_params, W, b = fold_spec(arch, params, C, lower.shape[0])
-    z = zono.from_box(lower, upper)
-    for spec, p in zip(body, body_params, strict=True):
-        z = zono.affine(spec, p, z, lift=True) if spec.is_affine else rule_for(spec, "deepz", "deepz")(z)
-    return zono.final_bounds(z, W, b)
+
+    def step(i: int, spec: LayerSpec, z: zono.HybridZonotope) -> zono.HybridZonotope:
+        return (
+            zono.affine(spec, body_params[i], z, lift=True) if spec.is_affine else rule_for(spec, "deepz", "deepz")(z)
+        )
+
+    return zono.final_bounds(walk_forward(body, zono.from_box(lower, upper), step, zono.add), W, b)
 
 
 register("deepz", deepz_bounds, traits=RelaxationTraits(cost=3))

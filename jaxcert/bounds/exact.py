@@ -1,10 +1,14 @@
 """Exact (MILP) and triangle-LP references for tiny networks, one example at a time, via scipy's HiGHS.
 
-The network is first turned into dense affine blocks between ReLUs (Conv, Normalize, BatchNorm and
-Flatten layers become matrices: the Jacobian of each block's linear part, i.e. the linear part applied
-to the unit vectors, and the block at 0 as offset):
+The network is first turned into dense affine blocks between ReLUs (Conv, Normalize, BatchNorm,
+AvgPool and Flatten layers become matrices: the Jacobian of each block's linear part, i.e. the linear
+part applied to the unit vectors, and the block at 0 as offset):
 
     z_1 = W_1 x + b_1,   h_k = ReLU(z_k),   z_{k+1} = W_{k+1} h_k + b_{k+1},   out = C (W_L h + b_L).
+
+With residual merges (``Add``, a linear equality ``y = x + x_j``) a pre-activation may read several
+earlier values: in general ``z_{k+1} = Σ_{g ≤ k} W_{k+1,g} h_g + b_{k+1}`` with ``h_0 = x``, one matrix per
+value it depends on (:func:`graph_blocks`; a chain has one, the previous ReLU's output).
 
 Both problems minimise (and maximise) every row of ``C out`` over the box ``lower ≤ x ≤ upper`` with
 the pre-activation bounds ``l ≤ z_k ≤ u``. Stable neurons are exact (``h = z`` if ``l ≥ 0``, ``h = 0`` if
@@ -25,7 +29,6 @@ analysis. Networks with more than ``max_neurons`` ReLUs are refused.
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 import time
 from collections.abc import Sequence
@@ -38,6 +41,7 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import coo_array, csr_array
 
 from jaxcert.bounds.layer_rules import UnsupportedLayerError, layer_kind, rule_for
+from jaxcert.nets.graph import walk_forward
 from jaxcert.nets.layers import Arch, LayerSpec
 from jaxcert.nets.network import LayerParams, check_params, shapes
 
@@ -48,17 +52,56 @@ MAX_NEURONS = 300
 WIDEN = 1e-6
 
 Block = tuple[np.ndarray, np.ndarray]  # (W (n_out, n_in), b (n_out,))
+#: ``({g: W_g (n_out, n_g)}, b (n_out,))``: ``Σ_g W_g h_g + b``, value ``g`` = the input (0) or the g-th ReLU's output
+GraphBlock = tuple[dict[int, np.ndarray], np.ndarray]
+#: An affine expression of a node: ``{g: M_g (n_g, *shape)}`` (the linear part applied to value g's unit
+#: vectors) and the constant (1, *shape)
+_Expression = tuple[dict[int, jax.Array], jax.Array]
 
 
-@functools.partial(jax.jit, static_argnums=(0, 2))
-def _block_matrix(layers: Arch, params: list, shape_in: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
-    """``(W, b)`` of the affine block ``layers``: ``W`` = its linear part applied to the unit vectors."""
-    n = math.prod(shape_in)
-    unit = jnp.eye(n, dtype=jnp.float32).reshape(n, *shape_in)
-    h, b = unit, jnp.zeros((1, *shape_in), jnp.float32)
-    for spec, p in zip(layers, params, strict=True):
-        h, b = spec.linear(p, h), spec.apply(p, b)
-    return h.reshape(n, -1).T, b.reshape(-1)
+@functools.partial(jax.jit, static_argnums=0)
+def _affine_step(spec: LayerSpec, p: dict, expression: _Expression) -> _Expression:
+    """The expression of a node after the affine layer ``spec``: the linear part on every matrix, the layer
+    itself on the constant."""
+    terms, b = expression
+    return {g: spec.linear(p, M) for g, M in terms.items()}, spec.apply(p, b)
+
+
+def _add_expressions(a: _Expression, b: _Expression) -> _Expression:
+    terms = dict(a[0])
+    for g, M in b[0].items():
+        terms[g] = terms[g] + M if g in terms else M
+    return terms, a[1] + b[1]
+
+
+def _unit_expression(group: int, shape: tuple[int, ...]) -> _Expression:
+    n = math.prod(shape)
+    return {group: jnp.eye(n, dtype=jnp.float32).reshape(n, *shape)}, jnp.zeros((1, *shape), jnp.float32)
+
+
+def _as_block(expression: _Expression) -> GraphBlock:
+    terms, b = expression
+    dense = {g: np.asarray(M.reshape(M.shape[0], -1).T, np.float64) for g, M in terms.items()}
+    return dense, np.asarray(b, np.float64).reshape(-1)
+
+
+def graph_blocks(arch: Arch, params: LayerParams, in_shape: Sequence[int]) -> list[GraphBlock]:
+    """Every ReLU's pre-activation and the output as ``Σ_g W_g h_g + b`` over the input (``g = 0``) and the
+    outputs of earlier ReLUs (``g = k`` for the k-th), float64: ``len(ReLUs) + 1`` blocks. The graph's
+    ``Add`` merges sum expressions (a linear equality), so a block may read several values."""
+    check_params(arch, params)
+    blocks: list[GraphBlock] = []
+
+    def step(i: int, spec: LayerSpec, expression: _Expression) -> _Expression:
+        if spec.is_affine:
+            return _affine_step(spec, params[i], expression)
+        _check_encoding(spec)
+        blocks.append(_as_block(expression))
+        return _unit_expression(len(blocks), expression[1].shape[1:])
+
+    shapes(arch, tuple(in_shape))  # checks the graph (shortcut sources and shapes)
+    blocks.append(_as_block(walk_forward(arch, _unit_expression(0, tuple(in_shape)), step, _add_expressions)))
+    return blocks
 
 
 def _check_encoding(spec: LayerSpec) -> bool:
@@ -71,48 +114,59 @@ def _check_encoding(spec: LayerSpec) -> bool:
 
 
 def dense_blocks(arch: Arch, params: LayerParams, in_shape: Sequence[int]) -> list[Block]:
-    """The affine blocks between ReLUs as dense float64 ``(W, b)``: ``len(ReLUs) + 1`` blocks."""
-    check_params(arch, params)
-    layer_shapes = shapes(arch, tuple(in_shape))
-    cuts = [-1] + [i for i in range(len(arch)) if not arch[i].is_affine and _check_encoding(arch[i])] + [len(arch)]
-    blocks = []
-    for start, stop in itertools.pairwise(cuts):
-        W, b = _block_matrix(tuple(arch[start + 1 : stop]), list(params[start + 1 : stop]), layer_shapes[start + 1])
-        blocks.append((np.asarray(W, np.float64), np.asarray(b, np.float64)))
-    return blocks
+    """The affine blocks between ReLUs of a chain (no ``Add``) as dense float64 ``(W, b)``: ``len(ReLUs) + 1``
+    blocks, block ``k`` reading the previous ReLU's output (the input for the first); with merges, a block
+    may read several values: see :func:`graph_blocks`."""
+    if any(spec.is_merge for spec in arch):
+        raise ValueError("dense_blocks: the network has Add merges, whose blocks read several values; use graph_blocks")
+    return [(terms[k], b) for k, (terms, b) in enumerate(graph_blocks(arch, params, in_shape))]
 
 
-def interval_bounds(blocks: list[Block], lower: np.ndarray, upper: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+def _affine_interval(terms: dict[int, np.ndarray], b: np.ndarray, values: list) -> tuple[np.ndarray, np.ndarray]:
+    c = sum(W @ ((values[g][1] + values[g][0]) / 2) for g, W in terms.items()) + b
+    r = sum(np.abs(W) @ ((values[g][1] - values[g][0]) / 2) for g, W in terms.items())
+    return c - r, c + r
+
+
+def interval_bounds(
+    blocks: list[GraphBlock], lower: np.ndarray, upper: np.ndarray
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Float64 interval bounds of every pre-activation ``z_k`` (one pair per ReLU block)."""
-    out = []
-    lo, hi = lower, upper
-    for W, b in blocks[:-1]:
-        c, r = W @ ((hi + lo) / 2) + b, np.abs(W) @ ((hi - lo) / 2)
-        out.append((c - r, c + r))
-        lo, hi = np.maximum(c - r, 0.0), np.maximum(c + r, 0.0)
+    out, values = [], [(lower, upper)]
+    for terms, b in blocks[:-1]:
+        out.append(_affine_interval(terms, b, values))
+        values.append((np.maximum(out[-1][0], 0.0), np.maximum(out[-1][1], 0.0)))
     return out
 
 
 class _Program:
     """Variables ``[x, h_1, δ_1, h_2, δ_2, ...]`` and the ReLU constraints of one example."""
 
-    def __init__(self, blocks: list[Block], lower: np.ndarray, upper: np.ndarray, pre: list, integral: bool):
+    def __init__(self, blocks: list[GraphBlock], lower: np.ndarray, upper: np.ndarray, pre: list, integral: bool):
         self.rows: list[tuple[dict[int, np.ndarray], float, float]] = []
         n0 = lower.size
         self.lb, self.ub, self.integrality = list(lower), list(upper), [0] * n0
-        prev = np.arange(n0)  # indices of the variables feeding the next block
-        for (W, b), (z_lo, z_hi) in zip(blocks[:-1], pre, strict=True):
+        self.values = [np.arange(n0)]  # variable indices of the input and of every ReLU's output
+        for (terms, b), (z_lo, z_hi) in zip(blocks[:-1], pre, strict=True):
             n = b.size
             h = np.arange(len(self.lb), len(self.lb) + n)
             d = h + n
             self.lb += list(np.maximum(z_lo, 0.0)) + [0.0] * n
             self.ub += list(np.maximum(z_hi, 0.0)) + [1.0] * n
             self.integrality += [0] * n + [1 if integral else 0] * n
+            prev = np.concatenate([self.values[g] for g in terms])
+            W = np.concatenate(list(terms.values()), axis=1)
             for j in range(n):
                 self._relu(W[j], b[j], float(z_lo[j]), float(z_hi[j]), prev, int(h[j]), int(d[j]), integral)
-            prev = h
-        self.last = prev
+            self.values.append(h)
         self.n = len(self.lb)
+
+    def cost(self, terms: dict[int, np.ndarray], row: np.ndarray) -> np.ndarray:
+        """The cost vector of ``row · (Σ_g W_g h_g)`` over the program's variables."""
+        cost = np.zeros(self.n)
+        for g, W in terms.items():
+            np.add.at(cost, self.values[g], W.T @ row)
+        return cost
 
     def _add(self, coefs: dict[int, float] | list, lo: float, hi: float) -> None:
         self.rows.append((coefs, lo, hi))
@@ -152,9 +206,7 @@ class _Program:
         A = csr_array(coo_array((v, (r, c)), shape=(len(self.rows), self.n)))
         return LinearConstraint(A, lo, hi)
 
-    def minimise(self, cost_last: np.ndarray, constraint: LinearConstraint | None) -> float:
-        cost = np.zeros(self.n)
-        np.add.at(cost, self.last, cost_last)
+    def minimise(self, cost: np.ndarray, constraint: LinearConstraint | None) -> float:
         res = milp(
             cost,
             constraints=[constraint] if constraint is not None else [],
@@ -199,7 +251,7 @@ def _solve(
     lower, upper = np.asarray(lower, np.float64), np.asarray(upper, np.float64)
     if lower.shape != upper.shape or lower.ndim < 2:
         raise ValueError(f"lower/upper must have the same shape (batch, *input), got {lower.shape}, {upper.shape}")
-    blocks = dense_blocks(arch, params, lower.shape[1:])
+    blocks = graph_blocks(arch, params, lower.shape[1:])
     neurons = sum(b.size for _, b in blocks[:-1])
     if neurons > max_neurons:
         raise ValueError(
@@ -218,7 +270,7 @@ def _solve(
         program = _Program(blocks, lo, hi, pre, integral)
         constraint = program.constraint()
         for k, row in enumerate(specs[e].astype(np.float64)):
-            cost, offset = W_last.T @ row, float(row @ b_last)
+            cost, offset = program.cost(W_last, row), float(row @ b_last)
             lbs[e, k] = program.minimise(cost, constraint) + offset
             ubs[e, k] = -program.minimise(-cost, constraint) + offset
     return lbs, ubs
@@ -293,7 +345,7 @@ def exact_margin_check(
     arithmetic for tighter big-M constants."""
     in_shape = tuple(np.shape(lower))
     lo, hi = np.asarray(lower, np.float64).reshape(-1), np.asarray(upper, np.float64).reshape(-1)
-    blocks = dense_blocks(arch, params, in_shape)
+    blocks = graph_blocks(arch, params, in_shape)
     neurons = sum(b.size for _, b in blocks[:-1])
     if neurons > max_neurons:
         raise ValueError(f"network too large for the exact MILP: {neurons} ReLU neurons > max_neurons={max_neurons}")
@@ -310,8 +362,7 @@ def exact_margin_check(
         left = time_limit - (time.monotonic() - start)
         if left <= 0:
             return MarginCheck("timeout", float("nan"), None)
-        cost = np.zeros(program.n)
-        np.add.at(cost, program.last, W_last.T @ row)
+        cost = program.cost(W_last, row)
         res = milp(
             cost,
             constraints=[constraint] if constraint is not None else [],

@@ -10,7 +10,8 @@ input box, ``r = 0``) and ``δ`` independent box terms. Affine layers: ``c' = A 
 
 so correlations of crossing neurons are dropped (no new error terms). The bounds are never looser than
 IBP's (by induction: every hBox interval hull lies inside the IBP interval of the same neuron), and the
-rule is discontinuous where ``l = 0`` (symbolic form on one side, box on the other).
+rule is discontinuous where ``l = 0`` (symbolic form on one side, box on the other). An ``Add`` merge sums
+the two hybrid zonotopes (:func:`jaxcert.bounds.zonotope.add`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from jaxcert.bounds.layer_rules import rule_for
 from jaxcert.bounds.registry import RelaxationTraits, register
 from jaxcert.bounds.relu_rules import hbox_relu  # noqa: F401 (moved there; still importable here)
 from jaxcert.bounds.spec import fold_spec
-from jaxcert.nets.layers import Arch
+from jaxcert.nets.graph import walk_forward
+from jaxcert.nets.layers import Arch, LayerSpec
 from jaxcert.nets.network import LayerParams
 
 
@@ -44,19 +46,21 @@ def hbox_bounds(
     zono.check_no_options("hbox", options)
     zono.check_box("hbox", lower, upper)
     body, body_params, W, b = fold_spec(arch, params, C, lower.shape[0])
-    z = zono.from_box(lower, upper)
     input_lifted = False
-    for spec, p in zip(body, body_params, strict=True):
+
+    def step(i: int, spec: LayerSpec, z: zono.HybridZonotope) -> zono.HybridZonotope:
+        nonlocal input_lifted
         if spec.is_affine:
-            z = zono.affine(spec, p, z, lift=not input_lifted)
+            z = zono.affine(spec, body_params[i], z, lift=not input_lifted)
             input_lifted = input_lifted or not zono.is_diagonal(spec)
-        else:
-            layer_rule = rule_for(spec, "hbox", "hbox")
-            if not input_lifted:
-                z = zono.lift_identity(z)
-                input_lifted = True
-            z = layer_rule(z)
-    return zono.final_bounds(z, W, b)
+            return z
+        layer_rule = rule_for(spec, "hbox", "hbox")
+        if not input_lifted:
+            z = zono.lift_identity(z)
+            input_lifted = True
+        return layer_rule(z)
+
+    return zono.final_bounds(walk_forward(body, zono.from_box(lower, upper), step, zono.add), W, b)
 
 
 register("hbox", hbox_bounds, traits=RelaxationTraits(cost=1))

@@ -1,8 +1,10 @@
 """The rule table: which bound rules each non-affine layer kind provides, and a lookup that raises.
 
 Affine layers (``spec.is_affine``) are handled generically by every relaxation through ``linear``,
-``abs_linear`` and ``offset``. A non-affine layer needs a *rule* per relaxation step, looked up here by
-the layer's exact class (a subclass of ReLU with another ``apply`` is another kind, not ReLU):
+``abs_linear`` and ``offset``, merges (``spec.is_merge``: ``Add``) by the graph drivers
+(:mod:`jaxcert.nets.graph`); a driver that does not know merges meets ``Add`` here and raises. An
+activation layer needs a *rule* per relaxation step, looked up here by the layer's exact class (a
+subclass of ReLU with another ``apply`` is another kind, not ReLU):
 
     interval   ``(l, u) -> (l', u')`` interval image (IBP, CROWN's forward pass, CROWN-IBP, loss fusion)
     lines      ``(l, u, rule, *, slopes, tau, gamma) -> ReluLines``: lower line ``α x`` and upper line
@@ -115,10 +117,11 @@ def rule_for(spec: LayerSpec, rule: str, where: str) -> Any:
 
 
 def activation_indices(arch: Arch, rule: str, where: str) -> list[int]:
-    """Indices of the non-affine layers of ``arch``, each checked to provide ``rule`` (see :func:`rule_for`)."""
+    """Indices of the activation layers of ``arch`` (neither affine nor a merge: ``Add`` is handled by the
+    graph drivers, :mod:`jaxcert.nets.graph`), each checked to provide ``rule`` (see :func:`rule_for`)."""
     out = []
     for i, spec in enumerate(arch):
-        if not spec.is_affine:
+        if not spec.is_affine and not spec.is_merge:
             rule_for(spec, rule, where)
             out.append(i)
     return out

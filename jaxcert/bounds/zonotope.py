@@ -13,7 +13,8 @@ Affine layers ``x -> A x + b`` map the centre and the generators exactly, ``c' =
 
 For a diagonal layer (per-coordinate scaling or a reshape: :data:`DIAGONAL_LAYERS`) ``A diag(r)`` is again
 diagonal, so ``r' = |A| r`` is exact and no lift is needed. DeepZ lifts at every other affine layer
-(its new error terms stay correlated); hBox lifts only the input box (its input error terms).
+(its new error terms stay correlated); hBox lifts only the input box (its input error terms). An ``Add``
+merge sums two zonotopes (:func:`add`).
 """
 
 from __future__ import annotations
@@ -94,6 +95,18 @@ def affine(spec: LayerSpec, p: Params, z: HybridZonotope, *, lift: bool) -> Hybr
         lifted = lift_box(spec, p, z.box)
         return HybridZonotope(centre, jnp.concatenate([generators, lifted], axis=1), jnp.zeros_like(centre))
     return HybridZonotope(centre, generators, spec.abs_linear(p, z.box))
+
+
+def add(a: HybridZonotope, b: HybridZonotope) -> HybridZonotope:
+    """``a + b`` (an ``Add`` merge): centres and generators add, the box parts add (``|r_a δ_a + r_b δ_b| ≤
+    r_a + r_b``: sound, correlations between the two box parts dropped).
+
+    Error terms are only ever appended along a path (a lift or a new term goes to the end), so the terms of
+    the earlier node ``b`` are a prefix of those of ``a``: the shorter list is padded with zero generators."""
+    ea, eb = a.generators.shape[1], b.generators.shape[1]
+    pad = lambda g, n: jnp.pad(g, [(0, 0), (0, n)] + [(0, 0)] * (g.ndim - 2))
+    ga, gb = pad(a.generators, max(0, eb - ea)), pad(b.generators, max(0, ea - eb))
+    return HybridZonotope(a.centre + b.centre, ga + gb, a.box + b.box)
 
 
 def radius(z: HybridZonotope) -> jax.Array:

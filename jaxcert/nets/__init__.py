@@ -1,7 +1,20 @@
 """Networks: static layer specs, the NNX ``Network`` and its pure functional view."""
 
 from jaxcert.nets.architectures import ARCHITECTURES, NORMALIZATION, get_architecture, mlp
-from jaxcert.nets.layers import Arch, BatchNorm, Conv, Dense, Flatten, LayerSpec, LeakyReLU, Normalize, ReLU
+from jaxcert.nets.graph import GraphPlan, plan_for
+from jaxcert.nets.layers import (
+    Add,
+    Arch,
+    AvgPool,
+    BatchNorm,
+    Conv,
+    Dense,
+    Flatten,
+    LayerSpec,
+    LeakyReLU,
+    Normalize,
+    ReLU,
+)
 from jaxcert.nets.network import (
     LayerParams,
     Network,
@@ -19,11 +32,14 @@ from jaxcert.nets.network import (
 __all__ = [
     "ARCHITECTURES",
     "NORMALIZATION",
+    "Add",
     "Arch",
+    "AvgPool",
     "BatchNorm",
     "Conv",
     "Dense",
     "Flatten",
+    "GraphPlan",
     "LayerParams",
     "LayerSpec",
     "LeakyReLU",
@@ -37,6 +53,7 @@ __all__ = [
     "merge",
     "mlp",
     "params_of",
+    "plan_for",
     "pure_apply",
     "shapes",
     "split_trainable",

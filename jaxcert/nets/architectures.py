@@ -6,7 +6,7 @@ per-channel normalisation, so that input boxes live in the raw [0, 1] pixel spac
 
 from __future__ import annotations
 
-from jaxcert.nets.layers import Arch, BatchNorm, Conv, Dense, Flatten, LayerSpec, Normalize, ReLU
+from jaxcert.nets.layers import Add, Arch, AvgPool, BatchNorm, Conv, Dense, Flatten, LayerSpec, Normalize, ReLU
 
 #: Per-channel (mean, std) of each data set's raw [0, 1] pixels.
 NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
@@ -71,6 +71,30 @@ def paradox_conv(num_classes: int = 10, dataset: str = "fashion_mnist") -> Arch:
     return (normalization(dataset), Conv(16, 4, 2, 1), ReLU(), Flatten(), Dense(100), ReLU(), Dense(num_classes))
 
 
+def residual_block(layers: list[LayerSpec], channels: int) -> list[LayerSpec]:
+    """``layers`` followed by a basic residual block ``ReLU(x + Conv(ReLU(Conv(x))))`` (3×3 convolutions of
+    ``channels`` channels, stride 1, padding 1; an identity shortcut, so ``channels`` = the input's)."""
+    start = len(layers)  # the block's input is the input of its first layer
+    return [*layers, Conv(channels, 3, 1, 1), ReLU(), Conv(channels, 3, 1, 1), Add(source=start), ReLU()]
+
+
+def resnet_small(num_classes: int = 10, dataset: str = "fashion_mnist") -> Arch:
+    """A small ResNet of the CROWN-IBP / auto_LiRPA line: Conv(16,3,1,1)-ReLU-[block](16)-Conv(32,4,2,1)-ReLU-
+    [block](32)-AvgPool(2)-Flatten-Linear(100)-ReLU-Linear(classes), each [block] two 3×3 convolutions with
+    an identity shortcut (:func:`residual_block`). 28×28 inputs end in 7×7×32 features, 32×32 in 8×8×32."""
+    layers: list[LayerSpec] = [normalization(dataset), Conv(16, 3, 1, 1), ReLU()]
+    layers = [*residual_block(layers, 16), Conv(32, 4, 2, 1), ReLU()]
+    layers = residual_block(layers, 32)
+    return (*layers, AvgPool(2), Flatten(), Dense(100), ReLU(), Dense(num_classes))
+
+
+def resnet_tiny(num_classes: int = 10, dataset: str = "fashion_mnist") -> Arch:
+    """A tiny residual net for tests and quick runs (192 ReLUs on 28×28 or 32×32 inputs, small enough for
+    the exact MILP): Conv(4,7,s7)-ReLU-[block](4)-AvgPool(2)-Flatten-Linear(classes)."""
+    layers = residual_block([normalization(dataset), Conv(4, 7, 7, 0), ReLU()], 4)
+    return (*layers, AvgPool(2), Flatten(), Dense(num_classes))
+
+
 ARCHITECTURES = {
     "cnn3": cnn3,
     "cnn5": cnn5,
@@ -79,6 +103,8 @@ ARCHITECTURES = {
     "paradox_fc": paradox_fc,
     "paradox_conv": paradox_conv,
     "mlp_small": lambda num_classes=10, dataset="fashion_mnist": mlp((100, 100), num_classes, dataset),
+    "resnet_small": resnet_small,
+    "resnet_tiny": resnet_tiny,
 }
 
 

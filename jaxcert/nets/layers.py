@@ -32,9 +32,16 @@ Shape = tuple[int, ...]
 
 
 class LayerSpec:
-    """Base class of layer specs. Subclasses are frozen dataclasses (hashable, static for jit)."""
+    """Base class of layer specs. Subclasses are frozen dataclasses (hashable, static for jit).
+
+    Traits read by the drivers: ``is_affine`` (a map ``linear + offset`` of its one input), ``is_merge``
+    (a layer of two inputs, :class:`Add`: the graph drivers of :mod:`jaxcert.nets.graph` handle it) and
+    ``mixes`` (an affine layer whose outputs each depend on several inputs: interval arithmetic through
+    two such layers is no longer exact; unknown affine kinds count as mixing, the safe side)."""
 
     is_affine: bool = True
+    is_merge: bool = False
+    mixes: bool = True
     has_params: bool = False
 
     def out_shape(self, in_shape: Shape) -> Shape:
@@ -139,6 +146,8 @@ class LeakyReLU(LayerSpec):
 class Flatten(LayerSpec):
     """Reshape (B, ...) to (B, prod(...))."""
 
+    mixes = False
+
     def out_shape(self, in_shape: Shape) -> Shape:
         return (math.prod(in_shape),)
 
@@ -154,6 +163,8 @@ class Normalize(LayerSpec):
 
     The constants are float32 (the dtype of the weights), so they keep the input's dtype also with
     ``jax_enable_x64``: a float32 input stays float32, a float64 input stays float64."""
+
+    mixes = False
 
     mean: tuple[float, ...]
     std: tuple[float, ...]
@@ -185,6 +196,7 @@ class BatchNorm(LayerSpec):
 
     eps: float = 1e-5
     has_params: bool = dataclasses.field(default=True, init=False)
+    mixes = False
 
     def _gain(self, p: Params) -> jax.Array:
         return p["scale"] * jax.lax.rsqrt(p["var"] + self.eps)
@@ -197,6 +209,67 @@ class BatchNorm(LayerSpec):
 
     def offset(self, p: Params) -> jax.Array:
         return p["bias"] - p["mean"] * self._gain(p)
+
+
+@dataclasses.dataclass(frozen=True)
+class AvgPool(LayerSpec):
+    """Average pooling over ``window × window`` patches with stride ``stride``, no padding (NHWC):
+
+        y[h, w, c] = (1 / window²) Σ_{0 ≤ i, j < window} x[h·stride + i, w·stride + j, c],
+
+    a linear map with non-negative weights, so ``abs_linear = linear`` (interval arithmetic maps the
+    centre and the radius by the same map) and its transpose is ``jax.linear_transpose``'s."""
+
+    window: int
+    stride: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.window < 1 or (self.stride is not None and self.stride < 1):
+            raise ValueError(f"AvgPool: window and stride must be >= 1, got {self.window}, {self.stride}")
+
+    @property
+    def step(self) -> int:
+        """The stride (the window when not given)."""
+        return self.window if self.stride is None else self.stride
+
+    def out_shape(self, in_shape: Shape) -> Shape:
+        if len(in_shape) != 3:
+            raise ValueError(f"AvgPool expects an HWC input, got shape {in_shape}")
+        h, w, c = in_shape
+        if min(h, w) < self.window:
+            raise ValueError(f"AvgPool: window {self.window} is larger than the input {h}x{w}")
+        size = lambda n: (n - self.window) // self.step + 1
+        return (size(h), size(w), c)
+
+    def linear(self, p: Params, x: jax.Array) -> jax.Array:
+        dims, strides = (1, self.window, self.window, 1), (1, self.step, self.step, 1)
+        total = jax.lax.reduce_window(x, 0.0, jax.lax.add, dims, strides, "VALID")  # reduce_window_sum: transposable
+        return total / self.window**2
+
+    abs_linear = linear
+
+
+@dataclasses.dataclass(frozen=True)
+class Add(LayerSpec):
+    """Residual merge: ``y = x + x_source``, the sum of this layer's input ``x`` and the input of the
+    earlier layer ``source`` (``0 ≤ source < index of this layer``; 0 = the network's input). The two must
+    have the same shape (an identity shortcut), checked when the graph plan is built
+    (:func:`jaxcert.nets.graph.plan_for`).
+
+    Affine in its two inputs, with no parameters: every driver handles it through the graph
+    (:mod:`jaxcert.nets.graph`): forwards it adds the kept value of node ``source``; backwards the
+    coefficients on ``y`` go on to ``x`` and are also added to those of node ``source``."""
+
+    source: int
+    is_affine: bool = dataclasses.field(default=False, init=False)
+    is_merge: bool = dataclasses.field(default=True, init=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.source, bool) or not isinstance(self.source, int) or self.source < 0:
+            raise ValueError(f"Add: source must be a layer index >= 0, got {self.source!r}")
+
+    def apply(self, p: Params, x: jax.Array) -> jax.Array:
+        raise ValueError("Add merges two nodes and has no one-input apply; run the network with jaxcert.nets.forward")
 
 
 #: Parameter names that are running statistics rather than trainable weights.

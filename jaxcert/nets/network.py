@@ -18,13 +18,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxcert.nets.graph import plan_for, walk_forward
 from jaxcert.nets.layers import NON_TRAINABLE, Arch, BatchNorm, Conv, Dense, LayerSpec, Shape, as_arch
 
 LayerParams = list[dict[str, jax.Array]]
 
 
 class _Static(nnx.Module):
-    """A parameter-free layer (ReLU, Flatten, Normalize) inside the NNX module tree."""
+    """A parameter-free layer (ReLU, Flatten, Normalize, AvgPool, Add) inside the NNX module tree."""
 
     def __init__(self, spec: LayerSpec):
         self.spec = nnx.static(spec) if hasattr(nnx, "static") else spec
@@ -52,11 +53,13 @@ def _build_layer(spec: LayerSpec, in_shape: Shape, rngs: nnx.Rngs) -> nnx.Module
 
 
 def shapes(arch: Arch, in_shape: Shape) -> list[Shape]:
-    """Shapes (without batch axis) of the input and every layer output: ``len(arch) + 1`` entries."""
-    out = [tuple(in_shape)]
-    for spec in arch:
-        out.append(spec.out_shape(out[-1]))
-    return out
+    """Shapes (without batch axis) of the input and every layer output: ``len(arch) + 1`` entries (the
+    nodes of the graph, :func:`jaxcert.nets.graph.plan_for`, which also checks every ``Add``)."""
+    return list(plan_for(arch, in_shape).shapes)
+
+
+def _add(x: jax.Array, skip: jax.Array) -> jax.Array:
+    return x + skip
 
 
 class Network(nnx.Module):
@@ -71,9 +74,8 @@ class Network(nnx.Module):
         )
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        for layer in self.layers:
-            x = layer(x)
-        return x
+        layers = list(self.layers)
+        return walk_forward(self.arch, x, lambda i, spec, h: layers[i](h), _add)
 
 
 def params_of(model: Network) -> LayerParams:
@@ -97,11 +99,9 @@ def init_params(arch: Sequence[LayerSpec], in_shape: Shape, seed: int = 0) -> La
 
 
 def forward(arch: Arch, params: LayerParams, x: jax.Array) -> jax.Array:
-    """Pure forward pass: ``x_{k+1} = layer_k(params_k, x_k)``."""
+    """Pure forward pass: ``x_{k+1} = layer_k(params_k, x_k)``, and ``x_{k+1} = x_k + x_j`` at ``Add(source=j)``."""
     check_params(arch, params)
-    for spec, p in zip(arch, params, strict=True):
-        x = spec.apply(p, x)
-    return x
+    return walk_forward(arch, x, lambda i, spec, h: spec.apply(params[i], h), _add)
 
 
 def check_params(arch: Arch, params: LayerParams) -> None:

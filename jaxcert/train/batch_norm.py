@@ -21,7 +21,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from jaxcert.nets.layers import Arch, BatchNorm
+from jaxcert.nets.graph import walk_forward
+from jaxcert.nets.layers import Arch, BatchNorm, LayerSpec
 from jaxcert.nets.network import LayerParams, merge
 
 #: ``bn_mode`` values: running statistics (``"eval"``) or the clean batch's statistics (``"batch"``).
@@ -40,15 +41,18 @@ def has_batch_norm(arch: Arch) -> bool:
 def batch_stats(arch: Arch, trainable: LayerParams, frozen: LayerParams, x: jax.Array) -> LayerParams:
     """``frozen`` with every BatchNorm layer's ``mean``/``var`` replaced by ``(μ_B, σ²_B)`` of its input on
     ``x`` (differentiable in ``trainable``); other layers' entries unchanged."""
-    stats = []
-    h = x
-    for spec, p, f in zip(arch, merge(trainable, frozen), frozen, strict=True):
+    params = merge(trainable, frozen)
+    stats = list(frozen)
+
+    def step(i: int, spec: LayerSpec, h: jax.Array) -> jax.Array:
+        p = params[i]
         if isinstance(spec, BatchNorm):
             axes = tuple(range(h.ndim - 1))
-            f = {"mean": jnp.mean(h, axis=axes), "var": jnp.var(h, axis=axes)}
-            p = {**p, **f}
-        h = spec.apply(p, h)
-        stats.append(f)
+            stats[i] = {"mean": jnp.mean(h, axis=axes), "var": jnp.var(h, axis=axes)}
+            p = {**p, **stats[i]}
+        return spec.apply(p, h)
+
+    walk_forward(arch, x, step, lambda h, skip: h + skip)
     return stats
 
 

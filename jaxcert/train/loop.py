@@ -50,7 +50,7 @@ from jaxcert.train.gradient import gradient_trainer, plain_gradient
 from jaxcert.train.init import ibp_init
 from jaxcert.train.logging import MetricsLog, plot_metrics, read_metrics
 from jaxcert.train.member_schedule import describe as describe_member_schedule
-from jaxcert.train.methods import make_objective, split_index
+from jaxcert.train.methods import make_objective, split_arch
 from jaxcert.train.pgpe import pgpe_trainer
 from jaxcert.train.resume import RESUME_FREE_FIELDS, config_differences, resume_refusal  # noqa: F401 (re-exported)
 from jaxcert.train.rgs import rgs_trainer
@@ -217,10 +217,10 @@ class Setup(NamedTuple):
 
 
 def check_split(config: TrainConfig) -> None:
-    """TAPS/STAPS: ``ValueError`` for a ``taps_split`` out of range of the architecture (the layer count does not
-    depend on the data set), before anything is loaded or written."""
+    """TAPS/STAPS: ``ValueError`` for a ``taps_split`` out of range of the architecture or inside a residual block
+    (the layers do not depend on the data set), before anything is loaded or written."""
     if config.objective in ("taps", "staps"):
-        split_index(config.taps_split, len(get_architecture(config.arch)))
+        split_arch(get_architecture(config.arch), config.taps_split)
 
 
 def setup(config: TrainConfig) -> Setup:

@@ -23,10 +23,10 @@ from jaxcert.train.losses import Objective, certified_objective
 from jaxcert.train.methods.expressive import EXPRESSIVE_LOSSES, expressive_term
 from jaxcert.train.methods.objective import RobustTerm, method_objective
 from jaxcert.train.methods.sabr import sabr_term
-from jaxcert.train.methods.taps import split_index, taps_term
+from jaxcert.train.methods.taps import split_arch, split_index, taps_term
 from jaxcert.train.schedules import RecipeSchedule
 
-__all__ = ["OBJECTIVES", "make_objective", "robust_term", "split_index"]
+__all__ = ["OBJECTIVES", "make_objective", "robust_term", "split_arch", "split_index"]
 
 
 def robust_term(

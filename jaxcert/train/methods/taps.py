@@ -29,7 +29,8 @@ Both estimates lie between the PGD loss and the IBP loss: ``d_j(p_j*) ≥ min_bo
 At the output (``k`` = number of layers) ``g`` is the identity: the multi-estimator's ``p_j*`` is the corner
 ``(l_y, u_j)`` of the IBP logit box and ``d_j = l_y - u_j``, the single one's the worst corner
 ``(l_y, u_j)_{j≠y}``. STAPS runs TAPS on SABR's small box (:mod:`jaxcert.train.methods.sabr`) instead of the
-ε-box; ``λ = 1`` is TAPS.
+ε-box; ``λ = 1`` is TAPS. On a residual net the split may not fall inside a residual block (a shortcut from
+the extractor into the classifier): an error at set-up.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ import jax.numpy as jnp
 from jaxcert.bounds import certified_cross_entropy, cross_entropy, input_box, is_certified
 from jaxcert.bounds.ibp import interval_layers
 from jaxcert.bounds.spec import batch_margin_spec
+from jaxcert.nets.graph import suffix
 from jaxcert.nets.layers import Arch
 from jaxcert.nets.network import LayerParams, forward
 from jaxcert.train.methods.objective import RobustTerm
@@ -64,6 +66,16 @@ def split_index(split: int, depth: int) -> int:
             f"0 = before the first layer, {depth} = at the output, negative = all but the last layers)"
         )
     return split if split >= 0 else depth + split
+
+
+def split_arch(arch: Arch, split: int) -> tuple[int, Arch]:
+    """``(k, classifier)``: the extractor's layer count and the classifier ``arch[k:]`` as an architecture of
+    its own; ``ValueError`` if the split falls inside a residual block (a shortcut crossing it)."""
+    k = split_index(split, len(arch))
+    try:
+        return k, suffix(arch, k)
+    except ValueError as err:
+        raise ValueError(f"taps_split {split}: {err}") from None
 
 
 def latent_step(steps: int) -> float:
@@ -190,8 +202,8 @@ def taps_margins(
 ) -> jax.Array:
     """TAPS's estimate of the margins ``z_y - z_j`` (j ≠ y, shape (B, K-1)) over the input box
     ``[lower, upper]``: ``d_j(connect(l, u, p_j*))`` (module doc), differentiable through the connector."""
-    k = split_index(split, len(arch))
-    head, head_params = arch[k:], params[k:]
+    k, head = split_arch(arch, split)
+    head_params = params[k:]
     lat_lo, lat_hi = interval_layers(arch[:k], params[:k], lower, upper)[-1]
     stopped = jax.lax.stop_gradient(head_params)
     classifier = lambda p: forward(head, stopped, p)
@@ -222,7 +234,7 @@ def taps_term(
     """``R_TAPS`` over the ε-box (``lam`` None: TAPS) or over SABR's small box of ratio ``lam`` (STAPS, its
     PGD step ``step_rel``); logs ``taps_loss`` and ``taps_acc`` (the fraction whose estimated margins are all
     positive)."""
-    split_index(split, len(arch))
+    split_arch(arch, split)
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown TAPS estimator {estimator!r}; known: {', '.join(ESTIMATORS)}")
     if lam is not None:
