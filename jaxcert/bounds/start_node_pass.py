@@ -55,7 +55,8 @@ WHERE = "alpha-CROWN per-start-node slopes"
 
 
 def _relus_below(arch: Arch, index: int) -> list[int]:
-    return [i for i in range(index) if not arch[i].is_affine]
+    """The activation layers below layer ``index`` (``Add`` merges are the graph drivers' business)."""
+    return [i for i in range(index) if not arch[i].is_affine and not arch[i].is_merge]
 
 
 def relu_windows(arch: Arch, index: int, in_shape: tuple[int, ...]) -> dict[int, Window]:
