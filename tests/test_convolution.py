@@ -5,9 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcert.nets.convolution import conv2d, shifted_slices_conv2d, slices_pay_on_cpu, xla_conv2d
+from jaxcert.nets.conv_backends import kernel_term_choice
+from jaxcert.nets.convolution import conv2d, shifted_slices_conv2d, xla_conv2d
 
-#: (x shape, kernel shape, stride, padding): two in the shifted-slices regime on CPU, two outside it.
+#: (x shape, kernel shape, stride, padding): two in the shifted-slices regime on CPU, two with XLA's kernel gradient.
 SHAPES = [
     ((128, 16, 16, 2), (3, 3, 2, 3), 1, 1),
     ((128, 33, 33, 1), (4, 4, 1, 2), 2, 1),
@@ -71,7 +72,7 @@ def test_the_cpu_kernel_gradient_takes_the_slices_exactly_when_they_pay(x_shape,
     grad = jax.jit(jax.grad(lambda k_: jnp.sum(conv2d(x, k_, stride, padding) ** 2)))
     hlo = grad.lower(kernel).compile().as_text()
     convolutions = sum(" convolution(" in line for line in hlo.splitlines())
-    slices = slices_pay_on_cpu(x_shape, k_shape, stride, padding)
-    assert slices == (x_shape[0] >= 128)  # the two large cases of SHAPES
+    choice = kernel_term_choice("cpu", x_shape, k_shape, stride, padding)
+    assert choice == ("slices" if x_shape[0] >= 128 else "xla")  # the two large cases of SHAPES (few channels)
     if jax.default_backend() == "cpu":
-        assert convolutions == (1 if slices else 2), hlo[:2000]
+        assert convolutions == (1 if choice == "slices" else 2), hlo[:2000]

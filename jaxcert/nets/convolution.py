@@ -12,16 +12,18 @@ contraction runs over the whole batch and image, ``dW[i, j] = Σ_{b,h,w} x_pad[b
 h, w]``. That is one matrix product with a huge inner dimension, which XLA:CPU runs 3-4× slower than the
 forward convolution, mostly on one thread.
 
-On CPU, for large images and batches (:func:`slices_pay_on_cpu`), the second term is therefore written
-as a sum over the ``k × k`` kernel offsets of shifted, strided slices of ``x`` times that offset's kernel
-matrix, batched per example:
+Which implementation computes that term is chosen per platform and per static shape by
+:mod:`jaxcert.nets.conv_backends` (GPU/TPU: XLA's own; CPU: measured rules), at lowering time through
+:func:`jax.lax.platform_dependent`. The CPU alternatives are
 
-    conv(x, dW)[b] = Σ_{i, j} slice_{i,j}(x_pad)[b] @ dW[i, j].
+- ``"im2col"`` (:mod:`jaxcert.nets.conv_im2col`): ``conv(x, dW) = P(x) @ dW``, whose transpose is one
+  matrix product ``(gᵀ P)ᵀ`` over every (example, position) pair, run in parallel by XLA:CPU's dot;
+- ``"slices"``: a sum over the ``k × k`` kernel offsets of shifted, strided slices of ``x`` times that
+  offset's kernel matrix, batched per example,
 
-Its transpose is ``k²`` batched matrix products ``slice_{i,j}(x_pad)[b]ᵀ @ g[b]``, summed over ``b``.
-These run in parallel, which makes the CNN7 IBP train step 1.4× faster on a 2-core CPU
-(``experiments/bench_bounds.py``). Other backends keep XLA's kernel gradient
-(:func:`jax.lax.platform_dependent` picks the branch when the program is lowered).
+      conv(x, dW)[b] = Σ_{i, j} slice_{i,j}(x_pad)[b] @ dW[i, j],
+
+  whose transpose is ``k²`` batched matrix products ``slice_{i,j}(x_pad)[b]ᵀ @ g[b]``, summed over ``b``.
 
 Values and gradients equal XLA's to float tolerance. The function supports ``jvp``, ``grad``, ``vmap``
 and ``linear_transpose`` in ``x``.
@@ -33,6 +35,9 @@ import functools
 
 import jax
 import jax.numpy as jnp
+
+from jaxcert.nets.conv_backends import kernel_term_choice
+from jaxcert.nets.conv_im2col import im2col_conv2d
 
 
 def output_size(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -75,18 +80,19 @@ def shifted_slices_conv2d(x: jax.Array, kernel: jax.Array, stride: int, padding:
     return out.reshape(batch, out_h, out_w, cout)
 
 
-#: The slices pay on XLA:CPU for large per-example images and large batches only (measured on CNN3's and
-#: CNN7's layers, ``experiments/RESULTS.md``): at least this many output positions per example ...
-MIN_POSITIONS = 256
-#: ... and at least this many (example, position) pairs in the kernel gradient's sum.
-MIN_TERMS = 32768
-
-
-def slices_pay_on_cpu(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], stride: int, padding: int) -> bool:
-    """Whether the shifted-slices kernel gradient beats XLA's on CPU for these (static) shapes."""
-    out_h = output_size(x_shape[1], kernel_shape[0], stride, padding)
-    out_w = output_size(x_shape[2], kernel_shape[1], stride, padding)
-    return out_h * out_w >= MIN_POSITIONS and x_shape[0] * out_h * out_w >= MIN_TERMS
+def kernel_term(x: jax.Array, kernel_tangent: jax.Array, stride: int, padding: int) -> jax.Array:
+    """``conv(x, dW)``, linear in ``dW``, by the implementation each platform's rule chooses for these shapes
+    (:func:`jaxcert.nets.conv_backends.kernel_term_choice`; platforms without a rule: XLA's)."""
+    implementations = {"xla": xla_conv2d, "slices": shifted_slices_conv2d, "im2col": im2col_conv2d}
+    term = lambda name: lambda x_, dk: implementations[name](x_, dk, stride, padding)
+    choices = {
+        platform: kernel_term_choice(platform, x.shape, kernel_tangent.shape, stride, padding)
+        for platform in ("cpu", "cuda", "rocm", "tpu")
+    }
+    if all(choice == "xla" for choice in choices.values()):
+        return xla_conv2d(x, kernel_tangent, stride, padding)
+    branches = {platform: term(choice) for platform, choice in choices.items() if choice != "xla"}
+    return jax.lax.platform_dependent(x, kernel_tangent, default=term("xla"), **branches)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
@@ -102,13 +108,5 @@ def _conv2d_jvp(
 ) -> tuple[jax.Array, jax.Array]:
     x, kernel = primals
     dx, dkernel = tangents
-    if slices_pay_on_cpu(x.shape, kernel.shape, stride, padding):
-        kernel_term = jax.lax.platform_dependent(
-            x,
-            dkernel,
-            cpu=lambda x_, dk: shifted_slices_conv2d(x_, dk, stride, padding),
-            default=lambda x_, dk: xla_conv2d(x_, dk, stride, padding),
-        )
-    else:
-        kernel_term = xla_conv2d(x, dkernel, stride, padding)
-    return xla_conv2d(x, kernel, stride, padding), xla_conv2d(dx, kernel, stride, padding) + kernel_term
+    out = xla_conv2d(x, kernel, stride, padding)
+    return out, xla_conv2d(dx, kernel, stride, padding) + kernel_term(x, dkernel, stride, padding)

@@ -1,0 +1,47 @@
+"""A 2-D convolution as explicit patches (im2col) and one matrix product.
+
+    P[b, h, w, (i, j, c)] = x_pad[b, s·h + i, s·w + j, c]                 (the k × k windows, k² slices)
+    y[b, h, w, o]         = Σ_{(i, j, c)} P[b, h, w, (i, j, c)] · W[i, j, c, o]   (one dot_general)
+
+It equals ``jax.lax.conv_general_dilated`` (NHWC input, HWIO kernel, symmetric zero padding) to float
+tolerance and is differentiable everywhere. Its value is linear in ``W`` given ``x``, and the transpose
+of that map, the kernel gradient, is one matrix product over every (example, position) pair:
+
+    ∂W[(i, j, c), o] = Σ_{b, h, w} P[b, h, w, (i, j, c)] · g[b, h, w, o].
+
+JAX's transpose of the product computes it with the output channels first, ``(gᵀ P)ᵀ`` (an
+``(O, B·H·W) @ (B·H·W, k²C)`` product, then a transpose of the small result). ``P`` holds ``k²`` copies
+of the input, so this is for small kernels; :mod:`jaxcert.nets.conv_backends` decides where it is used.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def patches(x: jax.Array, window: tuple[int, int], stride: int, padding: int) -> jax.Array:
+    """The ``kh × kw`` windows of ``x`` (B, H, W, C) as (B, H', W', kh·kw·C), ordered ``(i, j, c)`` like the
+    first three axes of a flattened HWIO kernel."""
+    (kh, kw), (batch, height, width, channels) = window, x.shape
+    out_h = (height + 2 * padding - kh) // stride + 1  # convolution.output_size (not imported: a cycle)
+    out_w = (width + 2 * padding - kw) // stride + 1
+    x_pad = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    windows = [
+        jax.lax.slice(
+            x_pad,
+            (0, i, j, 0),
+            (batch, i + (out_h - 1) * stride + 1, j + (out_w - 1) * stride + 1, channels),
+            (1, stride, stride, 1),
+        )
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    return jnp.concatenate(windows, axis=-1)
+
+
+def im2col_conv2d(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
+    """``y = P(x) @ W.reshape(kh·kw·C, O)``: the convolution of ``x`` (B, H, W, C) with ``kernel`` (kh, kw, C, O)."""
+    kh, kw, cin, cout = kernel.shape
+    cols = patches(x, (kh, kw), stride, padding)
+    return jax.lax.dot_general(cols, kernel.reshape(kh * kw * cin, cout), (((3,), (0,)), ((), ())))
