@@ -92,3 +92,22 @@ def test_bad_architectures_give_clear_errors():
         Normalize((0.0,), (0.0,))
     with pytest.raises(ValueError, match="layer entries"):
         forward((Flatten(), Dense(3)), [{}], jnp.zeros((1, 4)))
+
+
+@pytest.mark.parametrize("relaxation", ["ibp", "crown"])
+def test_the_14x14_net_on_raw_images_bounds_the_196_input_net_on_downsampled_images(relaxation):
+    from jaxcert.bounds import output_bounds
+
+    pooled = get_architecture("mlp_14x14")
+    assert [s.features for s in pooled if isinstance(s, Dense)] == [32, 32, 10]
+    params = init_params(pooled, (28, 28, 1), seed=3)
+    flat = (pooled[0], Flatten(), *pooled[3:])  # the same net without the pooling, on 14×14 inputs
+    flat_params = [params[0], params[2], *params[3:]]
+    x = jax.random.uniform(jax.random.key(0), (4, 28, 28, 1), minval=0.1, maxval=0.9)
+    small = x.reshape(4, 14, 2, 14, 2, 1).mean(axis=(2, 4))
+    assert jnp.allclose(forward(pooled, params, x), forward(flat, flat_params, small), atol=1e-5)
+    # the ε-box of the raw image maps exactly onto the ε-box of the downsampled one: the same bounds
+    lb, ub = output_bounds(pooled, params, x, 0.05, relaxation=relaxation)
+    lb_small, ub_small = output_bounds(flat, flat_params, small, 0.05, relaxation=relaxation)
+    assert jnp.allclose(lb, lb_small, atol=1e-4) and jnp.allclose(ub, ub_small, atol=1e-4)
+    assert float(jnp.min(ub - lb)) > 0.01  # a real box, not a point

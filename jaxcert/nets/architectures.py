@@ -71,6 +71,18 @@ def paradox_conv(num_classes: int = 10, dataset: str = "fashion_mnist") -> Arch:
     return (normalization(dataset), Conv(16, 4, 2, 1), ReLU(), Flatten(), Dense(100), ReLU(), Dense(num_classes))
 
 
+def mlp_14x14(num_classes: int = 10, dataset: str = "fashion_mnist") -> Arch:
+    """The seed papers' small 196-32-32-classes net on 14×14 images: AvgPool(2)-Flatten-Linear(32)-ReLU-
+    Linear(32)-ReLU-Linear(classes) on 28×28 inputs.
+
+    The ε-box of a 28×28 image maps through the 2×2 average pooling exactly onto the ε-box of the
+    downsampled 14×14 image (each output averages its own four pixels, ``avg(x ± ε) = avg(x) ± ε``, and
+    every corner of the small box is reached), so certifying this net at ε on the raw images certifies the
+    196-input net at ε on the downsampled ones. Small enough for full CROWN/DeepPoly training on a CPU."""
+    body = _with_relus([Dense(32), Dense(32)])
+    return (normalization(dataset), AvgPool(2), Flatten(), *body, Dense(num_classes))
+
+
 def residual_block(layers: list[LayerSpec], channels: int) -> list[LayerSpec]:
     """``layers`` followed by a basic residual block ``ReLU(x + Conv(ReLU(Conv(x))))`` (3×3 convolutions of
     ``channels`` channels, stride 1, padding 1; an identity shortcut, so ``channels`` = the input's)."""
@@ -103,6 +115,7 @@ ARCHITECTURES = {
     "paradox_fc": paradox_fc,
     "paradox_conv": paradox_conv,
     "mlp_small": lambda num_classes=10, dataset="fashion_mnist": mlp((100, 100), num_classes, dataset),
+    "mlp_14x14": mlp_14x14,
     "resnet_small": resnet_small,
     "resnet_tiny": resnet_tiny,
 }

@@ -21,7 +21,8 @@ RELAXATIONS = (
 )  # fmt: skip
 #: The architectures of :data:`jaxcert.nets.ARCHITECTURES`.
 ARCHITECTURES = (
-    "cnn3", "cnn5", "cnn7", "cnn7_bn", "mlp_small", "paradox_conv", "paradox_fc", "resnet_small", "resnet_tiny",
+    "cnn3", "cnn5", "cnn7", "cnn7_bn", "mlp_14x14", "mlp_small", "paradox_conv", "paradox_fc", "resnet_small",
+    "resnet_tiny",
 )  # fmt: skip
 #: The image data sets of :data:`jaxcert.data.DATASETS` and the training loop's synthetic ``spheres``.
 DATASETS = ("cifar10", "fashion_mnist", "mnist", "spheres")
