@@ -149,10 +149,23 @@ class Checkpoints:
         step = self.latest_step() if step is None else step
         if step is None:
             return None
-        abstract = None if template is None else jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
+        if template is None:
+            abstract = self._as_saved_on_this_process(step)
+        else:
+            abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
         args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
         restored = self.manager.restore(step, args=args)
         return restored["state"], dict(restored["meta"])
+
+    def _as_saved_on_this_process(self, step: int) -> Any:
+        """The saved state's shapes and dtypes (from the checkpoint's metadata), every array placed on this
+        process's first device: restoring with the saved shardings would name a device that another process
+        of a multi-process run owns."""
+        saved = ocp.StandardCheckpointer().metadata(self.directory / str(step) / "state")
+        tree = getattr(saved, "item_metadata", saved)
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        place = lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device) if hasattr(m, "dtype") else m
+        return jax.tree_util.tree_map(place, tree)
 
     def restore_valid(
         self,

@@ -63,7 +63,7 @@ class TrainConfig:
     val_size: int = 0  # hold out the last N training examples (after train_limit) as a validation split
     val_every: int = 0  # evaluate on the validation split every N steps and at the end (0: at each checkpoint)
     val_relaxations: tuple[str, ...] = ()  # relaxations certifying the validation split (empty: ibp, crown-ibp)
-    arch: str = "cnn3"  # cnn3 | cnn5 | cnn7 | cnn7_bn | paradox_fc | paradox_conv | mlp_small | mlp_14x14 | resnet_small/tiny
+    arch: str = "cnn3"  # cnn3, cnn5, cnn7(_bn), paradox_fc, paradox_conv, mlp_small, mlp_14x14, resnet_small/tiny
     init: str = "ibp"  # "ibp" (Shi et al.) or "default"
     init_from: str | None = None  # warm start: a saved run's directory; its latest checkpoint's weights replace init
     # loss / recipe
