@@ -131,3 +131,15 @@ def test_sabr_gradients_are_finite_and_reach_every_layer(problem):
     leaves = jax.tree_util.tree_leaves(grads)
     assert all(np.all(np.isfinite(g)) for g in leaves)
     assert all(float(jnp.max(jnp.abs(g))) > 0 for g in leaves)
+
+
+@pytest.mark.parametrize("method", ["sabr", "mtl-ibp"])
+def test_alpha_crown_steps_reach_the_relaxation_apart_from_the_attack_steps(problem, method):
+    # ``steps`` is alpha-CROWN's option; the inner attack's steps are ``attack_steps`` (once a TypeError)
+    params, x, y = problem
+    trainable, frozen = split_trainable(params)
+    losses = {}
+    for alpha_steps in (0, 5):
+        objective = make_objective(method, ARCH, "alpha-crown", SCHEDULE, attack_steps=2, steps=alpha_steps)
+        losses[alpha_steps] = float(objective(trainable, frozen, x, y, 1)[0])
+    assert np.isfinite(losses[0]) and losses[5] <= losses[0] + 1e-6  # optimised slopes: never a looser loss

@@ -46,17 +46,19 @@ def robust_term(
 ) -> RobustTerm:
     """The robust term of the objective ``name`` (any of :data:`OBJECTIVES` but ``certified``);
     ``attack_step_rel`` > 0 replaces the method's own input-PGD step (relative to ε)."""
-    bounds = {"steps": attack_steps, "lo": lo, "hi": hi}
+    bounds = {"lo": lo, "hi": hi}
     step = {"step_rel": attack_step_rel} if attack_step_rel > 0 else {}
-    if name == "sabr":
-        return sabr_term(arch, relaxation, sabr_lambda, **bounds, **step, **options)
+    if name == "sabr":  # attack_steps apart from ``options``, where ``steps`` is alpha-CROWN's
+        return sabr_term(arch, relaxation, sabr_lambda, attack_steps=attack_steps, **bounds, **step, **options)
     if name in ("taps", "staps"):
         if not is_interval(relaxation):
             raise ValueError(f"{name} bounds its feature extractor with IBP, not relaxation {relaxation!r}")
         lam = sabr_lambda if name == "staps" else None
-        return taps_term(arch, taps_split, lam=lam, estimator=taps_estimator, **bounds, **step)
+        return taps_term(arch, taps_split, lam=lam, estimator=taps_estimator, steps=attack_steps, **bounds, **step)
     if name in EXPRESSIVE_LOSSES:
-        return expressive_term(name, arch, relaxation, method_alpha, **bounds, **step, **options)
+        return expressive_term(
+            name, arch, relaxation, method_alpha, attack_steps=attack_steps, **bounds, **step, **options
+        )
     raise ValueError(f"unknown objective {name!r}; known: {', '.join(OBJECTIVES)}")
 
 

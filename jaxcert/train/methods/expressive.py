@@ -62,7 +62,7 @@ def expressive_term(
     relaxation: str,
     alpha: float,
     *,
-    steps: int,
+    attack_steps: int,
     step_rel: float = EXPRESSIVE_STEP,
     lo: float = 0.0,
     hi: float = 1.0,
@@ -70,7 +70,7 @@ def expressive_term(
 ) -> RobustTerm:
     """The robust term ``R`` of ``kind`` (``mtl-ibp``, ``cc-ibp`` or ``exp-ibp``); logs ``adv_loss``,
     ``adv_acc``, ``cert_loss`` and ``cert_acc`` (the verified loss and accuracy over the ε-box); the PGD takes
-    ``steps`` sign steps of ``step_rel · ε`` (the reference's MNIST and CIFAR-10 8/255 recipes: one step of
+    ``attack_steps`` sign steps of ``step_rel · ε`` (the reference's MNIST and CIFAR-10 8/255 recipes: one step of
     ``10 ε``, i.e. the sign corner of the box from the random start; CIFAR-10 2/255: 8 steps of ``0.25 ε``)."""
     if kind not in EXPRESSIVE_LOSSES:
         raise ValueError(f"unknown expressive loss {kind!r}; known: {', '.join(EXPRESSIVE_LOSSES)}")
@@ -81,7 +81,7 @@ def expressive_term(
         eps = values["eps"]
         stopped = jax.lax.stop_gradient(params)
         x_adv = inner_pgd(
-            lambda z: forward(arch, stopped, z), x, y, eps, key, steps=steps, step_size=step_rel * eps,
+            lambda z: forward(arch, stopped, z), x, y, eps, key, steps=attack_steps, step_size=step_rel * eps,
             lo=lo, hi=hi,
         )  # fmt: skip
         logits_adv = forward(arch, params, x_adv)

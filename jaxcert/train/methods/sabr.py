@@ -87,7 +87,7 @@ def sabr_term(
     relaxation: str,
     lam: float,
     *,
-    steps: int,
+    attack_steps: int,
     step_rel: float = SABR_STEP,
     lo: float = 0.0,
     hi: float = 1.0,
@@ -100,7 +100,7 @@ def sabr_term(
     def term(params, x, y, values, key):  # type: ignore[no-untyped-def]
         stopped = jax.lax.stop_gradient(params)
         lower, upper = sabr_region(
-            lambda z: forward(arch, stopped, z), x, y, values["eps"], lam, key, steps=steps, step_rel=step_rel,
+            lambda z: forward(arch, stopped, z), x, y, values["eps"], lam, key, steps=attack_steps, step_rel=step_rel,
             lo=lo, hi=hi,
         )  # fmt: skip
         opts = {**options, "beta": values["beta"]} if is_beta_mixable(relaxation) else options
