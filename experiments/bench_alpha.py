@@ -43,6 +43,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_bounds import estimated_bytes
+
 from jaxcert.bounds import margin_lower_bounds
 from jaxcert.data import load_dataset
 from jaxcert.nets import forward, get_architecture, init_params
@@ -73,17 +77,6 @@ def load_case(name: str, run: Path) -> tuple[Any, Any]:
         arch = get_architecture("cnn5", dataset="fashion_mnist")
         return arch, ibp_init(arch, init_params(arch, (28, 28, 1), seed=0), seed=0)
     raise ValueError(f"unknown case {name!r}; known: cnn3, cnn5")
-
-
-def estimated_bytes(compiled: Any) -> float | None:
-    """XLA's estimate of the memory of one call (arguments + outputs + temporaries), if available."""
-    try:
-        m = compiled.memory_analysis()
-    except Exception:  # not every backend implements it
-        return None
-    if m is None:
-        return None
-    return float(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes)
 
 
 def run_variant(arch: Any, params: Any, x: jax.Array, y: jax.Array, options: dict[str, Any], args: Any) -> dict:

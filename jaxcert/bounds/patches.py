@@ -34,8 +34,9 @@ The result equals the dense back-substitution to float tolerance (tested against
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -156,19 +157,25 @@ def backsubstitute_windows(
     lower: jax.Array,
     upper: jax.Array,
     window: Window = Window(),
+    local_lines: Callable[[int, Callable[[jax.Array], jax.Array]], Sequence[jax.Array]] | None = None,
 ) -> jax.Array:
     """Lower bounds (B, P, Rp) of rows given as windows ``A`` (B' ∈ {1, B}, P, Rp, K, K, C) on the output of
     ``arch``, the ``Rp`` rows of position ``p`` at grid position ``h[:, p]``, ``w[:, p]`` (B', P), with
     constants ``const`` (B', P, Rp); see the module doc.
 
-    ``arch`` must satisfy :func:`supports_windows`; ``lines[i]`` relaxes the ReLU at index ``i``.
+    ``arch`` must satisfy :func:`supports_windows`; ``lines[i]`` relaxes the ReLU at index ``i``, gathered
+    on each row's window. ``local_lines(i, gather)``, if given, returns the windowed lines of activation
+    ``i`` instead (``gather`` maps a (B, *layer) array onto the current windows), e.g. with per-row slopes
+    (:mod:`jaxcert.bounds.start_node_pass`).
     """
     layer_shapes = shapes(arch, lower.shape[1:])
     for i in reversed(range(len(arch))):
         spec, p = arch[i], params[i]
         if not spec.is_affine:
             backward = rule_for(spec, "window", "backsubstitute_windows")
-            A, const = backward(A, const, *(gather_windows(f, h, w, window) for f in lines[i]))
+            gather = functools.partial(gather_windows, h=h, w=w, window=window)
+            local = [gather(f) for f in lines[i]] if local_lines is None else local_lines(i, gather)
+            A, const = backward(A, const, *local)
         elif isinstance(spec, Conv):
             const = const + _sum_window(A * p["bias"])
             A = transpose_conv_window(spec, p, A)

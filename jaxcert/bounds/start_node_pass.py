@@ -23,14 +23,14 @@ A row's slopes matter only on its receptive field, so the window layout loses no
 
     Σ_i  R_j · (|neurons_i| or K_i² C_i)                       (:func:`row_slope_elements`)
 
-The windows back-substitution here follows :func:`jaxcert.bounds.patches.backsubstitute_windows`, the
-only change being the per-row slopes at each ReLU.
+The windows back-substitution is :func:`jaxcert.bounds.patches.backsubstitute_windows`, given the per-row
+slopes at each ReLU through its ``local_lines`` hook.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -38,17 +38,10 @@ import jax.numpy as jnp
 from jaxcert.bounds.backsub import backsubstitute, neuron_rows, split_two_sided
 from jaxcert.bounds.crown import Interval, _window_rows, use_windows
 from jaxcert.bounds.layer_rules import rule_for
-from jaxcert.bounds.patches import (
-    Window,
-    gather_windows,
-    layer_windows,
-    transpose_conv_window,
-    window_elements,
-    window_mask,
-)
+from jaxcert.bounds.patches import Window, backsubstitute_windows, gather_windows, layer_windows, window_elements
 from jaxcert.bounds.relu_slopes import ReluLines
 from jaxcert.bounds.row_chunks import MAX_ROWS_BYTES, map_row_chunks, rows_per_chunk
-from jaxcert.nets.layers import Arch, BatchNorm, Conv, Normalize
+from jaxcert.nets.layers import Arch
 from jaxcert.nets.network import LayerParams, shapes
 
 WHERE = "alpha-CROWN per-start-node slopes"
@@ -126,29 +119,12 @@ def _windows_with_row_slopes(
 ) -> jax.Array:
     """:func:`jaxcert.bounds.patches.backsubstitute_windows` with the lower slope of every crossing neuron
     of ReLU ``i`` taken from ``row_slopes[i]`` (B, P, Rp, K, K, C), one per row and window position."""
-    layer_shapes = shapes(arch, lower.shape[1:])
-    window = Window()
-    for i in reversed(range(len(arch))):
-        spec, p = arch[i], params[i]
-        if not spec.is_affine:
-            gather = lambda f, window=window: gather_windows(f, h, w, window)
-            local = ReluLines(*(gather(f) for f in lines[i]))
-            local = rule_for(spec, "slopes", WHERE)(local, row_slopes[i], *(gather(b) for b in bounds[i]))
-            A, const = rule_for(spec, "window", WHERE)(A, const, *local)
-        elif isinstance(spec, Conv):
-            const = const + jnp.sum(A * p["bias"], axis=(-3, -2, -1))
-            A = transpose_conv_window(spec, p, A)
-            window = window.through_conv(spec)
-            height, width, _ = layer_shapes[i]
-            A = A * window_mask(h, w, window, height, width).astype(A.dtype)
-        elif isinstance(spec, Normalize | BatchNorm):
-            const = const + jnp.sum(A * jnp.asarray(spec.offset(p), A.dtype), axis=(-3, -2, -1))
-            A = spec.linear(p, A)
-        else:
-            raise ValueError(f"{WHERE}: cannot carry a window back through {spec}")
-    centre = gather_windows((upper + lower) / 2, h, w, window)
-    radius = gather_windows((upper - lower) / 2, h, w, window)
-    return const + jnp.sum(A * centre - jnp.abs(A) * radius, axis=(-3, -2, -1))
+
+    def local_lines(i: int, gather: Callable[[jax.Array], jax.Array]) -> ReluLines:
+        local = ReluLines(*(gather(f) for f in lines[i]))
+        return rule_for(arch[i], "slopes", WHERE)(local, row_slopes[i], *(gather(b) for b in bounds[i]))
+
+    return backsubstitute_windows(arch, params, A, const, h, w, lines, lower, upper, local_lines=local_lines)
 
 
 def row_slope_bounds(
