@@ -60,6 +60,7 @@ BENCH_ARCHS: dict[str, tuple[Callable[[], Arch], tuple[int, ...], float]] = {
     "cnn7": (lambda: get_architecture("cnn7", dataset="cifar10"), (32, 32, 3), 2 / 255),
     "paradox_fc": (lambda: get_architecture("paradox_fc", dataset="fashion_mnist"), (28, 28, 1), 0.1),
     "paradox_conv": (lambda: get_architecture("paradox_conv", dataset="fashion_mnist"), (28, 28, 1), 0.1),
+    "mlp_14x14": (lambda: get_architecture("mlp_14x14", dataset="fashion_mnist"), (28, 28, 1), 0.1),
     "tiny": (
         lambda: (Normalize((0.5,), (0.25,)), Conv(4, 3, 2, 1), ReLU(), Flatten(), Dense(8), ReLU(), Dense(10)),
         (8, 8, 1),

@@ -71,12 +71,12 @@ ARMS: dict[str, dict[str, Any]] = {
 #: Equal tuning effort: every arm family gets the same number (4) of candidates, each trained at the full
 #: budget on the tuning seed and scored by its final validation certified accuracy.
 TUNING: dict[str, list[dict[str, Any]]] = {
-    "certified": [{"lr": lr} for lr in (5e-4, 1e-3, 2e-3, 4e-3)],
+    "certified": [{"lr": lr} for lr in (1e-3, 2e-3, 4e-3, 8e-3)],
     "rgs": [{"sigma_rel": s, "lr": lr} for s in (0.01, 0.05) for lr in (1e-3, 3e-3)],
     "pgpe": [{"sigma_rel": s, "lr": lr} for s in (0.05, 0.1) for lr in (0.005, 0.02)],
     "sabr": [{"sabr_lambda": lam, "lr": lr} for lam in (0.2, 0.4) for lr in (1e-3, 2e-3)],
     "staps": [{"sabr_lambda": lam, "lr": lr} for lam in (0.2, 0.4) for lr in (1e-3, 2e-3)],
-    "taps": [{"lr": lr} for lr in (5e-4, 1e-3, 2e-3, 4e-3)],
+    "taps": [{"lr": lr} for lr in (1e-3, 2e-3, 4e-3, 8e-3)],
     **{m: [{"method_alpha": a, "lr": lr} for a in (0.1, 0.5) for lr in (1e-3, 2e-3)]
        for m in ("mtl-ibp", "cc-ibp", "exp-ibp")},
 }  # fmt: skip
@@ -325,13 +325,14 @@ def tune_one(arm: str, eps: float, epochs: float, setting: dict[str, Any], runs:
 def tuned_choice(tuning: list[dict[str, Any]], arm: str, arch: str, eps: float, epochs: float,
                  warm: str | None) -> dict[str, Any] | None:  # fmt: skip
     """The candidate of ``arm`` with the best final validation certified accuracy (the first on ties), once
-    every candidate of its family has been scored; ``None`` before."""
-    scored = [t for t in tuning if (t["arm"], t["arch"], t["eps"], t["epochs"], t.get("warm")) ==
-              (arm, arch, eps, epochs, warm)]  # fmt: skip
-    if len(scored) < len(TUNING[family(arm)]):
-        return None
+    every candidate of its family's grid has been scored; ``None`` before. Runs of candidates no longer in
+    the grid (an earlier grid) are not counted, so every arm is chosen from the same number of candidates."""
     order = {json.dumps(c, sort_keys=True): i for i, c in enumerate(TUNING[family(arm)])}
-    scored.sort(key=lambda t: order.get(json.dumps(t["overrides"], sort_keys=True), len(order)))
+    scored = [t for t in tuning if (t["arm"], t["arch"], t["eps"], t["epochs"], t.get("warm")) ==
+              (arm, arch, eps, epochs, warm) and json.dumps(t["overrides"], sort_keys=True) in order]  # fmt: skip
+    if len(scored) < len(order):
+        return None
+    scored.sort(key=lambda t: order[json.dumps(t["overrides"], sort_keys=True)])
     return max(scored, key=lambda t: t.get("val_cert_acc_final", -1.0))["overrides"]
 
 

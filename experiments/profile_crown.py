@@ -47,6 +47,7 @@ from jaxcert.provenance import provenance
 ARCHS: dict[str, tuple[Callable[[], Any], tuple[int, ...], float, int]] = {
     "cnn3": (lambda: get_architecture("cnn3", dataset="fashion_mnist"), (28, 28, 1), 0.1, 128),
     "cnn7": (lambda: get_architecture("cnn7", dataset="cifar10"), (32, 32, 3), 2 / 255, 32),
+    "mlp_14x14": (lambda: get_architecture("mlp_14x14", dataset="fashion_mnist"), (28, 28, 1), 0.1, 128),
     "tiny": (
         lambda: (Normalize((0.5,), (0.25,)), Conv(4, 3, 2, 1), ReLU(), Flatten(), Dense(8), ReLU(), Dense(10)),
         (8, 8, 1),

@@ -109,10 +109,12 @@ def test_the_tuned_choice_is_the_best_final_validation_score_once_every_candidat
         return {"arm": arm, "arch": "cnn3", "eps": 0.1, "epochs": 20, "warm": None, "overrides": {"lr": lr},
                 "val_cert_acc_final": score}  # fmt: skip
 
-    tuning = [t(5e-4, 0.60), t(1e-3, 0.70), t(2e-3, 0.65)]
+    grid = [c["lr"] for c in campaign.TUNING["certified"]]
+    tuning = [t(grid[0], 0.60), t(grid[1], 0.70), t(grid[2], 0.65)]
+    tuning.append(t(grid[0] / 7, 0.99))  # a candidate of an earlier grid: never counted, never chosen
     assert campaign.tuned_choice(tuning, "ibp", "cnn3", 0.1, 20, None) is None  # 3 of 4 candidates scored
-    tuning.append(t(4e-3, 0.70))
-    assert campaign.tuned_choice(tuning, "ibp", "cnn3", 0.1, 20, None) == {"lr": 1e-3}  # a tie: the first
+    tuning.append(t(grid[3], 0.70))
+    assert campaign.tuned_choice(tuning, "ibp", "cnn3", 0.1, 20, None) == {"lr": grid[1]}  # a tie: the first
     assert campaign.tuned_choice(tuning, "ibp", "cnn3", 0.2, 20, None) is None  # another setting
     assert campaign.tuned_choice(tuning, "ibp", "cnn3", 0.1, 20, "ibp") is None  # warm starts are tuned apart
 
@@ -143,7 +145,7 @@ def test_the_quick_tuning_stage_scores_every_candidate_on_validation_and_the_see
     tune = subprocess.run([*base, "--tune"], capture_output=True, text=True, timeout=900)
     assert tune.returncode == 0, tune.stderr[-3000:]
     tuning = json.loads((tmp_path / "out" / "tuning.json").read_text())
-    assert sorted(t["overrides"]["lr"] for t in tuning) == [5e-4, 1e-3, 2e-3, 4e-3]
+    assert sorted(t["overrides"]["lr"] for t in tuning) == sorted(c["lr"] for c in campaign.TUNING["certified"])
     assert all(t["run"].endswith(f"-s{campaign.TUNE_SEED}-lr{t['overrides']['lr']:g}") for t in tuning)
     chosen = campaign.tuned_choice(tuning, "ibp", "cnn3", 0.1, 0.5, None)
     assert f"ibp ε=0.1: {chosen}" in tune.stdout and not (tmp_path / "out" / "rows.json").exists()  # no test images
