@@ -10,6 +10,7 @@ import pytest
 
 from jaxcert.bab import BabOptions, check_bab_options
 from jaxcert.bab.bound import jitted_bound_domains
+from jaxcert.bab.domains import Domains, children, pad_rows, root
 from jaxcert.bab.layout import split_layout, total_neurons, unflatten
 from jaxcert.bab.linear_leaf import solve_leaf
 from jaxcert.bab.search import Bounder, bab_example
@@ -116,6 +117,65 @@ def test_split_domain_bounds_contain_every_sampled_point_that_satisfies_the_spli
     assert checked > 100
 
 
+def _bound_inheriting(bounder, lo, hi, C, y, domains):
+    """The batch program on ``domains`` (padded), and the same domains carrying the bounds just computed
+    (what their children inherit), both cut to ``domains.size`` rows."""
+    out = bounder.bound(lo, hi, C, y, pad_rows(domains, bounder.options.batch))
+    k = domains.size
+    return out, Domains(domains.splits, out.pre_lower[:k], out.pre_upper[:k], out.lower[:k])
+
+
+@pytest.mark.parametrize("net", NET_NAMES)
+def test_children_are_never_looser_than_their_parent_and_from_scratch_ones_can_be(net):
+    _, in_shape, _, bounder = _tiny_bounder(net, 7, 8)
+    rng = np.random.default_rng(0)
+    C = margin_rows(0, 3)
+    scratch_looser = 0
+    for _ in range(6):
+        x = rng.random(in_shape, dtype=np.float32)
+        lo, hi = x - 0.3, x + 0.3
+        out, parent = _bound_inheriting(bounder, lo, hi, C, 0, root(bounder.neurons, 2))
+        for _level in range(2):  # children, then grandchildren (of the first child)
+            kids = children(parent, out.choice[:1])
+            inherited, kept = _bound_inheriting(bounder, lo, hi, C, 0, kids)
+            scratch = bounder.bound(lo, hi, C, 0, pad_rows(kids, 8).splits)  # bare splits: nothing inherited
+            assert np.all(inherited.pre_lower[:2] >= parent.pre_lower)
+            assert np.all(inherited.pre_upper[:2] <= parent.pre_upper)
+            assert np.all(inherited.lower[:2] >= parent.rows)
+            scratch_looser += int(np.sum(scratch.pre_lower[:2] < parent.pre_lower - 1e-6))
+            scratch_looser += int(np.sum(scratch.pre_upper[:2] > parent.pre_upper + 1e-6))
+            scratch_looser += int(np.sum(scratch.lower[:2] < parent.rows - 1e-6))
+            if inherited.empty[0]:
+                break
+            out, parent = inherited, kept.take(np.array([0]))
+    # CROWN re-run on a child is not monotone (the min-area slopes switch): from scratch, some bound of a
+    # child is looser than its parent's on each of these nets; inherited, none is
+    assert scratch_looser > 0
+
+
+@pytest.mark.parametrize("net", NET_NAMES)
+def test_inherited_bounds_contain_every_sampled_point_three_splits_deep(net):
+    arch, in_shape, params, bounder = _tiny_bounder(net, 7, 8)
+    rng = np.random.default_rng(3)
+    x = rng.random(in_shape, dtype=np.float32)
+    lo, hi = x - 0.25, x + 0.25
+    C = margin_rows(0, 3)
+    points = np.asarray(sample_box(jax.random.key(1), jnp.asarray(lo), jnp.asarray(hi), 2000))
+    pre = _preactivations(arch, params, points)  # (P, N)
+    rows = np.asarray(forward(arch, params, points)) @ C.T  # (P, K)
+    witness = pre[0]  # the domains follow this point's phases, so none is empty
+    out, domain = _bound_inheriting(bounder, lo, hi, C, 0, root(bounder.neurons, 2))
+    choice = out.choice[:1]
+    for depth in range(3):
+        pick = 0 if witness[choice[0]] >= 0 else 1  # children(): the active child first
+        out, kept = _bound_inheriting(bounder, lo, hi, C, 0, children(domain, choice))
+        domain, choice = kept.take(np.array([pick])), out.choice[pick : pick + 1]
+        inside = np.all((domain.splits == 0) | (np.sign(pre) == domain.splits) | (pre == 0), axis=1)
+        assert inside[0] and not out.empty[pick] and inside.sum() > 20, (net, depth)
+        assert np.all(pre[inside] >= domain.pre_lower - TOL) and np.all(pre[inside] <= domain.pre_upper + TOL)
+        assert np.all(rows[inside] >= domain.rows - TOL), (net, depth)
+
+
 def _preactivations(arch, params, points):
     h, pre = jnp.asarray(points), []
     for spec, p in zip(arch, params, strict=True):
@@ -167,9 +227,10 @@ def test_branch_and_bound_certifies_what_alpha_crown_cannot_and_its_bound_is_exa
 
 
 @pytest.mark.slow
-def test_branch_and_bound_verdicts_equal_the_milp_wherever_it_finishes():
+@pytest.mark.parametrize("inherit", [True, False])
+def test_branch_and_bound_verdicts_equal_the_milp_wherever_it_finishes(inherit):
     arch = mlp((12, 12), num_classes=3, dataset="none")  # 24 ReLUs
-    options = BabOptions(batch=16, timeout=3.0)
+    options = BabOptions(batch=16, timeout=3.0, inherit=inherit)
     tally = {"verified": 0, "falsified": 0, "branched": 0}
     for seed in range(2):
         params = init_params(arch, (5,), seed=seed)
@@ -246,6 +307,8 @@ def test_bab_options_are_checked():
     check_bab_options(BabOptions())
     with pytest.raises(ValueError, match="alpha_steps"):
         check_bab_options(BabOptions(alpha_steps=-1))
+    with pytest.raises(ValueError, match="bab inherit must be a bool"):
+        check_bab_options(BabOptions(inherit=1))
     with pytest.raises(ValueError, match=r"bab must be a jaxcert\.bab\.BabOptions"):
         certify_dataset(None, None, None, 0.1, bab={"timeout": 1})
 

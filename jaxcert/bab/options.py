@@ -5,6 +5,9 @@ max_domains    domains bounded per example at most; then the state is "unknown"
 batch          domains bounded per step, one jitted program (even: the children of batch/2 parents)
 alpha_steps    alpha-CROWN steps on the final slopes of each domain (0: CROWN, the min-area slopes)
 attack_steps   sign-gradient steps of the attack run from every domain's bound minimiser
+inherit        children keep their parent's bounds (pre-activation and margin rows, intersected with
+               their own: never looser); False re-bounds every child from the box and its splits alone
+               (the comparison of RESULTS.md)
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ class BabOptions:
     batch: int = 64
     alpha_steps: int = 0
     attack_steps: int = 10
+    inherit: bool = True
 
 
 def _is_int(value: object) -> bool:
@@ -40,3 +44,5 @@ def check_bab_options(options: BabOptions) -> None:
         value = getattr(options, name)
         if not _is_int(value) or value < 0:
             raise ValueError(f"bab {name} must be an int >= 0, got {value!r}")
+    if not isinstance(options.inherit, bool):
+        raise ValueError(f"bab inherit must be a bool, got {options.inherit!r}")

@@ -1,7 +1,8 @@
 """Branch and bound on one example: the loop that ends in verified / falsified / unknown / timeout.
 
 From the root domain (the whole input box, nothing split), each step bounds a batch of domains in one
-jitted program (:mod:`.bound`) and then, on the host (:mod:`.domains`):
+jitted program (:mod:`.bound`; each child inherits its parent's bounds unless ``options.inherit`` is
+False) and then, on the host (:mod:`.domains`):
 
     falsified   an attack point of the batch has a negative margin (the forward pass of the program;
                 :mod:`jaxcert.certify` checks it again before reporting it);
@@ -33,7 +34,7 @@ import numpy as np
 
 from jaxcert.attacks.pgd import classification_margin
 from jaxcert.bab.bound import DomainBounds, jitted_bound_domains
-from jaxcert.bab.domains import OpenDomains, children, pad_rows
+from jaxcert.bab.domains import Domains, OpenDomains, children, pad_rows, root
 from jaxcert.bab.layout import split_layout, total_neurons
 from jaxcert.bab.linear_leaf import LeafBound, solve_leaf
 from jaxcert.bab.options import BabOptions, check_bab_options
@@ -64,18 +65,26 @@ class Bounder:
         self.neurons = total_neurons(self.layout)
         began = time.monotonic()
         f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
+        self.rows = num_classes - 1
+        batch, neurons = options.batch, self.neurons
         self._compiled = jitted_bound_domains.lower(
-            arch, params, f32(*in_shape), f32(*in_shape), f32(num_classes - 1, num_classes),
-            jax.ShapeDtypeStruct((), jnp.int32), jax.ShapeDtypeStruct((options.batch, self.neurons), jnp.int8),
+            arch, params, f32(*in_shape), f32(*in_shape), f32(self.rows, num_classes),
+            jax.ShapeDtypeStruct((), jnp.int32), jax.ShapeDtypeStruct((batch, neurons), jnp.int8),
+            f32(batch, neurons), f32(batch, neurons), f32(batch, self.rows),
             layout=self.layout, alpha_steps=options.alpha_steps, attack_steps=options.attack_steps,
         ).compile()  # fmt: skip
         self.compile_seconds = time.monotonic() - began
         self._margin = jax.jit(lambda x, y: classification_margin(forward(arch, params, x), y))
 
-    def bound(self, lower: Any, upper: Any, C: Any, y: int, splits: np.ndarray) -> DomainBounds:
-        """The batch program on ``splits`` (batch, N), as numpy arrays."""
+    def bound(self, lower: Any, upper: Any, C: Any, y: int, domains: Domains | np.ndarray) -> DomainBounds:
+        """The batch program on ``options.batch`` domains (:class:`~jaxcert.bab.domains.Domains`, or bare
+        split vectors (batch, N) that inherit nothing), as numpy arrays."""
+        if not isinstance(domains, Domains):
+            splits = np.asarray(domains, np.int8)
+            free = root(self.neurons, self.rows).take(np.zeros(splits.shape[0], np.int64))
+            domains = free._replace(splits=splits)
         out = self._compiled(self.params, np.asarray(lower, np.float32), np.asarray(upper, np.float32),
-                             np.asarray(C, np.float32), np.int32(y), np.asarray(splits, np.int8))  # fmt: skip
+                             np.asarray(C, np.float32), np.int32(y), *domains)  # fmt: skip
         return DomainBounds(*(np.asarray(v) for v in out))
 
     def leaf(self, lower: Any, upper: Any, C: Any, splits: np.ndarray, active: np.ndarray) -> LeafBound:
@@ -101,13 +110,13 @@ def bab_example(
     spec ``C`` (K, outputs) (see the module doc)."""
     began = clock()
     batch = options.batch
-    pool = OpenDomains(bounder.neurons)
+    pool = OpenDomains(bounder.neurons, bounder.rows)
     closed_lower = np.inf
     domains = 0
-    todo = np.zeros((1, bounder.neurons), np.int8)  # the root
+    todo = root(bounder.neurons, bounder.rows)
     while True:
         out = bounder.bound(lower, upper, C, y, pad_rows(todo, batch))
-        k = todo.shape[0]
+        k = todo.size
         domains += k
         worst = out.lower[:k].min(axis=1)
         hit = np.flatnonzero(out.margin[:k] < 0)
@@ -116,7 +125,7 @@ def bab_example(
         closed = (worst > 0) | out.empty[:k]
         real = ~out.empty[:k]
         for r in np.flatnonzero(~closed & ~out.has_choice[:k]):  # no crossing neuron left: the leaf LP
-            leaf = bounder.leaf(lower, upper, C, todo[r], out.active[r])
+            leaf = bounder.leaf(lower, upper, C, todo.splits[r], out.active[r])
             if leaf.status == "open":
                 if bounder.margin(leaf.x, y) < 0:
                     return BabResult("falsified", float("nan"), leaf.x, domains, clock() - began)
@@ -125,7 +134,9 @@ def bab_example(
             closed[r], real[r], worst[r] = True, leaf.status == "verified", leaf.lower
         if np.any(closed & real):
             closed_lower = min(closed_lower, float(worst[closed & real].min()))
-        pool.push(todo[~closed], worst[~closed], out.choice[:k][~closed])
+        if options.inherit:  # what the children inherit: this step's bounds (already the parent's ∩ own)
+            todo = Domains(todo.splits, out.pre_lower[:k], out.pre_upper[:k], out.lower[:k])
+        pool.push(todo.take(~closed), worst[~closed], out.choice[:k][~closed])
         bound_now = min(closed_lower, pool.min_lower())
         if not len(pool):
             return BabResult("verified", bound_now, None, domains, clock() - began)

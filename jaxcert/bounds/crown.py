@@ -207,6 +207,7 @@ def crown_intermediate(
     patches: bool | str = "auto",
     max_rows_bytes: int = MAX_ROWS_BYTES,
     splits: Mapping[int, jax.Array] | None = None,
+    known: Mapping[int, Interval] | None = None,
 ) -> tuple[dict[int, Interval], dict[int, ReluLines], Interval]:
     """Pre-activation bounds and relaxations of every ReLU of ``arch``, by CROWN (see the module doc), and
     the forward interval of the output of ``arch``.
@@ -215,7 +216,12 @@ def crown_intermediate(
     the pre-activation (B, *neurons) with +1 (active: ``z ≥ 0``), -1 (inactive: ``z ≤ 0``) or 0 (free); each
     layer's bounds are clamped to its splits (:func:`jaxcert.bounds.relu_splits.clamp_to_split`) before its
     relaxation and the later layers use them. The bounds are then valid on the constrained sub-domain only.
-    ``None`` (or all zeros) changes nothing."""
+    ``None`` (or all zeros) changes nothing.
+
+    ``known`` (branch and bound's other hook): ``{i: (l', u')}`` bounds of some ReLU inputs already known to
+    hold on the (sub-)domain, e.g. a parent domain's (valid on every child: a subset of its region); layer
+    ``i``'s bounds become ``[max(l, l'), min(u, u')]`` before the split clamp and the later layers use them.
+    ``±inf`` entries change nothing."""
     check_budget(unstable_budget)
     check_max_rows_bytes(max_rows_bytes)
     check_patches(arch, patches)
@@ -236,6 +242,8 @@ def crown_intermediate(
                 pick = (lambda t: t.reshape(t.shape[0], -1)) if neurons is None else (lambda t: _take(t, neurons))
                 z_lo, z_hi = jnp.maximum(z_lo, pick(lo)), jnp.minimum(z_hi, pick(hi))
             lo, hi = scatter_refined(lo, hi, neurons, z_lo, z_hi)
+        if known is not None and i in known:
+            lo, hi = jnp.maximum(lo, known[i][0]), jnp.minimum(hi, known[i][1])
         if splits is not None and i in splits:
             lo, hi = clamp_to_split(lo, hi, splits[i])
         bounds[i], lines[i] = (lo, hi), line_fn(i, lo, hi)
