@@ -148,7 +148,8 @@ def summary(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for m in METRICS:
             values = [r[m] for r in rs if m in r]
             if values:
-                row[m], row[f"{m}_std"] = float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+                std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+                row[m], row[f"{m}_std"] = float(np.mean(values)), std
         out.append(row)
     return out
 

@@ -153,3 +153,35 @@ def test_the_quick_tuning_stage_scores_every_candidate_on_validation_and_the_see
     assert seeds.returncode == 0, seeds.stderr[-3000:]
     (row,) = json.loads((tmp_path / "out" / "rows.json").read_text())
     assert row["overrides"] == chosen and row["run"] == campaign.run_id("ibp", 0.1, 0.5, 0, overrides=chosen)
+
+
+@pytest.mark.slow
+def test_converged_analysis_measures_every_loss_at_every_net_and_resumes(tmp_path):
+    """Two quick campaign nets (IBP- and DeepPoly-trained), each measured under both losses on validation
+    images: the DeepPoly loss is exactly as tight as the quick reference (CROWN), the paired table compares
+    the DeepPoly-trained net with the IBP-trained one, and a rerun computes nothing."""
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    train = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--arch", "mlp_14x14", "--epochs", "0.5", "--arms", "ibp,deeppoly",
+         "--seeds", "1", "--no-progress", "--out", str(out), "--runs", str(runs)],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert train.returncode == 0, train.stderr[-3000:]
+    analysis = [sys.executable, str(SCRIPT.parent / "converged_analysis.py"), "--quick", "--campaign", str(out),
+                "--runs", str(runs), "--losses", "ibp,deeppoly", "--batch", "4"]  # fmt: skip
+    first = subprocess.run(analysis, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stderr[-3000:]
+    results = json.loads((out / "analysis.json").read_text())
+    assert sorted((r["arm"], r["loss"]) for r in results) == [
+        ("deeppoly", "deeppoly"), ("deeppoly", "ibp"), ("ibp", "deeppoly"), ("ibp", "ibp")]  # fmt: skip
+    for r in results:
+        if r["loss"] == "deeppoly":  # its own reference: ρ = 1
+            assert r["tightness"] == pytest.approx(1.0, abs=1e-4)
+        assert 0 < r["tightness"] < np.inf
+        assert np.isfinite(r["grad_norm"]) and r["sens_1e-2"] >= 0
+    table = (out / "analysis_mlp_14x14.md").read_text()
+    assert "| 0.1 | 0.5 | deeppoly | deeppoly | tightness | 1 |" in table
+    again = subprocess.run(analysis, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0 and json.loads((out / "analysis.json").read_text()) == results
+    bad = subprocess.run([*analysis[:2], "--campaign", str(tmp_path / "none")], capture_output=True, text=True)
+    assert bad.returncode == 2 and "run experiments/campaign.py first" in bad.stderr.strip().splitlines()[-1]
