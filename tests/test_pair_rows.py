@@ -39,9 +39,9 @@ def test_unstable_pairs_list_every_crossing_neuron_once_in_order_then_padding():
 def test_chunks_past_the_count_are_skipped_and_the_others_computed():
     pairs = jnp.arange(10)
     double = lambda p: (2.0 * p, -2.0 * p)
-    for count, chunk in ((0, 3), (1, 3), (4, 3), (9, 3), (10, 4), (10, 10)):
+    for count, chunk in ((0, 3), (1, 3), (4, 3), (9, 3), (10, 4), (10, 10), (7, 16)):
         lo, hi = jax.jit(lambda c, chunk=chunk: map_needed_chunks(double, c, pairs, chunk))(count)
-        run = -(-count // chunk) * chunk  # the pairs of every chunk that starts before the count
+        run = -(-count // chunk) * chunk  # the pairs of every chunk that starts before the count (16: one chunk)
         expected = np.where(np.arange(10) < run, 2.0 * np.arange(10), 0.0)
         np.testing.assert_array_equal(lo, expected)
         np.testing.assert_array_equal(hi, -expected)

@@ -16,6 +16,10 @@ CROWN (no intersection).
 
 Cost and the options that cut it (all exact unless said otherwise):
 
+    unstable_rows       (default "auto" = True) rows only for the unstable (example, neuron) pairs of the
+                        batch, ``unstable_chunk`` pairs at a time, chunks past the last one skipped at run
+                        time (:mod:`jaxcert.bounds.pair_rows`): the pass costs the unstable pairs, not
+                        the layer (an IBP-trained CNN3: 5 % of its second layer); False: every neuron
     unstable_budget=k   rows for at most k unstable neurons per example and layer (the widest;
                         :mod:`jaxcert.bounds.neuron_rows`); the others keep interval bounds: sound, looser
                         unless k covers every unstable neuron (then equal to full CROWN)

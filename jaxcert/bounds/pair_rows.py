@@ -70,16 +70,19 @@ def unstable_pairs(lower: jax.Array, upper: jax.Array) -> tuple[jax.Array, jax.A
 
 def map_needed_chunks(fn: PairBounds, count: jax.Array, pairs: jax.Array, chunk: int) -> tuple[jax.Array, jax.Array]:
     """``fn`` of ``pairs`` (M,) ``chunk`` at a time (``lax.map``), a chunk whose first pair is at or past
-    ``count`` skipped (``lax.cond``; zeros there). Returns ``fn``'s outputs for every pair, each (M,)."""
+    ``count`` skipped (``lax.cond``; zeros there). Returns ``fn``'s outputs for every pair, each (M,).
+
+    Each chunk is recomputed in the backward pass (``jax.checkpoint``) instead of storing its residuals:
+    a cond's residuals are zero-filled where it skipped, so the gradient would otherwise write the
+    residuals of every chunk (IBP-trained CNN3, batch 128, under load: 8.0 s and 2.7 GiB estimated per
+    gradient step without it, 2.5 s with it)."""
     total = pairs.shape[0]
     n = -(-total // chunk)
     padded = jnp.pad(pairs, (0, n * chunk - total), constant_values=total).reshape(n, chunk)
     out_shape = jax.eval_shape(fn, padded[0])
     zeros = lambda _: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), out_shape)
     run = lambda j, chunk_pairs: jax.lax.cond(j * chunk < count, jax.checkpoint(fn), zeros, chunk_pairs)
-    if n == 1:
-        return run(0, padded[0])
-    out = jax.lax.map(lambda args: run(*args), (jnp.arange(n), padded))
+    out = run(0, padded[0]) if n == 1 else jax.lax.map(lambda args: run(*args), (jnp.arange(n), padded))
     return jax.tree.map(lambda o: o.reshape(n * chunk)[:total], out)
 
 
