@@ -6,13 +6,18 @@ For a population of ``--members`` parameter samples ``θ + σ z_i`` (CNN3, batch
 * ``rgs``:     the value and gradient of the objective for ``--samples`` members (an RGS step's work),
 
 under each schedule of :func:`jaxcert.train.members.map_members`: ``vmap`` (one vmap of all members),
-``map<k>`` (``lax.map`` over chunks of ``k``) and ``auto`` (the default rule of
-:mod:`jaxcert.train.member_schedule` for this backend). Throughput is
-member-examples/s = members · batch / median seconds; memory is XLA's estimate
-(``compiled.memory_analysis()``: arguments + outputs + temporaries). A program whose estimate exceeds
-``--memory-gb`` is recorded as skipped, not run. The measurement behind the CPU chunk of the default rule:
+``map<k>`` (``lax.map`` over chunks of ``k``; ``map1`` is the sequential loop), ``unroll`` (a Python loop
+over the members inside one program: the members as independent copies, no loop; this benchmark only)
+and ``auto`` (the default rule of :mod:`jaxcert.train.member_schedule` for this backend). Every
+schedule of one (work, relaxation) is compiled first, then timed in ``--rounds`` alternating rounds
+(a warm-up call, then the fastest of ``--repeats`` calls per round; the figure is the best round), so
+the schedules share the machine's load. Throughput is member-examples/s = members · batch / seconds;
+memory is XLA's estimate (``compiled.memory_analysis()``: arguments + outputs + temporaries). A program
+whose estimate exceeds ``--memory-gb`` is recorded as skipped, not run. The measurements behind the
+default rule:
 
     python experiments/bench_member_schedules.py            # CNN3, batch 32, 32 members, k = 4 (minutes)
+    python experiments/bench_member_schedules.py --works rgs --batch 128 --schedules vmap map1 map2 unroll auto
     python experiments/bench_member_schedules.py --quick    # seconds: tiny net
 """
 
@@ -21,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -39,23 +43,38 @@ GiB = 2**30
 FULL = {
     "arch": "cnn3", "in_shape": (28, 28, 1), "batch": 32, "members": 32, "samples": 4,
     "relaxations": ("ibp", "crown-ibp", "deeppoly"), "schedules": ("vmap", "map1", "map2", "map4", "map8", "auto"),
-    "repeats": 2, "memory_gb": 6.0,
+    "repeats": 2, "rounds": 2, "memory_gb": 6.0,
 }  # fmt: skip
 QUICK = {
     "arch": "mlp_small", "in_shape": (4, 4, 1), "batch": 4, "members": 4, "samples": 2, "relaxations": ("ibp",),
-    "schedules": ("vmap", "map2", "auto"), "repeats": 1, "memory_gb": 6.0,
+    "schedules": ("vmap", "map2", "unroll", "auto"), "repeats": 1, "rounds": 1, "memory_gb": 6.0,
 }  # fmt: skip
 
 
 def schedule_arguments(name: str) -> dict[str, Any]:
-    """``"vmap"`` / ``"map<k>"`` / ``"auto"`` -> the ``chunk`` of ``map_members`` (``-1``: one vmap)."""
+    """``"vmap"`` / ``"map<k>"`` / ``"unroll"`` / ``"auto"`` -> the ``chunk`` of ``map_members`` (``-1``: one
+    vmap, ``-2``: unrolled)."""
     if name == "vmap":
         return {"chunk": -1}
+    if name == "unroll":
+        return {"chunk": -2}
     if name == "auto":
         return {"chunk": 0}
     if name.startswith("map") and name[3:].isdigit() and int(name[3:]) > 0:
         return {"chunk": int(name[3:])}
-    raise ValueError(f"unknown schedule {name!r}: expected vmap, auto or map<k> (k >= 1)")
+    raise ValueError(f"unknown schedule {name!r}: expected vmap, unroll, auto or map<k> (k >= 1)")
+
+
+def unrolled(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``(members, *shared) ->`` the stacked ``fn(member_i, *shared)``, one copy of ``fn`` per member in the
+    program (no vmap, no loop)."""
+
+    def mapped(members: Any, *shared: Any) -> Any:
+        size = jax.tree_util.tree_leaves(members)[0].shape[0]
+        outs = [fn(jax.tree_util.tree_map(lambda a, i=i: a[i], members), *shared) for i in range(size)]
+        return jax.tree_util.tree_map(lambda *a: jnp.stack(a), *outs)
+
+    return mapped
 
 
 def members_program(objective: Any, name: str, gradient: bool) -> Callable[..., Any]:
@@ -64,6 +83,8 @@ def members_program(objective: Any, name: str, gradient: bool) -> Callable[..., 
     options = schedule_arguments(name)
     if options["chunk"] == -1:  # one vmap, whatever the rule would choose
         mapped = lambda members, *shared: jax.vmap(lambda m: fn(m, *shared))(members)
+    elif options["chunk"] == -2:
+        mapped = unrolled(fn)
     else:
         mapped = map_members(fn, options["chunk"], gradient=gradient)
     return lambda members, frozen, x, y: mapped(members, frozen, x, y, 0)
@@ -77,15 +98,15 @@ def estimated_bytes(compiled: Any) -> int | None:
     return int(stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes)
 
 
-def median_seconds(call: Callable[[], Any], repeats: int) -> float:
-    """Median of ``repeats`` timed calls after one warm-up call."""
+def fastest_seconds(call: Callable[[], Any], repeats: int) -> float:
+    """The fastest of ``repeats`` timed calls after one warm-up call."""
     jax.block_until_ready(call())
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         jax.block_until_ready(call())
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return min(times)
 
 
 def measure(s: dict[str, Any]) -> list[dict[str, Any]]:
@@ -103,6 +124,7 @@ def measure(s: dict[str, Any]) -> list[dict[str, Any]]:
         members = perturb(trainable, gaussian_noise(kz, trainable, size), 0.01)
         for relaxation in s["relaxations"]:
             objective = certified_objective(arch, relaxation, recipe_schedule(0.1, kappa_final=0.0))
+            group, calls = [], []
             for name in s["schedules"]:
                 options = schedule_arguments(name)
                 row: dict[str, Any] = {"work": work, "relaxation": relaxation, "members": size, "schedule": name}
@@ -120,7 +142,13 @@ def measure(s: dict[str, Any]) -> list[dict[str, Any]]:
                     row["skipped"] = f"estimated {need / GiB:.1f} GiB > {s['memory_gb']} GiB"
                     print(markdown_row(row), flush=True)
                     continue
-                row["seconds"] = median_seconds(lambda c=compiled: c(members, frozen, x, y), s["repeats"])
+                group.append(row)
+                calls.append(lambda c=compiled: c(members, frozen, x, y))
+            for _ in range(s["rounds"]):  # alternating: every schedule once per round
+                for row, call in zip(group, calls, strict=True):
+                    row.setdefault("round_seconds", []).append(fastest_seconds(call, s["repeats"]))
+            for row in group:
+                row["seconds"] = min(row["round_seconds"])
                 row["throughput"] = size * s["batch"] / row["seconds"]
                 print(markdown_row(row), flush=True)
     return rows
@@ -138,7 +166,8 @@ def markdown(result: dict[str, Any]) -> str:
     s = result["settings"]
     head = (
         f"{s['arch'].upper()}, batch {s['batch']}, backend {result['backend']}, load average "
-        f"{result['load_average']:.1f} at the start; member-examples/s (median of {s['repeats']} calls)."
+        f"{result['load_average']:.1f} at the start; member-examples/s (best of {s['rounds']} alternating rounds "
+        f"of the fastest of {s['repeats']} calls)."
     )
     lines = [head, "", "| work | relaxation | members | schedule | member-ex/s | est. GiB | compile s | note |",
              "|---|---|---|---|---|---|---|---|", *(markdown_row(r) for r in result["rows"])]  # fmt: skip
@@ -152,14 +181,20 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--schedules", nargs="+", help="vmap, auto, map<k> (default: a sweep)")
     p.add_argument("--memory-gb", type=float, help="skip programs XLA estimates above this (default 6)")
     p.add_argument("--works", nargs="+", choices=("forward", "rgs"), help="default: both")
-    p.add_argument("--repeats", type=int, help="timed calls per schedule (default 2)")
+    p.add_argument("--repeats", type=int, help="timed calls per schedule and round (default 2)")
+    p.add_argument("--rounds", type=int, help="alternating rounds over the schedules (default 2)")
+    p.add_argument("--batch", type=int, help="examples per member (default 32)")
+    p.add_argument("--members", type=int, help="forward: population size (default 32)")
+    p.add_argument("--samples", type=int, help="rgs: samples k (default 4)")
     p.add_argument("--out", type=Path, default=Path("experiments/results/bench_member_schedules.json"))
     args = p.parse_args(argv)
     s = dict(QUICK if args.quick else FULL)
     s["works"] = ("forward", "rgs")
-    for key in ("relaxations", "schedules", "memory_gb", "works", "repeats"):
+    for key in ("relaxations", "schedules", "memory_gb", "works", "repeats", "rounds", "batch", "members", "samples"):
         if getattr(args, key) is not None:
             s[key] = getattr(args, key)
+    if any(s[key] < 1 for key in ("repeats", "rounds", "batch", "members", "samples")):
+        p.error("--repeats, --rounds, --batch, --members and --samples must be >= 1")
     for name in s["schedules"]:
         try:
             schedule_arguments(name)

@@ -10,9 +10,11 @@ CROWN-IBP-certified accuracy): the validation curve says where the arm plateaus
 once, at the end, by the cascade of ``python -m jaxcert.certify`` on all 10 000 images.
 
 Arms (``--arms``): ``ibp`` (IBP certified loss), ``crown-ibp`` (CROWN-IBP with β = 1 throughout: the
-CROWN-IBP bound alone), ``crown-ibp-fused`` (the same, loss fusion), and the state-of-the-art objectives
-``sabr``, ``taps``, ``staps``, ``mtl-ibp``, ``cc-ibp``, ``exp-ibp`` (8 PGD steps inside the loss; λ, α and the
-TAPS split at the library's defaults, not tuned yet).
+CROWN-IBP bound alone), ``deeppoly`` (full CROWN/DeepPoly), ``crown-ibp-fused`` (CROWN-IBP, loss fusion), the
+smoothed arms ``rgs-<loss>`` and ``pgpe-<loss>``, and the state-of-the-art objectives ``sabr``, ``taps``,
+``staps``, ``mtl-ibp``, ``cc-ibp``, ``exp-ibp`` (8 PGD steps inside the loss; the TAPS split at the library's
+default). Without ``--tune`` every arm runs at its defaults; with it, λ / α / σ and the lr are chosen from the
+grids of :data:`TUNING`.
 
 Verdicts compare arms seed by seed (every arm of a seed shares its initialisation and data order): the
 mean ± standard error of the per-seed differences, "A > B" when the mean exceeds 2 s.e.
@@ -77,8 +79,10 @@ TUNING: dict[str, list[dict[str, Any]]] = {
     "sabr": [{"sabr_lambda": lam, "lr": lr} for lam in (0.2, 0.4) for lr in (1e-3, 2e-3)],
     "staps": [{"sabr_lambda": lam, "lr": lr} for lam in (0.2, 0.4) for lr in (1e-3, 2e-3)],
     "taps": [{"lr": lr} for lr in (1e-3, 2e-3, 4e-3, 8e-3)],
-    **{m: [{"method_alpha": a, "lr": lr} for a in (0.1, 0.5) for lr in (1e-3, 2e-3)]
-       for m in ("mtl-ibp", "cc-ibp", "exp-ibp")},
+    # α around each paper's own values (MNIST 0.1 / 0.3, CIFAR-10): MTL-IBP 0.01-0.08, CC-IBP 0.1-0.3,
+    # EXP-IBP 0.095-0.5 (De Palma et al., ICLR 2024, config/*.json)
+    **{m: [{"method_alpha": a, "lr": lr} for a in alphas for lr in (1e-3, 2e-3)]
+       for m, alphas in (("mtl-ibp", (0.01, 0.1)), ("cc-ibp", (0.1, 0.3)), ("exp-ibp", (0.1, 0.5)))},
 }  # fmt: skip
 #: The seed of the tuning runs: not one of the verdicts' seeds (0, 1, ...), so selection does not favour them.
 TUNE_SEED = 1000

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from jaxcert.nets import conv_backends
-from jaxcert.nets.conv_backends import kernel_term_choice
-from jaxcert.nets.conv_im2col import im2col_conv2d, patches
+from jaxcert.nets.conv_backends import im2col_batch_chunk, kernel_term_choice
+from jaxcert.nets.conv_im2col import im2col_conv2d, patches, scanned_im2col_conv2d
 from jaxcert.nets.convolution import conv2d, xla_conv2d
 
 #: CNN3's, CNN5's and CNN7's conv layers (Fashion-MNIST / CIFAR-10 inputs) at a small batch, and odd cases:
@@ -46,6 +46,36 @@ def test_im2col_equals_xla_in_values_and_both_gradients(x_shape, k_shape, stride
         close(got, want, scale)
 
 
+@pytest.mark.parametrize("chunk", [1, 2])
+@pytest.mark.parametrize(("x_shape", "k_shape", "stride", "padding"), [LAYERS[1], LAYERS[6], LAYERS[7]])
+def test_im2col_in_batch_chunks_equals_xla_in_values_and_both_gradients(x_shape, k_shape, stride, padding, chunk):
+    x, kernel, kg = operands((4, *x_shape[1:]), k_shape, seed=2)
+    expected = xla_conv2d(x, kernel, stride, padding)
+    scanned = lambda a, k: scanned_im2col_conv2d(a, k, stride, padding, chunk)
+    close(scanned(x, kernel), expected)
+    g = jax.random.normal(kg, expected.shape)
+    _, ours = jax.vjp(scanned, x, kernel)
+    _, xla = jax.vjp(lambda a, k: xla_conv2d(a, k, stride, padding), x, kernel)
+    scale = float(jnp.max(jnp.abs(xla(g)[1])))
+    for got, want in zip(jax.jit(ours)(g), xla(g), strict=True):
+        close(got, want, scale)
+    with pytest.raises(ValueError, match="im2col batch chunk \\(3\\) must be >= 1 and divide the batch \\(4\\)"):
+        scanned_im2col_conv2d(x, kernel, stride, padding, 3)
+
+
+def test_the_kernel_gradient_in_chunks_is_one_loop_without_the_whole_batch_patches():
+    """The transpose accumulates ``Σ_chunks P_cᵀ g_c`` in a loop that rebuilds each chunk's patches: no
+    buffer of the whole batch's patches (``B·H·W × 9·C``) in the program."""
+    batch, k_shape = 16, (3, 3, 64, 64)
+    x, kernel, _ = operands((batch, 16, 16, 64), k_shape)
+    chunk = im2col_batch_chunk(x.shape, k_shape, 1, 1)
+    assert 1 <= chunk < batch and batch % chunk == 0
+    text = jax.jit(jax.grad(lambda k: jnp.sum(conv2d(x, k, 1, 1) ** 2))).lower(kernel).as_text()
+    assert text.count("stablehlo.while") == 1
+    assert f"{batch // chunk}x{chunk}x16x16x576xf32" not in text and "16x16x16x576xf32" not in text
+    assert f"{chunk}x16x16x576xf32" in text  # one chunk's patches inside the loop
+
+
 def test_patches_are_the_windows_in_kernel_order():
     """``P[b, h, w, (i, j, c)] = x_pad[b, s·h + i, s·w + j, c]``, checked entry by entry."""
     x = jnp.arange(2 * 5 * 4 * 3, dtype=jnp.float32).reshape(2, 5, 4, 3)
@@ -56,13 +86,15 @@ def test_patches_are_the_windows_in_kernel_order():
         assert cols[b, h, w, (i * 3 + j) * 3 + c] == x_pad[b, 2 * h + i, 2 * w + j, c]
 
 
-@pytest.mark.parametrize("choice", ["im2col", "slices", "xla"])
+@pytest.mark.parametrize("choice", ["im2col", "im2col-scan", "slices", "xla"])
 @pytest.mark.parametrize(("x_shape", "k_shape", "stride", "padding"), [LAYERS[1], LAYERS[5], LAYERS[7]])
 def test_conv2d_gradients_equal_xla_whichever_implementation_cpu_chooses(
     monkeypatch, choice, x_shape, k_shape, stride, padding
 ):
-    """Values, input and kernel gradients, and per-member kernel gradients (vmap over a member axis)."""
+    """Values, input and kernel gradients, and per-member kernel gradients (vmap over a member axis);
+    im2col-scan one example per step (a loop over the batch)."""
     monkeypatch.setitem(conv_backends.KERNEL_TERM_RULES, "cpu", lambda *shapes: choice)
+    monkeypatch.setattr(conv_backends, "IM2COL_CHUNK_ROWS", 1)
     x, kernel, kg = operands(x_shape, k_shape, seed=1)
     weights = jax.random.normal(kg, xla_conv2d(x, kernel, stride, padding).shape)
     ours = lambda x_, k_: jnp.sum(weights * jnp.tanh(conv2d(x_, k_, stride, padding)))
@@ -77,17 +109,28 @@ def test_conv2d_gradients_equal_xla_whichever_implementation_cpu_chooses(
         close(per_member[i], want, float(jnp.max(jnp.abs(want))))
 
 
-def test_the_cpu_rule_takes_im2col_for_many_channels_and_keeps_xla_elsewhere():
-    """CNN7's 64/128-channel layers → im2col, its 3-channel layer → slices, CNN3 → XLA; GPU/TPU → XLA."""
+def test_the_cpu_rule_takes_im2col_in_chunks_for_many_channels_or_large_images_and_keeps_xla_elsewhere():
+    """CNN7's layers → im2col-scan (its 3-channel 32×32 layer too), CNN3 → XLA; GPU/TPU → XLA; each
+    chunk the largest divisor of the batch within both the rows and the bytes budget."""
     cnn7 = [((128, 32, 32, 64), (3, 3, 64, 64), 1, 1), ((128, 32, 32, 64), (3, 3, 64, 128), 2, 1),
-            ((128, 16, 16, 128), (3, 3, 128, 128), 1, 1), ((16, 14, 14, 128), (3, 3, 128, 128), 1, 1)]  # fmt: skip
+            ((128, 16, 16, 128), (3, 3, 128, 128), 1, 1), ((16, 14, 14, 128), (3, 3, 128, 128), 1, 1),
+            ((128, 32, 32, 3), (3, 3, 3, 64), 1, 1), ((128, 28, 28, 1), (3, 3, 1, 64), 1, 1),
+            ((4096, 32, 32, 64), (3, 3, 64, 64), 1, 1)]  # fmt: skip
     for shapes in cnn7:
-        assert kernel_term_choice("cpu", *shapes) == "im2col"
-    assert kernel_term_choice("cpu", (128, 32, 32, 3), (3, 3, 3, 64), 1, 1) == "slices"
+        assert kernel_term_choice("cpu", *shapes) == "im2col-scan"
+        batch, (kh, kw, cin, _) = shapes[0][0], shapes[1]
+        rows = conv_backends.output_positions(*shapes)
+        fits = lambda c: (
+            c * rows <= conv_backends.IM2COL_CHUNK_ROWS
+            and 4 * c * rows * kh * kw * cin <= (conv_backends.IM2COL_CHUNK_BYTES)
+        )
+        chunk = im2col_batch_chunk(*shapes)
+        assert batch % chunk == 0 and (fits(chunk) or chunk == 1)
+        assert not any(fits(c) for c in range(chunk + 1, batch + 1) if batch % c == 0)
+    assert im2col_batch_chunk((128, 28, 28, 64), (3, 3, 64, 64), 1, 1) == 2  # 1568 rows × 576: 3.4 MiB
+    assert im2col_batch_chunk(*cnn7[0]) == 1  # 32×32: one example's 1024 rows × 576 already 2.25 MiB
     assert kernel_term_choice("cpu", (128, 28, 28, 1), (5, 5, 1, 16), 2, 2) == "xla"
     assert kernel_term_choice("cpu", (128, 14, 14, 16), (4, 4, 16, 32), 2, 1) == "xla"
-    # patches beyond the memory cap: the slices instead (here 4096 × 32 × 32 × 9 × 64 entries)
-    assert kernel_term_choice("cpu", (4096, 32, 32, 64), (3, 3, 64, 64), 1, 1) == "slices"
     for platform in ("cuda", "rocm", "tpu"):
         assert all(kernel_term_choice(platform, *shapes) == "xla" for shapes in cnn7)
 

@@ -19,7 +19,7 @@ from jaxcert.train import (
     rgs_trainer,
 )
 from jaxcert.train.configs import TrainConfig
-from jaxcert.train.member_schedule import CPU_CHUNK, choose_chunk, describe
+from jaxcert.train.member_schedule import CPU_CHUNK, MAX_UNROLLED_GRADIENTS, choose_chunk, choose_schedule, describe
 from jaxcert.train.members import map_members, population_size
 
 ARCH = (Normalize((0.5,), (0.3,)), Flatten(), Dense(8), ReLU(), Dense(3))
@@ -123,11 +123,18 @@ def test_the_default_rule_chunks_on_cpu_and_vmaps_on_accelerators(problem, monke
         hlo = jax.jit(map_members(OBJECTIVE)).lower(members, frozen, x, y, 0).as_text()
         assert ("while" in hlo) == expect_loop, backend
     monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    grad = jax.value_and_grad(OBJECTIVE, has_aux=True)
+    dots = lambda program: jax.jit(program).lower(members, frozen, x, y, 0).as_text().count("dot_general")
+    vmapped_dots = dots(map_members(grad, POPULATION, gradient=True))  # explicit chunk N: one vmap
     for memory, expect_loop in ((1e15, False), (1.0, True)):  # RGS-style gradients on CPU: by the estimate
         monkeypatch.setattr(member_schedule, "host_memory_bytes", lambda m=memory: m)
-        grad = jax.value_and_grad(OBJECTIVE, has_aux=True)
         hlo = jax.jit(map_members(grad, gradient=True)).lower(members, frozen, x, y, 0).as_text()
         assert ("while" in hlo) == expect_loop, memory
+    monkeypatch.setattr(member_schedule, "host_memory_bytes", lambda: 1e15)
+    # fits: one copy of the value-and-gradient per member (POPULATION × the products of one vmap)
+    assert POPULATION <= MAX_UNROLLED_GRADIENTS
+    assert dots(map_members(grad, gradient=True)) == POPULATION * vmapped_dots
+    assert dots(map_members(grad, 2, gradient=True)) == vmapped_dots  # an explicit chunk still wins
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     monkeypatch.setattr(member_schedule, "device_memory_bytes", lambda: 1e15)
     assert "while" not in jax.jit(map_members(OBJECTIVE)).lower(members, frozen, x, y, 0).as_text()  # fits
@@ -135,10 +142,40 @@ def test_the_default_rule_chunks_on_cpu_and_vmaps_on_accelerators(problem, monke
     assert "while" in jax.jit(map_members(OBJECTIVE)).lower(members, frozen, x, y, 0).as_text()  # too large: chunks
 
 
+def test_the_rule_unrolls_few_cpu_gradients_and_nothing_else():
+    """RGS on CPU: unrolled copies up to MAX_UNROLLED_GRADIENTS members when one vmap would fit; forward
+    populations keep lax.map, accelerators one vmap, and a vmap too large for memory still chunks."""
+    estimate = lambda k: 100.0 * k
+    unrolled, chunk, why = choose_schedule(4, "cpu", estimate, memory_limit=1e9, gradient=True)
+    assert (unrolled, chunk) == (True, 1) and "unrolled copies" in why
+    assert choose_schedule(4, "cpu", None, gradient=True)[:2] == (True, 1)  # no estimate: as if it fits
+    big = MAX_UNROLLED_GRADIENTS * 2
+    assert choose_schedule(big, "cpu", estimate, memory_limit=1e9, gradient=True)[:2] == (False, big)
+    assert choose_schedule(4, "cpu", estimate, memory_limit=250.0, gradient=True)[:2] == (False, 2)  # too large
+    assert choose_schedule(32, "cpu", estimate, memory_limit=1e9)[:2] == (False, CPU_CHUNK)  # forward: lax.map
+    for backend in ("gpu", "tpu"):
+        assert choose_schedule(4, backend, estimate, memory_limit=1e9, gradient=True)[:2] == (False, 4)
+    assert describe(4, 0, "cpu", gradient=True).startswith("4 unrolled copies unless")
+    assert describe(big, 0, "cpu", gradient=True).startswith("one vmap unless")
+
+
+@pytest.mark.slow
+def test_unrolled_gradients_equal_the_vmap(problem, monkeypatch):
+    _, _, frozen, x, y, members = problem
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    grad = jax.value_and_grad(OBJECTIVE, has_aux=True)
+    (la, _), ga = jax.jit(map_members(grad, POPULATION, gradient=True))(members, frozen, x, y, 3)
+    (lb, _), gb = jax.jit(map_members(grad, gradient=True))(members, frozen, x, y, 3)
+    np.testing.assert_allclose(la, lb, rtol=1e-5)
+    for u, v in zip(jax.tree_util.tree_leaves(ga), jax.tree_util.tree_leaves(gb), strict=True):
+        np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-6)
+
+
 def test_the_default_schedule_is_described_in_one_line():
     assert describe(32, 0, "cpu").startswith(f"lax.map over chunks of {CPU_CHUNK}")
     assert "--member-chunk overrides" in describe(32, 0, "cpu")
     assert describe(32, 0, "gpu").startswith("one vmap unless XLA's memory estimate exceeds")
     assert "of free RAM (cpu)" in describe(4, 0, "cpu", gradient=True)
+    assert "of free RAM (cpu)" in describe(4 * MAX_UNROLLED_GRADIENTS, 0, "cpu", gradient=True)
     assert describe(32, 4) == "lax.map over chunks of 4 (member_chunk=4)"
     assert describe(32, 32) == "one vmap (member_chunk=32)"

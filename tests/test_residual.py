@@ -261,6 +261,50 @@ def test_exact_prefix_counts_avg_pool_as_mixing():
     assert float(jnp.sum(i_hi - i_lo) - jnp.sum(c_hi - c_lo)) > 1e-3  # refined: tighter than interval
 
 
+def test_box_prefix_stops_where_the_input_box_still_maps_onto_a_box():
+    """Coordinate-wise maps and a disjoint AvgPool send the input box onto a box; overlapping windows, a
+    mixing map before the pool, or a shortcut reading a node inside the prefix end it."""
+    assert not AvgPool(2, 1).onto_boxes and AvgPool(2).onto_boxes and AvgPool(2, 3).onto_boxes
+    assert not Dense(3).onto_boxes and not Conv(2, 2, 2, 0).onto_boxes and Flatten().onto_boxes
+    mlp = get_architecture("mlp_14x14")
+    plan = plan_for(mlp, (28, 28, 1))
+    assert plan.box_prefix == 3 and 4 in plan.exact_nodes and 6 not in plan.exact_nodes
+    overlapping = (Normalize((0.3,), (0.4,)), AvgPool(2, 1), Flatten(), Dense(3), ReLU(), Dense(2))
+    assert plan_for(overlapping, (4, 4, 1)).box_prefix == 1
+    after_conv = (Normalize((0.3,), (0.4,)), Conv(2, 2, 1, 1), AvgPool(2), ReLU(), Flatten(), Dense(3))
+    assert plan_for(after_conv, (4, 4, 1)).box_prefix == 1 and 3 not in plan_for(after_conv, (4, 4, 1)).exact_nodes
+    read_inside = (Normalize((0.3,), (0.4,)), Flatten(), Dense(4), ReLU(), Add(source=1), Dense(2))
+    assert plan_for(read_inside[:4], (4,)).box_prefix == 2 and plan_for(read_inside, (4,)).box_prefix == 1
+
+
+@pytest.mark.parametrize("relaxation, options", [("crown", {}), ("crown-ibp", {}), ("alpha-crown-full", {"steps": 3}),
+                                                 ("crown", {"bound_upper": False})])  # fmt: skip
+def test_stopping_at_the_pooled_box_gives_the_bounds_of_the_whole_back_substitution(relaxation, options):
+    """The same net with its 2×2 AvgPool written as a Conv (kernel 1/4, stride 2: a mixing map that does not
+    claim to map boxes onto boxes) back-substitutes to the 6×6 input and bounds its first layer by a CROWN
+    pass; stopping at the 3×3 pooled box (interval arithmetic there) must give the same bounds: as tight,
+    and sound on samples."""
+    body = (Flatten(), Dense(6), ReLU(), Dense(5), ReLU(), Dense(3))
+    pooled = (Normalize((0.3,), (0.4,)), AvgPool(2), *body)
+    as_conv = (Normalize((0.3,), (0.4,)), Conv(1, 2, 2, 0), *body)
+    params = init_params(pooled, (6, 6, 1), seed=3)
+    conv_params = [params[0], {"kernel": jnp.full((2, 2, 1, 1), 0.25), "bias": jnp.zeros(1)}, *params[2:]]
+    np.testing.assert_allclose(forward(as_conv, conv_params, jnp.ones((1, 6, 6, 1))),
+                               forward(pooled, params, jnp.ones((1, 6, 6, 1))), rtol=1e-6)  # fmt: skip
+    assert plan_for(pooled, (6, 6, 1)).box_prefix == 3 and plan_for(as_conv, (6, 6, 1)).box_prefix == 1
+    x = jax.random.uniform(jax.random.key(1), (4, 6, 6, 1))
+    lo, hi = input_box(x, 0.15)
+    C = margin_spec(jnp.arange(4) % 3, 3)
+    bound = get_relaxation(relaxation)
+    lb, ub = bound(pooled, params, lo, hi, C, **options)
+    lb_conv, ub_conv = bound(as_conv, conv_params, lo, hi, C, **options)
+    np.testing.assert_allclose(lb, lb_conv, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ub, ub_conv, rtol=1e-5, atol=1e-5)
+    points = sample_box(jax.random.key(2), lo, hi, 128)
+    margins = jnp.einsum("bkh,nbh->nbk", C, jax.vmap(lambda z: forward(pooled, params, z))(points))
+    assert np.all(margins >= lb[None] - 1e-5)
+
+
 # ------------------------------------------------------------------------------------------- unsupported cases
 
 

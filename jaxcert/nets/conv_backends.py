@@ -4,7 +4,7 @@
 term's transpose is the kernel gradient. Its implementation is chosen per platform and per (static)
 shape by a rule in :data:`KERNEL_TERM_RULES`:
 
-    rule(x_shape, kernel_shape, stride, padding) -> "xla" | "slices" | "im2col"
+    rule(x_shape, kernel_shape, stride, padding) -> "xla" | "slices" | "im2col" | "im2col-scan"
 
 A platform without a rule (GPU, TPU) runs XLA's own convolution. The choice is made from static shapes
 when the program is traced, and the platform branch when it is lowered
@@ -20,15 +20,23 @@ Shape = tuple[int, ...]
 KernelTermRule = Callable[[Shape, Shape, int, int], str]
 
 #: The implementations a rule may name.
-KERNEL_TERMS = ("xla", "slices", "im2col")
+KERNEL_TERMS = ("xla", "slices", "im2col", "im2col-scan")
 
-#: im2col pays on XLA:CPU from this many input channels on (CNN7's 64- and 128-channel layers, 1.3-1.7×
-#: XLA's; with 3 channels its patches cost more than they save: ``experiments/RESULTS.md``) ...
+#: im2col pays on XLA:CPU from this many input channels on (CNN7's 64- and 128-channel layers; with 3
+#: channels the whole batch's patches cost more than they save: ``experiments/RESULTS.md``). The CPU rule
+#: runs it batch chunk by batch chunk (``"im2col-scan"``): 2-7× faster than the whole batch's patches.
 MIN_IM2COL_CHANNELS = 32
-#: ... while its patches (``k²`` copies of the input) stay below this many entries (1 GiB in float32).
+#: the patches of one im2col-scan step: at most this many bytes (the per-core L2 cache of the machine it
+#: was measured on, 2 MiB, twice over: chunks of 1.8-3.6 MB ran fastest on CNN7's layers) ...
+IM2COL_CHUNK_BYTES = 4 * 2**20
+#: ... and at most this many (example, position) rows (the fastest steps had 400-1600 rows, even with
+#: 1 input channel, where the bytes alone would take the whole batch).
+IM2COL_CHUNK_ROWS = 2048
+#: (whole-batch im2col, for rules that name ``"im2col"``: its patches, ``k²`` copies of the input, were
+#: capped at this many entries, 1 GiB in float32.)
 MAX_IM2COL_ENTRIES = 1 << 28
-#: Otherwise the shifted slices pay for large per-example images and batches only: at least this many
-#: output positions per example ...
+#: Otherwise im2col-scan (before it, the shifted slices) pays for large per-example images and batches
+#: only: at least this many output positions per example ...
 MIN_SLICES_POSITIONS = 256
 #: ... and at least this many (example, position) pairs in the kernel gradient's sum.
 MIN_SLICES_TERMS = 32768
@@ -40,16 +48,29 @@ def output_positions(x_shape: Shape, kernel_shape: Shape, stride: int, padding: 
     return sizes[0] * sizes[1]
 
 
-def cpu_kernel_term(x_shape: Shape, kernel_shape: Shape, stride: int, padding: int) -> str:
-    """XLA:CPU runs the kernel gradient as one convolution whose inner sum spans the whole batch and
-    image, 2.5-4× slower than PyTorch's on CNN7's layers. im2col (one matrix product ``gᵀ P``) replaces
-    it for layers with many input channels, the shifted slices for large images with few channels."""
+def im2col_batch_chunk(x_shape: Shape, kernel_shape: Shape, stride: int, padding: int) -> int:
+    """Examples per im2col-scan step: the largest divisor ``c`` of the batch whose patches,
+    ``c · positions`` rows of ``kh·kw·C`` float32 entries, fit both :data:`IM2COL_CHUNK_ROWS` and
+    :data:`IM2COL_CHUNK_BYTES` (at least 1)."""
     kh, kw, cin, _ = kernel_shape
     positions = output_positions(x_shape, kernel_shape, stride, padding)
-    if cin >= MIN_IM2COL_CHANNELS and x_shape[0] * positions * kh * kw * cin <= MAX_IM2COL_ENTRIES:
-        return "im2col"
+    fits = lambda c: c * positions <= IM2COL_CHUNK_ROWS and 4 * c * positions * kh * kw * cin <= IM2COL_CHUNK_BYTES
+    batch = x_shape[0]
+    return max((c for c in range(1, batch + 1) if batch % c == 0 and fits(c)), default=1)
+
+
+def cpu_kernel_term(x_shape: Shape, kernel_shape: Shape, stride: int, padding: int) -> str:
+    """XLA:CPU runs the kernel gradient as one convolution whose inner sum spans the whole batch and
+    image, 2.5-4× slower than PyTorch's on CNN7's layers. im2col in cache-sized batch chunks (a loop of
+    matrix products ``P_cᵀ g_c``) replaces it for layers with many input channels and for large images
+    with few channels (where the shifted slices, ``"slices"``, paid before); small images with few
+    channels (CNN3) keep XLA's."""
+    _, _, cin, _ = kernel_shape
+    positions = output_positions(x_shape, kernel_shape, stride, padding)
+    if cin >= MIN_IM2COL_CHANNELS:
+        return "im2col-scan"
     if positions >= MIN_SLICES_POSITIONS and x_shape[0] * positions >= MIN_SLICES_TERMS:
-        return "slices"
+        return "im2col-scan"  # in cache-sized chunks it beat the shifted slices too (CIFAR 3→64: 2.5×)
     return "xla"
 
 

@@ -12,6 +12,14 @@ of that map, the kernel gradient, is one matrix product over every (example, pos
 JAX's transpose of the product computes it with the output channels first, ``(gᵀ P)ᵀ`` (an
 ``(O, B·H·W) @ (B·H·W, k²C)`` product, then a transpose of the small result). ``P`` holds ``k²`` copies
 of the input, so this is for small kernels; :mod:`jaxcert.nets.conv_backends` decides where it is used.
+
+:func:`scanned_im2col_conv2d` computes the same convolution ``chunk`` examples at a time (``lax.map``
+over the batch), so the patches of one step stay cache-sized. Its transpose in ``W`` is a loop that
+accumulates the kernel gradient chunk by chunk in the loop's carry,
+
+    ∂W = Σ_chunks P_chunkᵀ g_chunk,
+
+rebuilding each chunk's patches there (``jax.checkpoint``), so the whole batch's patches are never held.
 """
 
 from __future__ import annotations
@@ -45,3 +53,18 @@ def im2col_conv2d(x: jax.Array, kernel: jax.Array, stride: int, padding: int) ->
     kh, kw, cin, cout = kernel.shape
     cols = patches(x, (kh, kw), stride, padding)
     return jax.lax.dot_general(cols, kernel.reshape(kh * kw * cin, cout), (((3,), (0,)), ((), ())))
+
+
+def scanned_im2col_conv2d(x: jax.Array, kernel: jax.Array, stride: int, padding: int, chunk: int) -> jax.Array:
+    """:func:`im2col_conv2d` over ``chunk`` examples at a time (``lax.map``; ``chunk`` must divide the batch,
+    ``chunk >= batch``: one step, no loop)."""
+    batch = x.shape[0]
+    if chunk >= batch:
+        return im2col_conv2d(x, kernel, stride, padding)
+    if chunk < 1 or batch % chunk:
+        raise ValueError(f"the im2col batch chunk ({chunk}) must be >= 1 and divide the batch ({batch})")
+    groups = x.reshape(batch // chunk, chunk, *x.shape[1:])
+    # rematerialised: the transpose rebuilds each chunk's patches instead of saving all of them
+    step = jax.checkpoint(lambda group, k: im2col_conv2d(group, k, stride, padding))
+    out = jax.lax.map(lambda group: step(group, kernel), groups)
+    return out.reshape(batch, *out.shape[2:])

@@ -18,6 +18,10 @@ Which implementation computes that term is chosen per platform and per static sh
 
 - ``"im2col"`` (:mod:`jaxcert.nets.conv_im2col`): ``conv(x, dW) = P(x) @ dW``, whose transpose is one
   matrix product ``(gᵀ P)ᵀ`` over every (example, position) pair, run in parallel by XLA:CPU's dot;
+- ``"im2col-scan"``: the same, ``c`` examples at a time in a loop
+  (:func:`jaxcert.nets.conv_im2col.scanned_im2col_conv2d`, ``c`` from
+  :func:`jaxcert.nets.conv_backends.im2col_batch_chunk`), whose transpose accumulates
+  ``∂W = Σ_chunks P_cᵀ g_c`` with cache-sized patches;
 - ``"slices"``: a sum over the ``k × k`` kernel offsets of shifted, strided slices of ``x`` times that
   offset's kernel matrix, batched per example,
 
@@ -36,8 +40,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from jaxcert.nets.conv_backends import kernel_term_choice
-from jaxcert.nets.conv_im2col import im2col_conv2d
+from jaxcert.nets.conv_backends import im2col_batch_chunk, kernel_term_choice
+from jaxcert.nets.conv_im2col import im2col_conv2d, scanned_im2col_conv2d
 
 
 def output_size(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -83,7 +87,13 @@ def shifted_slices_conv2d(x: jax.Array, kernel: jax.Array, stride: int, padding:
 def kernel_term(x: jax.Array, kernel_tangent: jax.Array, stride: int, padding: int) -> jax.Array:
     """``conv(x, dW)``, linear in ``dW``, by the implementation each platform's rule chooses for these shapes
     (:func:`jaxcert.nets.conv_backends.kernel_term_choice`; platforms without a rule: XLA's)."""
-    implementations = {"xla": xla_conv2d, "slices": shifted_slices_conv2d, "im2col": im2col_conv2d}
+    chunk = im2col_batch_chunk(x.shape, kernel_tangent.shape, stride, padding)
+    implementations = {
+        "xla": xla_conv2d,
+        "slices": shifted_slices_conv2d,
+        "im2col": im2col_conv2d,
+        "im2col-scan": lambda x_, k_, s_, p_: scanned_im2col_conv2d(x_, k_, s_, p_, chunk),
+    }
     term = lambda name: lambda x_, dk: implementations[name](x_, dk, stride, padding)
     choices = {
         platform: kernel_term_choice(platform, x.shape, kernel_tangent.shape, stride, padding)

@@ -50,6 +50,13 @@ class GraphPlan:
                        Normalize, BatchNorm, Flatten map coordinates one to one). One linear map of a box is
                        exact coordinate-wise (each output's extremes are box vertices), and coordinate-wise
                        affine maps keep it so; a second mixing map, or an ``Add`` of two correlated nodes, is not.
+                       A mixing map of boxes onto boxes (disjoint AvgPool) met while the value is still a box
+                       does not count: its output is again a box.
+    ``box_prefix``     the largest ``k`` such that layers ``0 .. k-1`` all map boxes onto boxes
+                       (``spec.onto_boxes``: coordinate-wise affine maps, AvgPool with disjoint windows) and no
+                       shortcut reads a node before ``k``: the image of the input box at node ``k`` is exactly
+                       its interval box, so back-substitution may stop there and concretise on that box
+                       (``min_{x ∈ box} ⟨A, f(x)⟩ = min_{z ∈ f(box)} ⟨A, z⟩`` with ``f(box)`` a box).
     """
 
     arch: Arch
@@ -59,6 +66,7 @@ class GraphPlan:
     activations: tuple[int, ...]
     merges: tuple[int, ...]
     exact_nodes: frozenset[int]
+    box_prefix: int = 0
 
     @property
     def has_merges(self) -> bool:
@@ -92,9 +100,14 @@ def _plan(arch: Arch, in_shape: Shape) -> GraphPlan:
             raise ValueError(f"layer {i} ({spec}): merge kind {type(spec).__name__!r} unknown to the graph plan")
         node_shapes.append(spec.out_shape(node_shapes[-1]))
         plain = plain and spec.is_affine
-        mixing += spec.is_affine and spec.mixes
+        # a map of boxes onto boxes applied to the input box keeps it a box: it does not count as mixing
+        mixing += spec.is_affine and spec.mixes and not (spec.onto_boxes and mixing == 0)
         if plain and mixing <= 1:
             exact.add(i + 1)
+    box_prefix = 0
+    while box_prefix < len(arch) and arch[box_prefix].onto_boxes:
+        box_prefix += 1
+    box_prefix = min([box_prefix, *skip_sources])
     return GraphPlan(
         arch=arch,
         in_shape=in_shape,
@@ -103,6 +116,7 @@ def _plan(arch: Arch, in_shape: Shape) -> GraphPlan:
         activations=tuple(i for i, s in enumerate(arch) if not s.is_affine and not s.is_merge),
         merges=tuple(i for i, s in enumerate(arch) if s.is_merge),
         exact_nodes=frozenset(exact),
+        box_prefix=box_prefix,
     )
 
 

@@ -37,12 +37,20 @@ class LayerSpec:
     Traits read by the drivers: ``is_affine`` (a map ``linear + offset`` of its one input), ``is_merge``
     (a layer of two inputs, :class:`Add`: the graph drivers of :mod:`jaxcert.nets.graph` handle it) and
     ``mixes`` (an affine layer whose outputs each depend on several inputs: interval arithmetic through
-    two such layers is no longer exact; unknown affine kinds count as mixing, the safe side)."""
+    two such layers is no longer exact; unknown affine kinds count as mixing, the safe side) and
+    ``onto_boxes`` (the layer maps every box onto a box: the image of ``[l, u]`` is exactly its interval
+    hull, so a linear bound of the output concretised on that hull is as tight as on the input box)."""
 
     is_affine: bool = True
     is_merge: bool = False
     mixes: bool = True
     has_params: bool = False
+
+    @property
+    def onto_boxes(self) -> bool:
+        """Coordinate-wise affine maps (affine, not mixing) send boxes onto boxes; mixing kinds do not unless
+        they say so (:class:`AvgPool` with disjoint windows)."""
+        return self.is_affine and not self.is_merge and not self.mixes
 
     def out_shape(self, in_shape: Shape) -> Shape:
         return in_shape
@@ -247,6 +255,13 @@ class AvgPool(LayerSpec):
         return total / self.window**2
 
     abs_linear = linear
+
+    @property
+    def onto_boxes(self) -> bool:
+        """Disjoint windows (``stride ≥ window``): each output averages its own inputs, so the image of a box
+        is the product of the windows' intervals ``[avg l, avg u]``, every corner reached — a box. Overlapping
+        windows share inputs and do not map boxes onto boxes."""
+        return self.step >= self.window
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,12 +10,18 @@
   vmapped over per-member kernels as a grouped convolution, several times slower per member than
   ordinary ones, so chunks of 1–2 beat one vmap 2.5–10× for the IBP and CROWN-IBP populations, and
   DeepPoly's one vmap does not even fit (10.8 GiB against 1.2 GiB in chunks of 4).
-* **CPU, gradient** (RGS's value-and-gradient per sample) and **GPU / TPU**: one ``vmap`` unless XLA's
-  memory estimate of it exceeds the limit (:data:`ACCELERATOR_MEMORY_FRACTION` of the device's memory;
-  on CPU :data:`CPU_MEMORY_FRACTION` of the available RAM); then the largest divisor ``k`` of ``N``
-  whose estimate fits. On CPU the gradients of a ``lax.map`` body ran slower than one vmap (RGS k = 4:
-  one vmap 1.0 s, ``lax.map`` over single samples 2.0 s for CROWN-IBP on a quiet machine; 7× for IBP
-  under load), so RGS keeps the vmap there.
+* **CPU, gradient** (RGS's value-and-gradient per sample), up to :data:`MAX_UNROLLED_GRADIENTS` members:
+  one copy of the value-and-gradient per member in the program (``unroll``), no vmap and no loop, as long
+  as XLA's memory estimate of one vmap of all members fits the limit below (the copies need about as
+  much). Measured on CNN3, k = 4, batch 32 and 128, IBP / CROWN-IBP / DeepPoly, all schedules side by
+  side in one process (``experiments/bench_member_schedules.py --works rgs``, ``experiments/RESULTS.md``):
+  the copies beat one vmap (vmapped convolutions become grouped ones, and their kernel gradients too),
+  and ``lax.map`` over single samples ran 3-7× slower than one vmap (a value-and-gradient inside an
+  XLA:CPU loop body). The copies cost compile time (about 2× the vmap's at k = 4).
+* **GPU / TPU**, and CPU gradients beyond the copies: one ``vmap`` unless XLA's memory estimate of it
+  exceeds the limit (:data:`ACCELERATOR_MEMORY_FRACTION` of the device's memory; on CPU
+  :data:`CPU_MEMORY_FRACTION` of the available RAM); then the largest divisor ``k`` of ``N`` whose
+  estimate fits.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ import jax
 
 #: members per lax.map step on CPU (experiments/bench_member_schedules.py)
 CPU_CHUNK = 1
+#: on CPU, value-and-gradient members (RGS samples) run as unrolled copies up to this many members
+MAX_UNROLLED_GRADIENTS = 8
 #: share of an accelerator's memory one vmap of all members may take before the rule chunks it
 ACCELERATOR_MEMORY_FRACTION = 0.5
 #: share of the host's available memory (CPU) one vmap may take (XLA:CPU's estimate leaves buffers out)
@@ -66,6 +74,12 @@ def chunks_by_rule(backend: str, gradient: bool) -> bool:
     return backend == "cpu" and not gradient
 
 
+def unrolls_by_rule(size: int, backend: str, gradient: bool) -> bool:
+    """Whether the rule runs ``size`` members as unrolled copies when one vmap of them fits in memory
+    (CPU, value-and-gradient, at most :data:`MAX_UNROLLED_GRADIENTS` members)."""
+    return backend == "cpu" and gradient and size <= MAX_UNROLLED_GRADIENTS
+
+
 def choose_chunk(
     size: int,
     backend: str,
@@ -102,6 +116,23 @@ def choose_chunk(
     return 1, f"lax.map over single members ({backend}: even one member needs {estimate / 2**30:.3g} GiB)"
 
 
+def choose_schedule(
+    size: int,
+    backend: str,
+    estimate_bytes: Callable[[int], float | None] | None = None,
+    memory_limit: float | None = None,
+    *,
+    gradient: bool = False,
+) -> tuple[bool, int, str]:
+    """``(unrolled, chunk, why)``: :func:`choose_chunk`'s choice, except that where
+    :func:`unrolls_by_rule` and one vmap of all members fits (``chunk == size``) the members run as
+    unrolled copies (``unrolled``; ``chunk`` is then 1: one member per copy)."""
+    chunk, why = choose_chunk(size, backend, estimate_bytes, memory_limit, gradient=gradient)
+    if chunk == size and unrolls_by_rule(size, backend, gradient):
+        return True, 1, f"{size} unrolled copies ({backend}, value-and-gradient: the measured CPU rule)"
+    return False, chunk, why
+
+
 def describe(size: int, chunk: int, backend: str | None = None, *, gradient: bool = False) -> str:
     """One line for the user: how ``size`` members run under ``member_chunk = chunk``."""
     if chunk:
@@ -110,6 +141,11 @@ def describe(size: int, chunk: int, backend: str | None = None, *, gradient: boo
     backend = backend or jax.default_backend()
     if chunks_by_rule(backend, gradient):
         return choose_chunk(size, backend)[1] + "; --member-chunk overrides"
+    if unrolls_by_rule(size, backend, gradient):
+        return (
+            f"{size} unrolled copies unless XLA's memory estimate of one vmap exceeds {CPU_MEMORY_FRACTION:.0%} "
+            f"of free RAM ({backend}); --member-chunk overrides"
+        )
     share = (
         f"{CPU_MEMORY_FRACTION:.0%} of free RAM"
         if backend == "cpu"
