@@ -25,6 +25,12 @@ recorded as skipped with the reason. Timings are the median of ``--repeats`` cal
 
     python experiments/bench_bounds.py                      # CNN3 + CNN7, batch 128, 16 samples
     python experiments/bench_bounds.py --quick              # seconds: tiny net, tiny batch
+    python experiments/bench_bounds.py --archs cnn3 --run runs/quickstart   # a trained net on test images
+
+Without ``--run`` the weights are a random initialisation and the inputs uniform noise: nearly every
+neuron is unstable there, while a certifiably trained net has few unstable neurons (what CROWN's
+unstable-pair rows, :mod:`jaxcert.bounds.pair_rows`, exploit). ``--run DIR`` benchmarks the run's weights
+on the first test images of its data set at the run's ε (the architecture must be the run's).
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ from jaxcert.nets import Conv, Dense, Flatten, Normalize, ReLU, get_architecture
 from jaxcert.nets.layers import Arch
 from jaxcert.nets.network import LayerParams, merge, split_trainable
 from jaxcert.provenance import provenance
+from jaxcert.runs import load_run, load_test_split, run_config
 
 GiB = 2**30
 
@@ -183,9 +190,13 @@ def bench_one(
     memory_limit: float,
     seed: int = 0,
     compile_only: bool = False,
+    run_dir: str | None = None,
 ) -> dict[str, Any]:
-    """Benchmark one (architecture, relaxation, mode) triple; never raises (errors become 'skipped')."""
+    """Benchmark one (architecture, relaxation, mode) triple; never raises (errors become 'skipped').
+    ``run_dir``: the trained weights, test images and ε of that run instead of random ones."""
     build, in_shape, eps = BENCH_ARCHS[arch_name]
+    if run_dir is not None:
+        eps = run_config(run_dir).eps
     n = batch * (samples if mode in ("vmap", "map") else 1)
     row: dict[str, Any] = {
         "arch": arch_name,
@@ -196,6 +207,7 @@ def bench_one(
         "eps": eps,
         "status": "skipped",
         "reason": None,
+        "run": run_dir,
     }
     try:
         arch = build()
@@ -203,6 +215,8 @@ def bench_one(
         kx, ky, kp = jax.random.split(jax.random.key(seed), 3)
         x = jax.random.uniform(kx, (batch, *in_shape))
         y = jax.random.randint(ky, (batch,), 0, arch[-1].features)
+        if run_dir is not None:
+            arch, params, x, y = trained_case(run_dir, arch, batch)
         fn = margin_fn(arch, relaxation, grad=mode == "grad", fused=mode == "fused")
         if mode in ("vmap", "map"):
             params = parameter_samples(params, samples, 1e-2, kp)
@@ -225,6 +239,18 @@ def bench_one(
     median = statistics.median(times)
     row.update(status="ok", warmup_s=warmup, repeats=len(times), median_s=median, times_s=times, throughput=n / median)
     return row
+
+
+def trained_case(run_dir: str, arch: Arch, batch: int) -> tuple[Arch, LayerParams, jax.Array, jax.Array]:
+    """``(arch, params, x, y)`` of a trained run: its weights and the first ``batch`` test images and labels;
+    ``ValueError`` unless the run's architecture is ``arch``."""
+    run_arch, params, config = load_run(run_dir)
+    if tuple(run_arch) != tuple(arch):
+        raise ValueError(f"--run {run_dir}: its architecture is {config.arch!r}, not the benchmark's")
+    test = load_test_split(config, limit=batch)
+    if len(test.y) < batch:
+        raise ValueError(f"--run {run_dir}: {len(test.y)} test examples, fewer than the batch {batch}")
+    return run_arch, params, jnp.asarray(test.x), jnp.asarray(test.y)
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
@@ -261,6 +287,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--modes", default="single,vmap", help=f"comma-separated: {', '.join(MODES)}")
     parser.add_argument("--quick", action="store_true", help="tiny settings for a smoke test")
     parser.add_argument("--compile-only", action="store_true", help="XLA's memory estimate only, no timed calls")
+    parser.add_argument("--run", help="a training run's folder: its weights, test images and ε (see the doc)")
     parser.add_argument("--out", default="experiments/results/bench_bounds.json", help="JSON output path")
     args = parser.parse_args(argv)
     for name, value in {**DEFAULTS, **(QUICK if args.quick else {})}.items():
@@ -309,6 +336,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         max_seconds=args.max_seconds,
                         memory_limit=memory_limit,
                         compile_only=args.compile_only,
+                        run_dir=args.run,
                     )
                 rows.append(row)
                 print(
@@ -320,7 +348,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result = {
         "config": {
             k: getattr(args, k)
-            for k in ("archs", "relaxations", "batch", "samples", "repeats", "modes", "max_seconds", "quick")
+            for k in ("archs", "relaxations", "batch", "samples", "repeats", "modes", "max_seconds", "quick", "run")
         },
         "memory_limit_gib": memory_limit / GiB,
         "device": str(jax.devices()[0]),

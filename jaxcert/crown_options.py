@@ -12,6 +12,8 @@ are set from outside — configs (``TrainConfig.relaxation_options``), the comma
     gamma                  >= 0                         sharpness of the "soft" rule
     intersect_ibp          bool                         intersect CROWN's intermediate bounds with IBP's
     unstable_budget        int >= 1                     rows for at most k unstable neurons per layer (looser)
+    unstable_rows          true | false | auto          rows for the unstable (example, neuron) pairs only (exact)
+    unstable_chunk         int >= 1                     unstable pairs per chunk of such a pass (exact)
     patches                true | false | auto          convolutional rows as windows (exact)
     max_rows_bytes         int >= 1                     rows back-substituted in chunks of this size (exact)
     bound_upper            bool                         false: lower bounds only (margins need no more)
@@ -61,6 +63,8 @@ _RULES: dict[str, tuple[str, Callable[[Any], bool], str]] = {
     "gamma": ("a finite number >= 0", lambda v: _is_real(v) and v >= 0, "float"),
     "intersect_ibp": ("true or false", lambda v: isinstance(v, bool), "bool"),
     "unstable_budget": ("an int >= 1", lambda v: _is_int(v) and v >= 1, "int"),
+    "unstable_rows": ("true, false or auto", _one_of(True, False, "auto"), "bool|auto"),
+    "unstable_chunk": ("an int >= 1 (pairs)", lambda v: _is_int(v) and v >= 1, "int"),
     "patches": ("true, false or auto", _one_of(True, False, "auto"), "bool|auto"),
     "max_rows_bytes": ("an int >= 1 (bytes)", lambda v: _is_int(v) and v >= 1, "int"),
     "bound_upper": ("true or false", lambda v: isinstance(v, bool), "bool"),
@@ -82,6 +86,8 @@ class CrownOptions:
     gamma: float | None = None
     intersect_ibp: bool | None = None
     unstable_budget: int | None = None
+    unstable_rows: bool | str | None = None
+    unstable_chunk: int | None = None
     patches: bool | str | None = None
     max_rows_bytes: int | None = None
     bound_upper: bool | None = None

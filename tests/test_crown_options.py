@@ -28,6 +28,8 @@ BAD = {
     "gamma": (-1.0, "a finite number >= 0"),
     "intersect_ibp": (1, "true or false"),
     "unstable_budget": (0, "an int >= 1"),
+    "unstable_rows": ("some", "true, false or auto"),
+    "unstable_chunk": (0, "an int >= 1 (pairs)"),
     "patches": ("yes please", "true, false or auto"),
     "max_rows_bytes": (2.5, "an int >= 1"),
     "bound_upper": ("no", "true or false"),

@@ -25,8 +25,18 @@ def test_quick_profile_lists_every_stage_with_its_cost(tmp_path):
     saved = json.loads(out.read_text())
     stages = [r["stage"] for r in saved["rows"]]
     # tiny: Conv-ReLU-Flatten-Dense-ReLU-Dense; the first ReLU's bounds are interval ones, the second's a pass
-    assert stages == ["intermediate 5 (Dense)", "final (margin rows)", "bounds (whole)", "gradient (whole)"]
-    rows = {r["stage"]: r for r in saved["rows"]}
+    # (then the same pass for the unstable pairs only), then each whole program with every neuron's rows and
+    # with the unstable pairs' rows
+    assert stages[0] == "intermediate 5 (Dense), whole layer"
+    assert stages[1].startswith("intermediate 5 (Dense), unstable pairs (")
+    assert stages[2:] == [
+        "final (margin rows)",
+        "bounds (whole), unstable_rows=False",
+        "gradient (whole), unstable_rows=False",
+        "bounds (whole), unstable_rows=True",
+        "gradient (whole), unstable_rows=True",
+    ]
+    rows = {r["stage"].removesuffix(", unstable_rows=False"): r for r in saved["rows"]}
     for r in saved["rows"]:
         assert r["flops"] > 0 and r["bytes"] > 0 and r["seconds"] > 0
         assert r["gflops"] == pytest.approx(r["flops"] / r["seconds"] / 1e9)

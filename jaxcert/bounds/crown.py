@@ -16,6 +16,10 @@ CROWN (no intersection).
 
 Cost and the options that cut it (all exact unless said otherwise):
 
+    unstable_rows       (default "auto" = True) rows only for the unstable (example, neuron) pairs of the
+                        batch, ``unstable_chunk`` pairs at a time, chunks past the last one skipped at run
+                        time (:mod:`jaxcert.bounds.pair_rows`): the pass costs the unstable pairs, not
+                        the layer (an IBP-trained CNN3: 5 % of its second layer); False: every neuron
     unstable_budget=k   rows for at most k unstable neurons per example and layer (the widest;
                         :mod:`jaxcert.bounds.neuron_rows`); the others keep interval bounds: sound, looser
                         unless k covers every unstable neuron (then equal to full CROWN)
@@ -51,6 +55,7 @@ from jaxcert.bounds.ibp import add_intervals
 from jaxcert.bounds.ibp import affine_interval as folded_interval
 from jaxcert.bounds.layer_rules import UnsupportedLayerError, activation_indices, layer_kind, rule_for
 from jaxcert.bounds.neuron_rows import check_budget, rows_needed, scatter_refined, select_unstable
+from jaxcert.bounds.pair_rows import check_unstable_rows, scatter_pairs, unstable_pair_bounds
 from jaxcert.bounds.patches import backsubstitute_windows, layer_windows, supports_windows, window_elements
 from jaxcert.bounds.registry import CROWN_COST, RelaxationTraits, register
 from jaxcert.bounds.relu_slopes import ReluLines, check_rule, check_rule_options
@@ -208,6 +213,8 @@ def crown_intermediate(
     max_rows_bytes: int = MAX_ROWS_BYTES,
     splits: Mapping[int, jax.Array] | None = None,
     known: Mapping[int, Interval] | None = None,
+    unstable_rows: bool | str = "auto",
+    unstable_chunk: int | None = None,
 ) -> tuple[dict[int, Interval], dict[int, ReluLines], Interval]:
     """Pre-activation bounds and relaxations of every ReLU of ``arch``, by CROWN (see the module doc), and
     the forward interval of the output of ``arch``.
@@ -220,9 +227,16 @@ def crown_intermediate(
 
     ``known`` (branch and bound's other hook): ``{i: (l', u')}`` bounds of some ReLU inputs already known to
     hold on the (sub-)domain, e.g. a parent domain's (valid on every child: a subset of its region); layer
-    ``i``'s bounds become ``[max(l, l'), min(u, u')]`` before the split clamp and the later layers use them.
-    ``±inf`` entries change nothing."""
+    ``i``'s interval bounds become ``[max(l, l'), min(u, u')]`` before its CROWN refinement (so neurons known
+    to be stable get no rows) and the split clamp, and the later layers use them. ``±inf`` entries change
+    nothing.
+
+    ``unstable_rows`` (without ``unstable_budget``): True gives rows to the unstable (example, neuron)
+    pairs only, ``unstable_chunk`` pairs at a time, chunks past the unstable ones skipped
+    (:mod:`jaxcert.bounds.pair_rows`); False gives every neuron of the layer its rows; both give the same
+    bounds. "auto": :func:`use_pair_rows`."""
     check_budget(unstable_budget)
+    check_unstable_rows(unstable_rows, unstable_chunk)
     check_max_rows_bytes(max_rows_bytes)
     check_patches(arch, patches)
     plan = plan_for(arch, lower.shape[1:])
@@ -234,7 +248,19 @@ def crown_intermediate(
         if spec.is_affine:
             return affine_interval(spec, params[i], lo, hi)
         image = rule_for(spec, "interval", "crown_intermediate")
-        if i not in plan.exact_nodes:
+        if known is not None and i in known:
+            lo, hi = jnp.maximum(lo, known[i][0]), jnp.minimum(hi, known[i][1])
+        if i not in plan.exact_nodes and unstable_budget is None and use_pair_rows(unstable_rows):
+            windows = use_windows(arch[:i], lower.shape[1:], patches)
+            pairs, z_lo, z_hi = unstable_pair_bounds(
+                arch, params, i, lines, lower, upper, (lo, hi), windows=windows, unstable_chunk=unstable_chunk,
+                max_rows_bytes=max_rows_bytes,
+            )  # fmt: skip
+            if intersect_ibp:
+                at_pairs = lambda t: t.reshape(-1)[jnp.minimum(pairs, t.size - 1)]
+                z_lo, z_hi = jnp.maximum(z_lo, at_pairs(lo)), jnp.minimum(z_hi, at_pairs(hi))
+            lo, hi = scatter_pairs(lo, pairs, z_lo), scatter_pairs(hi, pairs, z_hi)
+        elif i not in plan.exact_nodes:
             k = rows_needed(unstable_budget, math.prod(lo.shape[1:]))
             neurons = None if k is None else select_unstable(lo, hi, k)
             z_lo, z_hi = neuron_bounds(arch, params, i, neurons, lines, lower, upper, patches, max_rows_bytes)
@@ -242,8 +268,6 @@ def crown_intermediate(
                 pick = (lambda t: t.reshape(t.shape[0], -1)) if neurons is None else (lambda t: _take(t, neurons))
                 z_lo, z_hi = jnp.maximum(z_lo, pick(lo)), jnp.minimum(z_hi, pick(hi))
             lo, hi = scatter_refined(lo, hi, neurons, z_lo, z_hi)
-        if known is not None and i in known:
-            lo, hi = jnp.maximum(lo, known[i][0]), jnp.minimum(hi, known[i][1])
         if splits is not None and i in splits:
             lo, hi = clamp_to_split(lo, hi, splits[i])
         bounds[i], lines[i] = (lo, hi), line_fn(i, lo, hi)
@@ -251,6 +275,11 @@ def crown_intermediate(
 
     out = walk_forward(arch, (lower, upper), step, add_intervals)
     return bounds, lines, out
+
+
+def use_pair_rows(unstable_rows: bool | str) -> bool:
+    """Whether the intermediate passes give rows to the unstable pairs only (:mod:`.pair_rows`)."""
+    return unstable_rows is True or unstable_rows == "auto"
 
 
 def _take(t: jax.Array, neurons: jax.Array) -> jax.Array:
@@ -271,12 +300,14 @@ def crown_preactivation_bounds(
     unstable_budget: int | None = None,
     patches: bool | str = "auto",
     max_rows_bytes: int = MAX_ROWS_BYTES,
+    unstable_rows: bool | str = "auto",
+    unstable_chunk: int | None = None,
 ) -> list[Interval]:
     """CROWN bounds ``(l, u)`` of the input of every ReLU of ``arch`` (in order), each (B, *shape)."""
     line_fn = make_line_fn(arch, lower_slope, lower_slopes, tau, gamma)
     bounds, _, _ = crown_intermediate(
         arch, params, lower, upper, line_fn, intersect_ibp=intersect_ibp, unstable_budget=unstable_budget,
-        patches=patches, max_rows_bytes=max_rows_bytes,
+        patches=patches, max_rows_bytes=max_rows_bytes, unstable_rows=unstable_rows, unstable_chunk=unstable_chunk,
     )  # fmt: skip
     return [bounds[i] for i in sorted(bounds)]
 
@@ -315,6 +346,8 @@ def crown_with_intermediate(
     patches: bool | str = "auto",
     max_rows_bytes: int = MAX_ROWS_BYTES,
     bound_upper: bool = True,
+    unstable_rows: bool | str = "auto",
+    unstable_chunk: int | None = None,
 ) -> tuple[jax.Array, jax.Array, list[Interval]]:
     """``(lb, ub, intermediate)``: CROWN bounds of ``C f(x)`` and the pre-activation bounds of every ReLU
     (in order, each (B, *shape)) that they were computed with."""
@@ -323,7 +356,7 @@ def crown_with_intermediate(
     body, body_params, W, b = fold_spec(arch, params, C, lower.shape[0])
     bounds, lines, out = crown_intermediate(
         body, body_params, lower, upper, line_fn, intersect_ibp=intersect_ibp, unstable_budget=unstable_budget,
-        patches=patches, max_rows_bytes=max_rows_bytes,
+        patches=patches, max_rows_bytes=max_rows_bytes, unstable_rows=unstable_rows, unstable_chunk=unstable_chunk,
     )  # fmt: skip
     A, a, finish = output_rows(W, b, bound_upper, out)
     lb, ub = finish(backsubstitute(body, body_params, A, a, lines, lower, upper))
@@ -346,6 +379,8 @@ def crown_bounds(
     patches: bool | str = "auto",
     max_rows_bytes: int = MAX_ROWS_BYTES,
     bound_upper: bool = True,
+    unstable_rows: bool | str = "auto",
+    unstable_chunk: int | None = None,
     **unknown: Any,
 ) -> tuple[jax.Array, jax.Array]:
     """CROWN / DeepPoly bounds ``(lb, ub)`` of ``C f(x)`` over ``[lower, upper]``, shape (B, K).
@@ -360,7 +395,8 @@ def crown_bounds(
     lb, ub, _ = crown_with_intermediate(
         arch, params, lower, upper, C, lower_slope=lower_slope, lower_slopes=lower_slopes, tau=tau, gamma=gamma,
         intersect_ibp=intersect_ibp, unstable_budget=unstable_budget, patches=patches,
-        max_rows_bytes=max_rows_bytes, bound_upper=bound_upper,
+        max_rows_bytes=max_rows_bytes, bound_upper=bound_upper, unstable_rows=unstable_rows,
+        unstable_chunk=unstable_chunk,
     )  # fmt: skip
     return lb, ub
 

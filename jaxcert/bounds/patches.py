@@ -113,13 +113,17 @@ def window_mask(h: jax.Array, w: jax.Array, window: Window, height: int, width: 
     return (vh[..., :, None] & vw[..., None, :])[:, :, None, :, :, None].astype(jnp.float32)
 
 
-def gather_windows(x: jax.Array, h: jax.Array, w: jax.Array, window: Window) -> jax.Array:
+def gather_windows(
+    x: jax.Array, h: jax.Array, w: jax.Array, window: Window, examples: jax.Array | None = None
+) -> jax.Array:
     """The windows of ``x`` (B, H, W, C) at grid positions ``h``, ``w`` (B' ∈ {1, B}, P): (B, P, 1, K, K, C)
-    (the 1 broadcasts over the rows of a position), zero outside the image."""
+    (the 1 broadcasts over the rows of a position), zero outside the image. With ``examples`` (B', P) the
+    window of position ``p`` is taken from example ``examples[:, p]`` of ``x`` instead: (B', P, 1, K, K, C)
+    (rows of (example, neuron) pairs, :mod:`jaxcert.bounds.pair_rows`)."""
     batch, height, width, _ = x.shape
     ih, vh = _index(h, window, height)
     iw, vw = _index(w, window, width)
-    b = jnp.arange(batch)[:, None, None, None]
+    b = jnp.arange(batch)[:, None, None, None] if examples is None else examples[..., None, None]
     windows = x[b, ih[..., :, None], iw[..., None, :]]
     inside = (vh[..., :, None] & vw[..., None, :])[..., None]
     return jnp.where(inside, windows, jnp.zeros((), x.dtype))[:, :, None]
@@ -146,7 +150,7 @@ def _sum_window(x: jax.Array) -> jax.Array:
     return jnp.sum(x, axis=(-3, -2, -1))
 
 
-def backsubstitute_windows(
+def carry_windows(
     arch: Arch,
     params: LayerParams,
     A: jax.Array,
@@ -154,26 +158,20 @@ def backsubstitute_windows(
     h: jax.Array,
     w: jax.Array,
     lines: Mapping[int, ReluLines],
-    lower: jax.Array,
-    upper: jax.Array,
+    in_shape: tuple[int, ...],
     window: Window = Window(),
     local_lines: Callable[[int, Callable[[jax.Array], jax.Array]], Sequence[jax.Array]] | None = None,
-) -> jax.Array:
-    """Lower bounds (B, P, Rp) of rows given as windows ``A`` (B' ∈ {1, B}, P, Rp, K, K, C) on the output of
-    ``arch``, the ``Rp`` rows of position ``p`` at grid position ``h[:, p]``, ``w[:, p]`` (B', P), with
-    constants ``const`` (B', P, Rp); see the module doc.
-
-    ``arch`` must satisfy :func:`supports_windows`; ``lines[i]`` relaxes the ReLU at index ``i``, gathered
-    on each row's window. ``local_lines(i, gather)``, if given, returns the windowed lines of activation
-    ``i`` instead (``gather`` maps a (B, *layer) array onto the current windows), e.g. with per-row slopes
-    (:mod:`jaxcert.bounds.start_node_pass`).
-    """
-    layer_shapes = shapes(arch, lower.shape[1:])
+    examples: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array, Window]:
+    """``(A, const, window)`` of the window rows ``A`` on the output of ``arch`` carried back to its input
+    (shape ``in_shape``) by the rules of the module doc, without the input box: what
+    :func:`backsubstitute_windows` concretises. ``examples`` (B', P): see :func:`gather_windows`."""
+    layer_shapes = shapes(arch, in_shape)
     for i in reversed(range(len(arch))):
         spec, p = arch[i], params[i]
         if not spec.is_affine:
             backward = rule_for(spec, "window", "backsubstitute_windows")
-            gather = functools.partial(gather_windows, h=h, w=w, window=window)
+            gather = functools.partial(gather_windows, h=h, w=w, window=window, examples=examples)
             local = [gather(f) for f in lines[i]] if local_lines is None else local_lines(i, gather)
             A, const = backward(A, const, *local)
         elif isinstance(spec, Conv):
@@ -187,6 +185,50 @@ def backsubstitute_windows(
             A = spec.linear(p, A)
         else:
             raise ValueError(f"cannot carry a window back through {spec}; use the dense back-substitution")
-    centre = gather_windows((upper + lower) / 2, h, w, window)
-    radius = gather_windows((upper - lower) / 2, h, w, window)
+    return A, const, window
+
+
+def concretize_windows(
+    A: jax.Array,
+    const: jax.Array,
+    h: jax.Array,
+    w: jax.Array,
+    window: Window,
+    lower: jax.Array,
+    upper: jax.Array,
+    examples: jax.Array | None = None,
+) -> jax.Array:
+    """``min over the box = ⟨A, c_win⟩ - ⟨|A|, r_win⟩ + a`` of window rows on the input, shape (B, P, Rp)."""
+    centre = gather_windows((upper + lower) / 2, h, w, window, examples)
+    radius = gather_windows((upper - lower) / 2, h, w, window, examples)
     return const + _sum_window(A * centre - jnp.abs(A) * radius)
+
+
+def backsubstitute_windows(
+    arch: Arch,
+    params: LayerParams,
+    A: jax.Array,
+    const: jax.Array,
+    h: jax.Array,
+    w: jax.Array,
+    lines: Mapping[int, ReluLines],
+    lower: jax.Array,
+    upper: jax.Array,
+    window: Window = Window(),
+    local_lines: Callable[[int, Callable[[jax.Array], jax.Array]], Sequence[jax.Array]] | None = None,
+    examples: jax.Array | None = None,
+) -> jax.Array:
+    """Lower bounds (B, P, Rp) of rows given as windows ``A`` (B' ∈ {1, B}, P, Rp, K, K, C) on the output of
+    ``arch``, the ``Rp`` rows of position ``p`` at grid position ``h[:, p]``, ``w[:, p]`` (B', P), with
+    constants ``const`` (B', P, Rp); see the module doc.
+
+    ``arch`` must satisfy :func:`supports_windows`; ``lines[i]`` relaxes the ReLU at index ``i``, gathered
+    on each row's window. ``local_lines(i, gather)``, if given, returns the windowed lines of activation
+    ``i`` instead (``gather`` maps a (B, *layer) array onto the current windows), e.g. with per-row slopes
+    (:mod:`jaxcert.bounds.start_node_pass`). ``examples`` (B', P): position ``p`` belongs to example
+    ``examples[:, p]`` of the box and the lines (rows of (example, neuron) pairs; the result is (B', P, Rp)).
+    """
+    A, const, window = carry_windows(
+        arch, params, A, const, h, w, lines, lower.shape[1:], window, local_lines, examples
+    )  # fmt: skip
+    return concretize_windows(A, const, h, w, window, lower, upper, examples)
