@@ -10,7 +10,8 @@ alternate jaxcert, reference, jaxcert, reference, …; each row's figure is the 
 ex/s, reference ex/s, their ratio, the peak resident memory of each process during the row
 (:mod:`experiments.peak_memory`) and the load average; JSON to ``--out``.
 
-Rows (:data:`ROWS`; Fashion-MNIST shapes, ``cnn3`` / ``cnn7`` at random-init weights): bounds and
+Rows (:data:`ROWS`; Fashion-MNIST shapes, ``cnn3`` / ``cnn7`` at random-init weights on uniform inputs, or
+a trained run's weights on its test images with ``--run DIR`` for the rows of its architecture): bounds and
 training steps (bounds + gradient of the mean certified cross-entropy in the weights) of IBP and
 CROWN-IBP, CNN3's full CROWN bounds, and GLS on CNN3 at batch 32: a population's forward certified loss
 (PGPE's fitness; jaxcert: one jitted call of :func:`jaxcert.train.members.map_members` in its default
@@ -113,18 +114,28 @@ def arch_spec(arch: Any, in_shape: tuple[int, ...]) -> list[dict[str, Any]]:
     return spec
 
 
-def write_case(path: Path, arch_name: str, batch: int, seed: int = 0) -> Path:
-    """Weights (jaxcert layout), inputs, labels, ε and jaxcert's logits of one architecture, as ``.npz``."""
+def write_case(path: Path, arch_name: str, batch: int, seed: int = 0, run: Path | None = None) -> Path:
+    """Weights (jaxcert layout), inputs, labels, ε and jaxcert's logits of one architecture, as ``.npz``:
+    random-init weights on uniform inputs, or, when ``run`` is a trained run of this architecture, its
+    weights on its first ``batch`` test images and labels (where most ReLUs are stable, as in use)."""
     import jax
     import numpy as np
 
     from jaxcert.nets import forward, init_params
 
     arch, in_shape = architecture(arch_name)
-    params = init_params(arch, in_shape, seed=seed)
-    kx, ky = jax.random.split(jax.random.key(seed))
-    x = jax.random.uniform(kx, (batch, *in_shape))
-    y = jax.random.randint(ky, (batch,), 0, 10)
+    if run is not None:
+        from jaxcert.runs import load_run
+        from jaxcert.train.run_data import load_data
+
+        arch, params, config = load_run(run)
+        _, test = load_data(config)
+        x, y = jax.numpy.asarray(test.x[:batch]), jax.numpy.asarray(test.y[:batch])
+    else:
+        params = init_params(arch, in_shape, seed=seed)
+        kx, ky = jax.random.split(jax.random.key(seed))
+        x = jax.random.uniform(kx, (batch, *in_shape))
+        y = jax.random.randint(ky, (batch,), 0, 10)
     weights = {f"w:{i}.{k}": np.asarray(v) for i, p in enumerate(params) for k, v in p.items()}
     logits = np.asarray(jax.jit(lambda p, x: forward(arch, p, x))(params, x))
     spec = json.dumps(arch_spec(arch, in_shape))
@@ -259,7 +270,12 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"jaxcert vs reference ({result['reference'] or 'no reference: jaxcert side only'}); best of "
         f"{result['rounds']} alternating rounds, {result['threads']} threads each; load average "
-        f"{result['load_before']:.2f} before, {result['load_after']:.2f} after.",
+        f"{result['load_before']:.2f} before, {result['load_after']:.2f} after."
+        + (
+            f" Weights of the {result['run']} run's architecture: that run's, on its test images."
+            if result.get("run")
+            else " Random-init weights on uniform inputs."
+        ),
         "",
         "| row | work (batch × members) | jaxcert ex/s | reference ex/s | ratio | jaxcert peak GiB "
         "| reference peak GiB | load | note |",
@@ -288,6 +304,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tolerance", type=float, default=1e-6, help="max |Δ logits| of the converted weights")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds one side's process may take")
     p.add_argument("--quick", action="store_true", help="tiny net, jaxcert side only unless --reference")
+    p.add_argument(
+        "--run",
+        type=Path,
+        help="a trained run: the rows of its architecture use its weights and test "
+        "images instead of random-init weights on uniform inputs",
+    )
     p.add_argument("--out", type=Path, default=HERE / "results" / "bench_reference.json", help="JSON output")
     p.add_argument("--side", choices=("jaxcert",), help=argparse.SUPPRESS)  # internal: the jaxcert child
     p.add_argument("plan", nargs="*", help=argparse.SUPPRESS)  # internal: PLAN.json OUT.json of a child
@@ -305,6 +327,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if python is not None and not python.is_file():
         p.error(f"--reference {args.reference}: no {python} (build it with setup_reference.sh)")
     args.reference_python = python
+    if args.run is not None:
+        from jaxcert.runs import run_config
+
+        try:
+            args.run_arch = run_config(args.run).arch
+        except (FileNotFoundError, ValueError) as error:
+            p.error(f"--run {args.run}: {error}")
     return args
 
 
@@ -324,7 +353,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         batches: dict[str, int] = {}
         for row in args.selected:
             batches[row.arch] = max(batches.get(row.arch, 0), row.batch)
-        cases = {a: str(write_case(Path(tmp) / f"{a}.npz", a, b)) for a, b in batches.items()}
+        trained = lambda a: args.run if args.run is not None and args.run_arch == a else None
+        cases = {a: str(write_case(Path(tmp) / f"{a}.npz", a, b, run=trained(a))) for a, b in batches.items()}
         plan = {
             "threads": args.threads, "tolerance": args.tolerance,
             "rows": [{**dataclasses.asdict(r), "case": cases[r.arch], "repeats": args.repeats,
@@ -358,6 +388,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         entry["load"] = max(row_loads) if row_loads else None
         rows.append(entry)
     result = {
+        "run": str(args.run) if args.run else None,
         "reference": str(args.reference) if args.reference else None, "rounds": args.rounds, "threads": args.threads,
         "load_before": load_before, "load_after": os.getloadavg()[0], "loads": loads, "rows": rows, "notes": notes,
         "versions": {side: {k: v for k, v in r[0].items() if k != "rows"} for side, r in rounds.items() if r},
