@@ -5,13 +5,15 @@ Not part of jaxcert: it imports only numpy, torch and auto_LiRPA, and is started
 The weights follow /work/shared/reference/README.md: NHWC/HWIO/(in, out) become NCHW/OIHW/(out, in), the
 Dense after Flatten is permuted from HWC to CHW order, Normalize is a depthwise 1×1 convolution (weight
 1/std, bias −mean/std); the forward outputs are checked against jaxcert's (≤ 1e-5) before bounding.
-Writes ``lb`` (N, K-1, rows e_y − e_j for j ≠ y in increasing j) and ``seconds`` (bounding only).
+Writes ``lb`` (N, K-1, rows e_y − e_j for j ≠ y in increasing j), ``seconds`` (bounding only) and
+``peak_rss_gib`` (the process's peak resident memory).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import time
 
 import numpy as np
@@ -67,6 +69,7 @@ def main() -> None:
     p.add_argument("--eps", type=float, required=True)
     p.add_argument("--steps", type=int, required=True)
     p.add_argument("--lr", type=float, required=True)
+    p.add_argument("--lr-decay", type=float, default=0.98, help="auto_LiRPA's default, set explicitly")
     p.add_argument("--slice", type=int, required=True)
     args = p.parse_args()
     torch.set_num_threads(2)
@@ -82,7 +85,9 @@ def main() -> None:
         raise SystemExit(f"reference_alpha: converted forward differs from jaxcert's by {gap}")
     k = logits.shape[1]
     bounded = BoundedModule(model, xt[: args.slice], device="cpu")
-    bounded.set_bound_opts({"optimize_bound_args": {"iteration": args.steps, "lr_alpha": args.lr}})
+    bounded.set_bound_opts(
+        {"optimize_bound_args": {"iteration": args.steps, "lr_alpha": args.lr, "lr_decay": args.lr_decay}}
+    )
     out, seconds = [], 0.0
     for i in range(0, len(x), args.slice):
         xs, ys = xt[i : i + args.slice], y[i : i + args.slice]
@@ -94,7 +99,8 @@ def main() -> None:
         lb, _ = bounded.compute_bounds(x=(bx,), C=torch.tensor(C), method="CROWN-Optimized", bound_upper=False)
         seconds += time.perf_counter() - start
         out.append(lb.detach().numpy())
-    np.savez(args.out, lb=np.concatenate(out), seconds=seconds)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30
+    np.savez(args.out, lb=np.concatenate(out), seconds=seconds, peak_rss_gib=peak)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ are set from outside — configs (``TrainConfig.relaxation_options``), the comma
     bound_upper            bool                         false: lower bounds only (margins need no more)
     steps                  int >= 0                     alpha-CROWN's ascent steps
     lr                     > 0                          alpha-CROWN's learning rate
+    lr_decay               (0, 1]                       alpha-CROWN's learning rate × this after each step
     intermediate           crown | ibp                  alpha-CROWN / crown-lee pre-activation bounds
     optimize_intermediate  bool                         alpha-CROWN: optimise the intermediate slopes too
 
@@ -70,6 +71,7 @@ _RULES: dict[str, tuple[str, Callable[[Any], bool], str]] = {
     "bound_upper": ("true or false", lambda v: isinstance(v, bool), "bool"),
     "steps": ("an int >= 0", lambda v: _is_int(v) and v >= 0, "int"),
     "lr": ("a finite number > 0", lambda v: _is_real(v) and v > 0, "float"),
+    "lr_decay": ("a number in (0, 1]", lambda v: _is_real(v) and 0 < v <= 1, "float"),
     "intermediate": (f"one of {', '.join(INTERMEDIATE)}", _one_of(*INTERMEDIATE), "str"),
     "optimize_intermediate": ("true or false", lambda v: isinstance(v, bool), "bool"),
 }
@@ -93,6 +95,7 @@ class CrownOptions:
     bound_upper: bool | None = None
     steps: int | None = None
     lr: float | None = None
+    lr_decay: float | None = None
     intermediate: str | None = None
     optimize_intermediate: bool | None = None
 

@@ -35,6 +35,7 @@ BAD = {
     "bound_upper": ("no", "true or false"),
     "steps": (-1, "an int >= 0"),
     "lr": (float("inf"), "a finite number > 0"),
+    "lr_decay": (1.5, "a number in (0, 1]"),
     "intermediate": ("deepz", "one of crown, ibp"),
     "optimize_intermediate": (None, None),  # None is "not set": no error
 }

@@ -8,9 +8,10 @@ gives sound bounds, so the choice only affects tightness.
 **alpha-CROWN** ("alpha-crown"; Xu et al. 2021): one slope per (output row, neuron), so every row of
 the two-sided specification ``[C; -C]`` (lower bounds and negated upper bounds) is optimised on its
 own. Starting from the ``init`` rule (min-area), ``steps`` iterations of projected gradient ascent with
-Adam (learning rate ``lr``) maximise the sum of the row lower bounds,
+Adam (learning rate ``lr · lr_decay^t`` at step ``t``; ``lr_decay`` = 0.98 by default, auto_LiRPA's
+schedule) maximise the sum of the row lower bounds,
 
-    α ← Π_[0,1](α + Adam(∇_α Σ_rows lb_row(α))),
+    α ← Π_[0,1](α + Adam_{lr·lr_decay^t}(∇_α Σ_rows lb_row(α))),
 
 inside a ``lax.fori_loop`` (jittable, vmappable). For each row the best slopes seen are kept (the
 initial ones included, so the result is never looser than CROWN with the ``init`` rule). The loop
@@ -109,11 +110,13 @@ def frozen_bounds_fn(body: Arch, *fixed: Any) -> Callable[[Slopes], jax.Array]:
     return lambda slopes: bounds_with_slopes(body, body_params, slopes, *rest)
 
 
-def _check_steps(steps: Any, lr: Any) -> None:
+def _check_steps(steps: Any, lr: Any, lr_decay: Any = 1.0) -> None:
     if not isinstance(steps, int | np.integer) or isinstance(steps, bool) or steps < 0:
         raise ValueError(f"alpha-crown: steps must be a non-negative Python int, got {steps!r}")
     if not isinstance(lr, jax.core.Tracer) and not float(np.asarray(lr)) > 0:
         raise ValueError(f"alpha-crown: lr must be > 0, got {lr}")
+    if not isinstance(lr_decay, jax.core.Tracer) and not 0 < float(np.asarray(lr_decay)) <= 1:
+        raise ValueError(f"alpha-crown: lr_decay must be in (0, 1], got {lr_decay}")
 
 
 def alpha_crown_bounds(
@@ -125,6 +128,7 @@ def alpha_crown_bounds(
     *,
     steps: int = 20,
     lr: float | jax.Array = 0.1,
+    lr_decay: float | jax.Array = 0.98,
     intermediate: str = "crown",
     init: str = "adaptive",
     tau: float | jax.Array = 0.1,
@@ -142,14 +146,15 @@ def alpha_crown_bounds(
     """alpha-CROWN bounds ``(lb, ub)`` of ``C f(x)`` over ``[lower, upper]`` (see the module doc).
 
     ``bound_upper=False`` optimises and back-substitutes the lower rows only (the upper bound is the
-    interval one); ``unstable_budget``, ``patches`` and ``max_rows_bytes`` are the options of the
+    interval one); ``lr_decay`` multiplies the learning rate after every step (0.98, as auto_LiRPA's
+    alpha-CROWN; 1: constant); ``unstable_budget``, ``patches`` and ``max_rows_bytes`` are the options of the
     intermediate CROWN passes. ``optimize_intermediate=True`` also optimises the slopes used inside the
     intermediate passes (:mod:`jaxcert.bounds.alpha_intermediate`; needs ``intermediate="crown"``), with
     the options ``start_nodes`` (default "auto"), ``keep_best`` (default "row") and ``max_slope_bytes``
     (default :data:`jaxcert.bounds.alpha_intermediate.MAX_SLOPE_BYTES`).
     """
     reject_options(unknown, "alpha-crown")
-    _check_steps(steps, lr)
+    _check_steps(steps, lr, lr_decay)
     check_bound_upper(bound_upper)
     if not isinstance(optimize_intermediate, bool):
         raise ValueError(f"alpha-crown: optimize_intermediate must be True or False, got {optimize_intermediate!r}")
@@ -173,7 +178,7 @@ def alpha_crown_bounds(
         line_fn = make_line_fn(body, init, None, tau, gamma)
         return finish(
             joint_alpha_row_bounds(
-                body, body_params, bounds, lines, line_fn, A, a, lower, upper, steps=steps, lr=lr,
+                body, body_params, bounds, lines, line_fn, A, a, lower, upper, steps=steps, lr=lr, lr_decay=lr_decay,
                 unstable_budget=unstable_budget, patches=patches, max_rows_bytes=max_rows_bytes, **joint,
             )
         )  # fmt: skip
@@ -183,7 +188,9 @@ def alpha_crown_bounds(
         for i, ln in lines.items()
     }
     objective = frozen_bounds_fn(body, body_params, bounds, lines, A, a, lower, upper)
-    best = jax.lax.stop_gradient(projected_ascent(objective, jax.lax.stop_gradient(init_slopes), steps, lr))
+    best = jax.lax.stop_gradient(
+        projected_ascent(objective, jax.lax.stop_gradient(init_slopes), steps, lr, lr_decay=lr_decay)
+    )
     return finish(bounds_with_slopes(body, body_params, best, bounds, lines, A, a, lower, upper))
 
 

@@ -339,6 +339,7 @@ def joint_alpha_row_bounds(
     *,
     steps: int,
     lr: float | jax.Array,
+    lr_decay: float | jax.Array = 1.0,
     unstable_budget: int | None = None,
     patches: bool | str = "auto",
     max_rows_bytes: int = MAX_ROWS_BYTES,
@@ -371,7 +372,9 @@ def joint_alpha_row_bounds(
         kept = jax.lax.stop_gradient(bounds) if keep_best == "row" else ref
         return value, (_scores(slopes, value, rows, keep_best), kept)
 
-    best, kept_bounds, best_rows = jax.lax.stop_gradient(tracked_ascent(objective, start, frozen[1], steps, lr))
+    best, kept_bounds, best_rows = jax.lax.stop_gradient(
+        tracked_ascent(objective, start, frozen[1], steps, lr, lr_decay)
+    )
     bounds, _ = recompute_passes(arch, params, lower, upper, init_bounds, best["inter"], neurons, **options)
     if keep_best == "row":  # the tightest bounds seen, the gradient of the recomputed ones
         bounds = {

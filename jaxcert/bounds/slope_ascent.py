@@ -2,9 +2,10 @@
 
 For ``objective(slopes) -> (B, R)`` row lower bounds and slopes in ``[0, 1]``,
 
-    α ← Π_[0,1](α + Adam(∇_α Σ_rows objective(α))),
+    α ← Π_[0,1](α + Adam_{η_t}(∇_α Σ_rows objective(α))),      η_t = lr · lr_decay^t   (t = 0, 1, ...)
 
-inside a ``lax.fori_loop`` (jittable, vmappable). The returned slopes are, per *row* (each row's bound
+inside a ``lax.fori_loop`` (jittable, vmappable); ``lr_decay`` = 0.98 is auto_LiRPA's ``ExponentialLR``
+schedule, 1 a constant learning rate. The returned slopes are, per *row* (each row's bound
 depends only on its own slopes: leaves shaped (B, R, *neurons)), or with ``per_example`` per *example*
 (slopes shared by the rows of an example: leaves shaped (B, ...), scored by the sum of its row bounds),
 the best ones seen, the start included, so the result is never worse than ``init``.
@@ -25,14 +26,26 @@ import jax.numpy as jnp
 import optax
 
 
+def slope_optimizer(lr: float | jax.Array, lr_decay: float | jax.Array = 1.0) -> optax.GradientTransformation:
+    """Adam at the learning rate ``η_t = lr · lr_decay^t`` of its ``t``-th update (``lr``, ``lr_decay`` may
+    be traced)."""
+    return optax.adam(lambda count: lr * jnp.power(lr_decay, count))
+
+
 def projected_ascent(
-    objective: Callable[[Any], jax.Array], init: Any, steps: int, lr: float | jax.Array, *, per_example: bool = False
+    objective: Callable[[Any], jax.Array],
+    init: Any,
+    steps: int,
+    lr: float | jax.Array,
+    *,
+    per_example: bool = False,
+    lr_decay: float | jax.Array = 1.0,
 ) -> Any:
     """The best slopes of ``steps`` projected Adam steps from ``init`` (see the module doc)."""
     leaves = jax.tree_util.tree_leaves(init)
     if steps == 0 or not leaves:
         return init
-    optimizer = optax.adam(lr)
+    optimizer = slope_optimizer(lr, lr_decay)
     score = (lambda value: jnp.sum(value, axis=1)) if per_example else (lambda value: value)
 
     def keep_best(improved: jax.Array, new: Any, old: Any) -> Any:
@@ -62,6 +75,7 @@ def tracked_ascent(
     state: Any,
     steps: int,
     lr: float | jax.Array,
+    lr_decay: float | jax.Array = 1.0,
 ) -> tuple[Any, Any, jax.Array]:
     """``(best slopes, final state, best row values)`` of ``steps`` projected Adam steps from ``init``.
 
@@ -74,7 +88,7 @@ def tracked_ascent(
     best_value = jnp.full(value_shape.shape, -jnp.inf, value_shape.dtype)
     if steps == 0 or not jax.tree_util.tree_leaves(init):
         return init, state, best_value
-    optimizer = optax.adam(lr)
+    optimizer = slope_optimizer(lr, lr_decay)
     best_scores = jax.tree_util.tree_map(lambda s: jnp.full(s.shape, -jnp.inf, s.dtype), score_shapes)
 
     def keep(new: jax.Array, old: jax.Array, improved: jax.Array) -> jax.Array:
