@@ -137,3 +137,13 @@ def test_bad_unstable_rows_options_are_one_line_errors():
         crown_with_intermediate(arch, params, lo, hi, C, unstable_rows="some")
     with pytest.raises(ValueError, match=r"unstable_chunk must be None .* got 0"):
         crown_with_intermediate(arch, params, lo, hi, C, unstable_chunk=0)
+
+
+def test_auto_gives_pair_rows_to_large_layers_only():
+    """ "auto" keeps the whole-layer pass on small layers (mlp_14x14's 32 neurons: the pair bookkeeping costs
+    more than it saves) and takes pairs on conv-sized ones (CNN3's 1 568); True / False are obeyed."""
+    from jaxcert.bounds.crown import PAIR_ROWS_MIN_NEURONS, use_pair_rows
+
+    assert not use_pair_rows("auto", 32) and use_pair_rows("auto", 1568)
+    assert use_pair_rows("auto", PAIR_ROWS_MIN_NEURONS) and not use_pair_rows("auto", PAIR_ROWS_MIN_NEURONS - 1)
+    assert use_pair_rows(True, 1) and not use_pair_rows(False, 10**6)

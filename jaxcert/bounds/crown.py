@@ -16,7 +16,7 @@ CROWN (no intersection).
 
 Cost and the options that cut it (all exact unless said otherwise):
 
-    unstable_rows       (default "auto" = True) rows only for the unstable (example, neuron) pairs of the
+    unstable_rows       (default "auto": True on layers of >= 1024 neurons) rows only for the unstable pairs of the
                         batch, ``unstable_chunk`` pairs at a time, chunks past the last one skipped at run
                         time (:mod:`jaxcert.bounds.pair_rows`): the pass costs the unstable pairs, not
                         the layer (an IBP-trained CNN3: 5 % of its second layer); False: every neuron
@@ -250,7 +250,7 @@ def crown_intermediate(
         image = rule_for(spec, "interval", "crown_intermediate")
         if known is not None and i in known:
             lo, hi = jnp.maximum(lo, known[i][0]), jnp.minimum(hi, known[i][1])
-        if i not in plan.exact_nodes and unstable_budget is None and use_pair_rows(unstable_rows):
+        if i not in plan.exact_nodes and unstable_budget is None and use_pair_rows(unstable_rows, lo[0].size):
             windows = use_windows(arch[:i], lower.shape[1:], patches)
             pairs, z_lo, z_hi = unstable_pair_bounds(
                 arch, params, i, lines, lower, upper, (lo, hi), windows=windows, unstable_chunk=unstable_chunk,
@@ -277,9 +277,18 @@ def crown_intermediate(
     return bounds, lines, out
 
 
-def use_pair_rows(unstable_rows: bool | str) -> bool:
-    """Whether the intermediate passes give rows to the unstable pairs only (:mod:`.pair_rows`)."""
-    return unstable_rows is True or unstable_rows == "auto"
+#: "auto" gives rows to the unstable pairs only on layers of at least this many neurons per example. Below
+#: it the whole-layer pass is cheap and the pair bookkeeping (nonzero, chunked loop, scatter) costs more:
+#: mlp_14x14's 32-neuron layer, IBP-trained, batch 128: 10 ms whole-layer vs 16 ms pairs for the bounds,
+#: 15 vs 33 ms with the gradient; CNN3's 1 568-neuron layer: pairs 7-11x faster (RESULTS.md, issue 19).
+PAIR_ROWS_MIN_NEURONS = 1024
+
+
+def use_pair_rows(unstable_rows: bool | str, neurons: int) -> bool:
+    """Whether the intermediate pass of a layer of ``neurons`` neurons (per example) gives rows to the
+    unstable pairs only (:mod:`.pair_rows`): always for True, never for False, and for "auto" on layers
+    of at least :data:`PAIR_ROWS_MIN_NEURONS` neurons."""
+    return unstable_rows is True or (unstable_rows == "auto" and neurons >= PAIR_ROWS_MIN_NEURONS)
 
 
 def _take(t: jax.Array, neurons: jax.Array) -> jax.Array:
