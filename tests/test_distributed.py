@@ -189,10 +189,14 @@ def test_evaluation_split_over_two_processes_equals_one_process_certification(eq
 
 
 @pytest.mark.slow
-def test_certify_split_over_two_processes_writes_the_report_of_one_process(tiny_run, tmp_path):
+@pytest.mark.parametrize("bab", [False, True], ids=["cascade", "with-bab"])
+def test_certify_split_over_two_processes_writes_the_report_of_one_process(tiny_run, tmp_path, bab):
     # 4 attack batches of 16 and, for CROWN, chunks of 2 open examples: both processes get a share of each stage
+    # (branch and bound: one example at a time, round robin)
     options = ["--eps", "0.1", "--relaxations", "ibp,crown-ibp,crown", "--batch-size", "16", "--pgd-steps", "5",
                "--apgd-steps", "10", "--no-progress"]  # fmt: skip
+    if bab:
+        options += ["--bab", "--bab-timeout", "5", "--bab-batch", "8"]
     dirs = {k: tmp_path / k for k in ("one", "two")}
     for d in dirs.values():
         shutil.copytree(tiny_run[0], d)
@@ -214,8 +218,13 @@ def test_certify_split_over_two_processes_writes_the_report_of_one_process(tiny_
     assert split["examples"] == one["examples"]  # per example: state, deciding method, certified margin bound
     del one["summary"]["seconds"], split["summary"]["seconds"]
     assert split["summary"] == one["summary"] and split["settings"] == one["settings"]
-    # not vacuous: misclassified, attacked, certified by CROWN (8 chunks, 4 per process) and open examples
-    assert {"clean", "pgd", "crown", ""} <= {e["by"] for e in one["examples"]}
+    # not vacuous: misclassified, attacked, certified by CROWN (8 chunks, 4 per process) and open examples,
+    # which branch and bound then searched (on both processes' shares)
+    settled = {e["by"] for e in one["examples"]}
+    assert {"clean", "pgd", "crown"} <= settled and ("" in settled or bab)
+    if bab:
+        searched = [e for e in one["examples"] if e.get("bab_domains", 0) > 0]
+        assert len(searched) >= 2, "branch and bound searched at least one example per process"
     assert main_certify([str(dirs["one"]), "--coordinator", f"localhost:{port}"]) == 2  # needs --distributed
 
 

@@ -147,3 +147,30 @@ def test_auto_gives_pair_rows_to_large_layers_only():
     assert not use_pair_rows("auto", 32) and use_pair_rows("auto", 1568)
     assert use_pair_rows("auto", PAIR_ROWS_MIN_NEURONS) and not use_pair_rows("auto", PAIR_ROWS_MIN_NEURONS - 1)
     assert use_pair_rows(True, 1) and not use_pair_rows(False, 10**6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("unstable_rows", ["auto", True])
+def test_vmapped_value_and_gradient_over_members_runs_and_equals_a_loop(unstable_rows):
+    """``vmap`` of the pair pass's value-and-gradient crashed XLA:CPU (segmentation fault) on CNN3, whose
+    second layer (1 568 neurons) takes pairs: under ``vmap`` every pass is the whole-layer one."""
+    from jaxcert.bounds import margin_lower_bounds
+    from jaxcert.bounds.loss import certified_cross_entropy
+    from jaxcert.nets import get_architecture, init_params
+
+    arch = get_architecture("cnn3", dataset="fashion_mnist")
+    params = init_params(arch, (28, 28, 1), seed=0)
+    x, y = jax.random.uniform(jax.random.key(0), (4, 28, 28, 1)), jnp.arange(4)
+
+    def loss(p):
+        bounds = margin_lower_bounds(arch, p, x, y, 0.1, relaxation="crown", unstable_rows=unstable_rows)
+        return jnp.mean(certified_cross_entropy(bounds))
+
+    members = [params, jax.tree.map(lambda v: v * 1.01, params)]
+    stacked = jax.tree.map(lambda *v: jnp.stack(v), *members)
+    values, grads = jax.jit(jax.vmap(jax.value_and_grad(loss)))(stacked)
+    for m, member in enumerate(members):
+        value, grad = jax.jit(jax.value_and_grad(loss))(member)
+        np.testing.assert_allclose(values[m], value, rtol=1e-5)
+        for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(grad), strict=True):
+            np.testing.assert_allclose(got[m], want, rtol=1e-4, atol=1e-6)

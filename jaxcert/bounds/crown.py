@@ -234,7 +234,8 @@ def crown_intermediate(
     ``unstable_rows`` (without ``unstable_budget``): True gives rows to the unstable (example, neuron)
     pairs only, ``unstable_chunk`` pairs at a time, chunks past the unstable ones skipped
     (:mod:`jaxcert.bounds.pair_rows`); False gives every neuron of the layer its rows; both give the same
-    bounds. "auto": :func:`use_pair_rows`."""
+    bounds. "auto": :func:`use_pair_rows`. Under ``jax.vmap`` (GLS members) every pass is the whole-layer
+    one (:func:`under_vmap`)."""
     check_budget(unstable_budget)
     check_unstable_rows(unstable_rows, unstable_chunk)
     check_max_rows_bytes(max_rows_bytes)
@@ -242,6 +243,7 @@ def crown_intermediate(
     plan = plan_for(arch, lower.shape[1:])
     bounds: dict[int, Interval] = {}
     lines: dict[int, ReluLines] = {}
+    batched = under_vmap((params, lower, upper))
 
     def step(i: int, spec: LayerSpec, interval: Interval) -> Interval:  # the forward interval of node i + 1
         lo, hi = interval
@@ -250,7 +252,8 @@ def crown_intermediate(
         image = rule_for(spec, "interval", "crown_intermediate")
         if known is not None and i in known:
             lo, hi = jnp.maximum(lo, known[i][0]), jnp.minimum(hi, known[i][1])
-        if i not in plan.exact_nodes and unstable_budget is None and use_pair_rows(unstable_rows, lo[0].size):
+        pair_rows = use_pair_rows(unstable_rows, lo[0].size) and not batched
+        if i not in plan.exact_nodes and unstable_budget is None and pair_rows:
             windows = use_windows(arch[:i], lower.shape[1:], patches)
             pairs, z_lo, z_hi = unstable_pair_bounds(
                 arch, params, i, lines, lower, upper, (lo, hi), windows=windows, unstable_chunk=unstable_chunk,
@@ -282,6 +285,24 @@ def crown_intermediate(
 #: mlp_14x14's 32-neuron layer, IBP-trained, batch 128: 10 ms whole-layer vs 16 ms pairs for the bounds,
 #: 15 vs 33 ms with the gradient; CNN3's 1 568-neuron layer: pairs 7-11x faster (RESULTS.md, issue 19).
 PAIR_ROWS_MIN_NEURONS = 1024
+
+
+def under_vmap(tree: Any) -> bool:
+    """Whether any leaf of ``tree`` is traced by ``jax.vmap`` (a batching tracer anywhere in its chain of
+    tracers: under ``vmap(grad(...))`` a linearize tracer wraps it).
+
+    The intermediate passes then take the whole-layer pass (same bounds), whatever ``unstable_rows`` says:
+    under ``vmap`` the pair pass's skip is a select that runs every chunk (no gain), and ``vmap`` of its
+    value-and-gradient crashes XLA:CPU (a segmentation fault, CNN3, JAX 0.10; ``lax.map`` of it and
+    ``vmap`` of its value alone run)."""
+    from jax._src.interpreters.batching import BatchTracer
+
+    for leaf in jax.tree.leaves(tree):
+        while isinstance(leaf, jax.core.Tracer):
+            if isinstance(leaf, BatchTracer):
+                return True
+            leaf = getattr(leaf, "primal", getattr(leaf, "val", None))
+    return False
 
 
 def use_pair_rows(unstable_rows: bool | str, neurons: int) -> bool:
