@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxcert.bounds.conv_transpose import conv_transpose
+from jaxcert.bounds.ibp import interval_step
 from jaxcert.bounds.layer_rules import rule_for
 from jaxcert.bounds.relu_rules import backward_relu  # noqa: F401 (moved there; still importable here)
 from jaxcert.bounds.relu_slopes import ReluLines
@@ -125,8 +126,7 @@ def box_image(prefix: Arch, params: LayerParams, lower: jax.Array, upper: jax.Ar
     for spec, p in zip(prefix, params, strict=True):
         if not spec.onto_boxes:
             raise ValueError(f"box_image: {spec} does not map boxes onto boxes")
-        centre, radius = spec.apply(p, (upper + lower) / 2), spec.abs_linear(p, (upper - lower) / 2)
-        lower, upper = centre - radius, centre + radius
+        lower, upper = interval_step(spec, p, lower, upper, "box_image")
     return lower, upper
 
 
