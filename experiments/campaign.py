@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -43,7 +42,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS_DIR, markdown_table
+from common import RESULTS_DIR, markdown_table, paired_mean_se
 
 from jaxcert.certify import certify_dataset
 from jaxcert.provenance import provenance
@@ -178,11 +177,9 @@ def paired(rows: list[dict[str, Any]], a: str, b: str, eps: float, metric: str =
     seeds = sorted(s for arm, s in by if arm == a and (b, s) in by)
     if not seeds:
         return None
-    d = np.array([by[(a, s)] - by[(b, s)] for s in seeds])
-    se = float(d.std(ddof=1) / math.sqrt(d.size)) if d.size > 1 else float("nan")
-    mean = float(d.mean())
-    if d.size < 3:
-        verdict = f"not enough seeds ({d.size})"
+    mean, se = paired_mean_se([by[(a, s)] - by[(b, s)] for s in seeds])
+    if len(seeds) < 3:
+        verdict = f"not enough seeds ({len(seeds)})"
     else:
         verdict = f"{a} > {b}" if mean > 2 * se else f"{b} > {a}" if mean < -2 * se else "no difference shown"
     return {"a": a, "b": b, "eps": eps, "arch": arch, "epochs": epochs, "seeds": seeds, "diff": mean, "se": se,

@@ -245,6 +245,14 @@ def pm(row: dict[str, Any], key: str, percent: bool = False, digits: int = 3) ->
     return f"{100 * m:.1f} ± {100 * s:.1f}" if percent else f"{m:.{digits}g} ± {s:.2g}"
 
 
+def paired_mean_se(differences: Sequence[float]) -> tuple[float, float]:
+    """Mean d̄ and standard error s_d / √n of per-seed paired differences d_s = a_s − b_s (sample std,
+    ddof = 1; one difference gives se = nan)."""
+    d = np.asarray(differences, float)
+    se = float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else float("nan")
+    return float(d.mean()), se
+
+
 def compare(a: Sequence[float], b: Sequence[float], *, z: float = 2.0) -> dict[str, Any]:
     """Is mean(a) > mean(b)? ``diff`` = mean(a) − mean(b), ``se`` = sqrt(s_a²/n_a + s_b²/n_b) (sample
     variances; one run each gives se = nan) and the verdict: "reproduced" if diff > z·se, "not reproduced"

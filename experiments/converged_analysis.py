@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -40,6 +39,8 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import paired_mean_se
 
 HERE = Path(__file__).resolve().parent
 METRICS = ("tightness", "rel_jump_coarse", "rel_jump_fine", "sens_1e-3", "sens_1e-2", "grad_norm",
@@ -127,13 +128,12 @@ def paired_against(results: list[dict[str, Any]], base: str = "ibp") -> list[dic
                 continue
             seeds = sorted(s for a, s in by if a == arm and (base, s) in by)
             for metric in METRICS:
-                d = np.array([by[(arm, s)][metric] - by[(base, s)][metric] for s in seeds
-                              if metric in by[(arm, s)] and metric in by[(base, s)]])  # fmt: skip
-                if d.size:
-                    se = float(d.std(ddof=1) / math.sqrt(d.size)) if d.size > 1 else float("nan")
+                d = [by[(arm, s)][metric] - by[(base, s)][metric] for s in seeds
+                     if metric in by[(arm, s)] and metric in by[(base, s)]]  # fmt: skip
+                if d:
+                    mean, se = paired_mean_se(d)
                     out.append({"eps": setting[0], "epochs": setting[1], "loss": setting[2], "arm": arm,
-                                "base": base, "metric": metric, "seeds": d.size, "diff": float(d.mean()),
-                                "se": se})  # fmt: skip
+                                "base": base, "metric": metric, "seeds": len(d), "diff": mean, "se": se})  # fmt: skip
     return out
 
 
