@@ -83,10 +83,23 @@ TUNING: dict[str, list[dict[str, Any]]] = {
     **{m: [{"method_alpha": a, "lr": lr} for a in alphas for lr in (1e-3, 2e-3)]
        for m, alphas in (("mtl-ibp", (0.01, 0.1)), ("cc-ibp", (0.1, 0.3)), ("exp-ibp", (0.1, 0.5)))},
 }  # fmt: skip
+#: The grids of the runs that start from another arm's converged weights (``--warm-from``): the same number
+#: of candidates per family, with the gradient step sizes a decade lower (a fine-tune from a converged net,
+#: whose own schedule ended at 1 % of its lr); PGPE's ClipUp step is a norm in weight space, kept.
+WARM_TUNING: dict[str, list[dict[str, Any]]] = {
+    **TUNING,
+    "certified": [{"lr": lr} for lr in (1e-4, 2e-4, 4e-4, 8e-4)],
+    "rgs": [{"sigma_rel": s, "lr": lr} for s in (0.01, 0.05) for lr in (1e-4, 3e-4)],
+}  # fmt: skip
 #: The seed of the tuning runs: not one of the verdicts' seeds (0, 1, ...), so selection does not favour them.
 TUNE_SEED = 1000
 #: Short names of tuned fields in run ids.
 SHORT = {"lr": "lr", "sigma_rel": "sr", "sabr_lambda": "lam", "method_alpha": "a"}
+
+
+def grid(arm: str, warm: str | None = None) -> list[dict[str, Any]]:
+    """The tuning candidates of ``arm``: its family's grid, or the fine-tuning grid when it starts warm."""
+    return (WARM_TUNING if warm else TUNING)[family(arm)]
 
 
 def family(arm: str) -> str:
@@ -120,19 +133,20 @@ def run_id(arm: str, eps: float, epochs: float, seed: int, *, arch: str = "cnn3"
 
 def arm_config(arm: str, eps: float, epochs: float, seed: int, setting: dict[str, Any], runs: Path, *,
                arch: str = "cnn3", overrides: dict[str, Any] | None = None, warm: str | None = None,
-               warm_epochs: float = 20.0, val_relaxations: tuple[str, ...] = ()) -> TrainConfig:  # fmt: skip
+               warm_epochs: float = 20.0, warm_overrides: dict[str, Any] | None = None,
+               val_relaxations: tuple[str, ...] = ()) -> TrainConfig:  # fmt: skip
     """The run of ``arm`` at training and test radius ``eps``: ``epochs`` passes over the training images
     left after the validation split, validated 10 times (and at the end), checkpointed as often.
 
     ``overrides``: tuned fields over the arm's defaults. ``warm``: start from the final weights of the run of
-    arm ``warm`` (same seed, ε and architecture, ``warm_epochs`` epochs, untuned), at the final ε from the
-    first step (no warm-up, no ramp)."""
+    arm ``warm`` (same seed, ε and architecture, ``warm_epochs`` epochs, its tuned fields ``warm_overrides``
+    if it was tuned), at the final ε from the first step (no warm-up, no ramp)."""
     images = (setting["train_limit"] or TRAIN_IMAGES) - setting["val_size"]
     steps = max(10, round(epochs * images / setting["batch_size"]))
     every = max(1, steps // 10)
     fields: dict[str, Any] = {"lr": 1e-3, "warmup_frac": 0.05, "ramp_frac": 0.4, **ARMS[arm], **(overrides or {})}
     if warm:
-        start = runs / run_id(warm, eps, warm_epochs, seed, arch=arch)
+        start = runs / run_id(warm, eps, warm_epochs, seed, arch=arch, overrides=warm_overrides)
         fields.update(init_from=str(start), warmup_frac=0.0, ramp_frac=0.0)
     out = runs / run_id(arm, eps, epochs, seed, arch=arch, overrides=overrides, warm=warm)
     return TrainConfig(
@@ -328,13 +342,23 @@ def tuned_choice(tuning: list[dict[str, Any]], arm: str, arch: str, eps: float, 
     """The candidate of ``arm`` with the best final validation certified accuracy (the first on ties), once
     every candidate of its family's grid has been scored; ``None`` before. Runs of candidates no longer in
     the grid (an earlier grid) are not counted, so every arm is chosen from the same number of candidates."""
-    order = {json.dumps(c, sort_keys=True): i for i, c in enumerate(TUNING[family(arm)])}
+    order = {json.dumps(c, sort_keys=True): i for i, c in enumerate(grid(arm, warm))}
     scored = [t for t in tuning if (t["arm"], t["arch"], t["eps"], t["epochs"], t.get("warm")) ==
               (arm, arch, eps, epochs, warm) and json.dumps(t["overrides"], sort_keys=True) in order]  # fmt: skip
     if len(scored) < len(order):
         return None
     scored.sort(key=lambda t: order[json.dumps(t["overrides"], sort_keys=True)])
     return max(scored, key=lambda t: t.get("val_cert_acc_final", -1.0))["overrides"]
+
+
+def _check_start(config: TrainConfig, out: Path) -> None:
+    """Exit with one line, before any set-up work, when a warm start's run has not finished (no row of it in
+    ``out``'s ``rows.json`` or ``tuning.json``): its latest checkpoint would not be its final weights."""
+    if not config.init_from:
+        return
+    finished = {r["run"] for name in ("rows.json", "tuning.json") for r in _load(out / name)}
+    if Path(config.init_from).name not in finished:
+        raise SystemExit(f"campaign: the warm start {config.init_from} has not finished; run its arm first")
 
 
 def save_row(rows_path: Path, row: dict[str, Any]) -> list[dict[str, Any]]:
@@ -402,15 +426,24 @@ def main(argv: list[str] | None = None) -> str:
     options: dict[str, Any] = {"arch": args.arch, "warm": args.warm_from, "warm_epochs": args.warm_epochs,
                                "val_relaxations": args.val_relaxations}  # fmt: skip
     progress = not args.no_progress
+
+    def warm_choice(eps: float) -> dict[str, Any] | None:
+        """The tuned fields of the ``--warm-from`` arm (its runs are the tuned ones, where it was tuned)."""
+        if args.warm_from is None:
+            return None
+        return tuned_choice(_load(tuning_path), args.warm_from, args.arch, eps, args.warm_epochs, None)
+
     if args.tune:
         for eps in args.eps:
             for arm in args.arms:
-                for candidate in TUNING[family(arm)]:
-                    name = arm_config(arm, eps, args.epochs, TUNE_SEED, setting, args.runs, overrides=candidate,
-                                      **options).out  # fmt: skip
-                    if Path(name).name in {t["run"] for t in _load(tuning_path)}:
+                for candidate in grid(arm, args.warm_from):
+                    opts = {**options, "warm_overrides": warm_choice(eps)}
+                    config = arm_config(arm, eps, args.epochs, TUNE_SEED, setting, args.runs, overrides=candidate,
+                                        **opts)  # fmt: skip
+                    if Path(config.out).name in {t["run"] for t in _load(tuning_path)}:
                         continue
-                    t = tune_one(arm, eps, args.epochs, setting, args.runs, progress, candidate, **options)
+                    _check_start(config, args.out)
+                    t = tune_one(arm, eps, args.epochs, setting, args.runs, progress, candidate, **opts)
                     save_row(tuning_path, t)
                     print(f"{t['run']}: final val cert {100 * t.get('val_cert_acc_final', 0):.2f}%", flush=True)
         tuning = _load(tuning_path)
@@ -430,8 +463,11 @@ def main(argv: list[str] | None = None) -> str:
                     continue
                 if chosen is None:
                     print(f"{arm}: not tuned (no complete --tune rows): its default settings", flush=True)
+                opts = {**options, "warm_overrides": warm_choice(eps)}
+                config = arm_config(arm, eps, args.epochs, seed, setting, args.runs, overrides=chosen, **opts)
+                _check_start(config, args.out)
                 began = time.time()
-                row = run_one(arm, eps, args.epochs, seed, setting, args.runs, progress, overrides=chosen, **options)
+                row = run_one(arm, eps, args.epochs, seed, setting, args.runs, progress, overrides=chosen, **opts)
                 row["wall_seconds"] = time.time() - began
                 rows = save_row(rows_path, row)
                 text = report(rows, args.out)

@@ -104,6 +104,30 @@ def test_every_arm_family_gets_the_same_tuning_effort():
     assert campaign.family("mtl-ibp") == "mtl-ibp"
 
 
+def test_warm_starts_get_the_same_effort_from_their_own_grid_and_start_from_the_tuned_warm_run(tmp_path):
+    assert {f: len(c) for f, c in campaign.WARM_TUNING.items()} == {f: len(c) for f, c in campaign.TUNING.items()}
+    assert max(c["lr"] for c in campaign.grid("deeppoly", "ibp")) < min(c["lr"] for c in campaign.grid("deeppoly"))
+    setting = campaign.SETTINGS["quick"]
+    config = campaign.arm_config("deeppoly", 0.1, 2, 3, setting, tmp_path, arch="mlp_14x14", warm="ibp",
+                                 warm_overrides={"lr": 0.004}, overrides={"lr": 2e-4})  # fmt: skip
+    assert Path(config.init_from).name == "mlp_14x14-ibp-eps0.1-e20-s3-lr0.004"
+    assert Path(config.out).name == "mlp_14x14-deeppoly@ibp-eps0.1-e2-s3-lr0.0002"
+    assert config.warmup_frac == 0.0 and config.ramp_frac == 0.0
+    with pytest.raises(SystemExit, match="has not finished"):  # the warm run has no row yet: one line, no training
+        campaign._check_start(config, tmp_path)
+    (tmp_path / "tuning.json").write_text(json.dumps([{"run": "mlp_14x14-ibp-eps0.1-e20-s3-lr0.004"}]))
+    campaign._check_start(config, tmp_path)
+
+
+def test_a_warm_campaign_before_its_warm_runs_exits_with_one_line_before_any_training(tmp_path):
+    argv = ["--quick", "--arms", "deeppoly", "--warm-from", "ibp", "--seeds", "1", "--no-progress",
+            "--out", str(tmp_path / "out"), "--runs", str(tmp_path / "runs")]  # fmt: skip
+    for extra in ([], ["--tune"]):
+        with pytest.raises(SystemExit, match=r"warm start .*ibp-eps0\.1-e20-s.* has not finished"):
+            campaign.main([*argv, *extra])
+    assert not (tmp_path / "runs").exists()
+
+
 def test_the_tuned_choice_is_the_best_final_validation_score_once_every_candidate_ran():
     def t(lr: float, score: float, arm: str = "ibp") -> dict:
         return {"arm": arm, "arch": "cnn3", "eps": 0.1, "epochs": 20, "warm": None, "overrides": {"lr": lr},
