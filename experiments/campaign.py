@@ -13,7 +13,8 @@ Arms (``--arms``): ``ibp`` (IBP certified loss), ``crown-ibp`` (CROWN-IBP with �
 CROWN-IBP bound alone), ``deeppoly`` (full CROWN/DeepPoly), ``crown-ibp-fused`` (CROWN-IBP, loss fusion), the
 smoothed arms ``rgs-<loss>`` and ``pgpe-<loss>``, and the state-of-the-art objectives ``sabr``, ``taps``,
 ``staps``, ``mtl-ibp``, ``cc-ibp``, ``exp-ibp`` (8 PGD steps inside the loss; the TAPS split at the library's
-default). Without ``--tune`` every arm runs at its defaults; with it, λ / α / σ and the lr are chosen from the
+default), and ``pgd`` (adversarial training, 8 steps: the control of robust vs certified accuracy, tuned for
+validation PGD accuracy and compared seed by seed on certified, clean and PGD accuracy). Without ``--tune`` every arm runs at its defaults; with it, λ / α / σ and the lr are chosen from the
 grids of :data:`TUNING`.
 
 Verdicts compare arms seed by seed (every arm of a seed shares its initialisation and data order): the
@@ -68,7 +69,14 @@ ARMS: dict[str, dict[str, Any]] = {
                      **f} for r, f in RELAXATION_FIELDS.items()},
     # the state-of-the-art objectives (jaxcert.train.methods) at the library's defaults unless tuned
     **{m: {"method": m, "attack_steps": 8} for m in ("sabr", "taps", "staps", "mtl-ibp", "cc-ibp", "exp-ibp")},
+    # the control of the robust-vs-certified finding: PGD adversarial training (8 steps, the same ε ramp)
+    "pgd": {"method": "pgd", "attack_steps": 8},
 }  # fmt: skip
+#: What an arm is tuned for, on the validation split: certified accuracy, except PGD training (PGD accuracy).
+SCORE = {"pgd": "val_pgd_acc"}
+#: The metrics compared seed by seed: certified accuracy for every arm; for PGD training also clean and PGD
+#: accuracy (De Bartolomeis et al.: adversarial training wins on standard and empirical robust error).
+PAIRED_METRICS = {"pgd": ("cert_acc", "clean_acc", "pgd_acc")}
 #: Equal tuning effort: every arm family gets the same number (4) of candidates, each trained at the full
 #: budget on the tuning seed and scored by its final validation certified accuracy.
 TUNING: dict[str, list[dict[str, Any]]] = {
@@ -170,6 +178,12 @@ def plateau(records: list[dict[str, Any]], key: str = "val_cert_acc", tol: float
             "val_cert_acc_gain": last_third[-1] - last_third[0], "val_curve": curve}  # fmt: skip
 
 
+def score(records: list[dict[str, Any]], key: str) -> float | None:
+    """The last validation value of ``key`` (a tuning candidate's score), ``None`` when never measured."""
+    values = [r[key] for r in records if key in r]
+    return values[-1] if values else None
+
+
 def label(row: dict[str, Any]) -> str:
     """The arm of a row as reported: ``arm[@warm]`` plus its tuned fields, e.g. ``rgs-deeppoly (lr=0.003, sr=0.05)``."""
     text = row["arm"] + (f"@{row['warm']}" if row.get("warm") else "")
@@ -196,8 +210,8 @@ def paired(rows: list[dict[str, Any]], a: str, b: str, eps: float, metric: str =
         verdict = f"not enough seeds ({len(seeds)})"
     else:
         verdict = f"{a} > {b}" if mean > 2 * se else f"{b} > {a}" if mean < -2 * se else "no difference shown"
-    return {"a": a, "b": b, "eps": eps, "arch": arch, "epochs": epochs, "seeds": seeds, "diff": mean, "se": se,
-            "verdict": verdict}  # fmt: skip
+    return {"a": a, "b": b, "metric": metric, "eps": eps, "arch": arch, "epochs": epochs, "seeds": seeds,
+            "diff": mean, "se": se, "verdict": verdict}  # fmt: skip
 
 
 def comparisons(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -216,8 +230,9 @@ def comparisons(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if gradient and gradient != base:
                 pairs.append((x, gradient))
         for a, b in pairs:
-            if (c := paired(rows, a, b, eps, arch=arch, epochs=epochs)) is not None:
-                found.append(c)
+            for metric in PAIRED_METRICS.get(arms[a], ("cert_acc",)):
+                if (c := paired(rows, a, b, eps, metric, arch=arch, epochs=epochs)) is not None:
+                    found.append(c)
     return found
 
 
@@ -245,10 +260,11 @@ def report(rows: list[dict[str, Any]], out: Path) -> str:
              f"{' → '.join(CASCADE)} after PGD and APGD-CE.", "", markdown_table(summary, columns), ""]  # fmt: skip
     verdicts = comparisons(rows)
     if verdicts:
-        lines += ["| paired per seed | net | ε | epochs | seeds | Δ cert % (mean ± s.e.) | verdict |",
-                  "|---|---|---|---|---|---|---|"]  # fmt: skip
-        lines += [f"| {c['a']} − {c['b']} | {c['arch']} | {c['eps']:g} | {c['epochs']:g} | {len(c['seeds'])} | "
-                  f"{100 * c['diff']:+.2f} ± {100 * c['se']:.2f} | {c['verdict']} |" for c in verdicts]  # fmt: skip
+        lines += ["| paired per seed | metric | net | ε | epochs | seeds | Δ % (mean ± s.e.) | verdict |",
+                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [f"| {c['a']} − {c['b']} | {c['metric']} | {c['arch']} | {c['eps']:g} | {c['epochs']:g} | "
+                  f"{len(c['seeds'])} | {100 * c['diff']:+.2f} ± {100 * c['se']:.2f} | {c['verdict']} |"
+                  for c in verdicts]  # fmt: skip
     lines += ["", "Per run:", "", markdown_table(rows, [("run", "run"), *columns[5:]])]
     text = "\n".join(lines) + "\n"
     out.mkdir(parents=True, exist_ok=True)
@@ -279,7 +295,8 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation certified accuracy %")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize="small")
+    if colours:
+        ax.legend(loc="lower right", fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -334,7 +351,7 @@ def tune_one(arm: str, eps: float, epochs: float, setting: dict[str, Any], runs:
     records, train_seconds = _train(config, progress)
     return {"run": Path(config.out).name, "arm": arm, "arch": config.arch, "warm": options.get("warm"),
             "eps": eps, "epochs": epochs, "overrides": candidate, "train_seconds": train_seconds,
-            **plateau(records)}  # fmt: skip
+            **plateau(records), "score_final": score(records, SCORE.get(arm, "val_cert_acc"))}  # fmt: skip
 
 
 def tuned_choice(tuning: list[dict[str, Any]], arm: str, arch: str, eps: float, epochs: float,
@@ -348,7 +365,13 @@ def tuned_choice(tuning: list[dict[str, Any]], arm: str, arch: str, eps: float, 
     if len(scored) < len(order):
         return None
     scored.sort(key=lambda t: order[json.dumps(t["overrides"], sort_keys=True)])
-    return max(scored, key=lambda t: t.get("val_cert_acc_final", -1.0))["overrides"]
+    return max(scored, key=lambda t: _score(t))["overrides"]
+
+
+def _score(t: dict[str, Any]) -> float:
+    """A tuning row's score: ``score_final`` (rows since the PGD arm), else its final validation cert. acc."""
+    value = t.get("score_final", t.get("val_cert_acc_final"))
+    return -1.0 if value is None else value
 
 
 def _check_start(config: TrainConfig, out: Path) -> None:

@@ -128,6 +128,36 @@ def test_a_warm_campaign_before_its_warm_runs_exits_with_one_line_before_any_tra
     assert not (tmp_path / "runs").exists()
 
 
+def test_pgd_training_is_tuned_for_validation_pgd_accuracy_and_compared_on_clean_and_pgd_accuracy_too(tmp_path):
+    records = [
+        {"step": 1, "val_cert_acc": 0.1, "val_pgd_acc": 0.5},
+        {"step": 2, "val_cert_acc": 0.2, "val_pgd_acc": 0.4},
+    ]
+    assert campaign.score(records, campaign.SCORE["pgd"]) == 0.4 and campaign.score(records, "missing") is None
+
+    def t(lr: float, cert: float, pgd: float) -> dict:
+        return {"arm": "pgd", "arch": "cnn3", "eps": 0.1, "epochs": 20, "warm": None, "overrides": {"lr": lr},
+                "val_cert_acc_final": cert, "score_final": pgd}  # fmt: skip
+
+    lrs = [c["lr"] for c in campaign.grid("pgd")]
+    tuning = [t(lrs[0], 0.9, 0.1), t(lrs[1], 0.1, 0.9), t(lrs[2], 0.5, 0.5), t(lrs[3], 0.5, 0.5)]
+    assert campaign.tuned_choice(tuning, "pgd", "cnn3", 0.1, 20, None) == {"lr": lrs[1]}  # by PGD, not cert.
+
+    def row(arm: str, seed: int, cert: float, clean: float, pgd: float) -> dict:
+        return {"arm": arm, "seed": seed, "eps": 0.1, "epochs": 20, "arch": "cnn3", "cert_acc": cert,
+                "clean_acc": clean, "pgd_acc": pgd}  # fmt: skip
+
+    rows = [row("ibp", s, 0.6, 0.7, 0.62) for s in range(3)]
+    rows += [row("pgd", s, 0.1 + 0.01 * s, 0.8 + 0.01 * s, 0.7) for s in range(3)]
+    found = {c["metric"]: c for c in campaign.comparisons(rows)}
+    assert set(found) == {"cert_acc", "clean_acc", "pgd_acc"}
+    assert found["clean_acc"]["diff"] == pytest.approx(0.11) and found["clean_acc"]["verdict"] == "pgd > ibp"
+    assert found["cert_acc"]["verdict"] == "ibp > pgd"
+    assert "| pgd − ibp | clean_acc | cnn3 | 0.1 | 20 | 3 | +11.00 ± 0.58 | pgd > ibp |" in campaign.report(
+        rows, tmp_path
+    )
+
+
 def test_the_tuned_choice_is_the_best_final_validation_score_once_every_candidate_ran():
     def t(lr: float, score: float, arm: str = "ibp") -> dict:
         return {"arm": arm, "arch": "cnn3", "eps": 0.1, "epochs": 20, "warm": None, "overrides": {"lr": lr},
