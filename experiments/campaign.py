@@ -14,8 +14,9 @@ CROWN-IBP bound alone), ``deeppoly`` (full CROWN/DeepPoly), ``crown-ibp-fused`` 
 smoothed arms ``rgs-<loss>`` and ``pgpe-<loss>``, and the state-of-the-art objectives ``sabr``, ``taps``,
 ``staps``, ``mtl-ibp``, ``cc-ibp``, ``exp-ibp`` (8 PGD steps inside the loss; the TAPS split at the library's
 default), and ``pgd`` (adversarial training, 8 steps: the control of robust vs certified accuracy, tuned for
-validation PGD accuracy and compared seed by seed on certified, clean and PGD accuracy). Without ``--tune`` every arm runs at its defaults; with it, λ / α / σ and the lr are chosen from the
-grids of :data:`TUNING`.
+validation PGD accuracy and compared seed by seed on certified, clean and PGD accuracy). Without ``--tune``
+every arm runs at its defaults; with it, λ / α / σ and the lr are chosen from the grids of :data:`TUNING`
+(:data:`WARM_TUNING` for runs that start from another arm's weights, ``--warm-from``).
 
 Verdicts compare arms seed by seed (every arm of a seed shares its initialisation and data order): the
 mean ± standard error of the per-seed differences, "A > B" when the mean exceeds 2 s.e.
