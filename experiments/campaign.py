@@ -245,7 +245,7 @@ def report(rows: list[dict[str, Any]], out: Path) -> str:
     summary = []
     for (arch, arm, eps, epochs), runs in groups.items():
         row: dict[str, Any] = {"arch": arch, "arm": arm, "eps": eps, "epochs": epochs, "seeds": len(runs)}
-        for m in (*METRICS, "val_cert_acc_best", "plateau_epoch", "val_cert_acc_gain", "train_seconds"):
+        for m in (*METRICS, "val_cert_acc_best", "plateau_epoch", "val_cert_acc_gain", "train_seconds", "n_over_d"):
             values = [r[m] for r in runs if r.get(m) is not None]
             if values:
                 row[m] = float(np.mean(values))
@@ -255,7 +255,8 @@ def report(rows: list[dict[str, Any]], out: Path) -> str:
                ("clean_acc", "clean %"), ("pgd_acc", "PGD %"), ("cert_acc/ibp", "cert IBP %"),
                ("cert_acc", "cert (cascade) %"),
                ("val_cert_acc_best", "best val cert %"), ("plateau_epoch", "plateau epoch"),
-               ("val_cert_acc_gain", "val cert gain, last third"), ("train_seconds", "train s")]  # fmt: skip
+               ("val_cert_acc_gain", "val cert gain, last third"), ("train_seconds", "train s"),
+               ("n_over_d", "PGPE N/d")]  # fmt: skip
     lines = ["# Campaign: arms at converged budgets (Fashion-MNIST)", "",
              "Means over seeds (± sample std in campaign.json); test split used once, certified by "
              f"{' → '.join(CASCADE)} after PGD and APGD-CE.", "", markdown_table(summary, columns), ""]  # fmt: skip
@@ -320,8 +321,19 @@ def run_one(arm: str, eps: float, epochs: float, seed: int, setting: dict[str, A
         "run": Path(config.out).name, "arm": arm, "arch": config.arch, "warm": options.get("warm"),
         "overrides": options.get("overrides") or {}, "eps": eps, "epochs": epochs, "seed": seed,
         "steps": config.steps, "test_examples": cert.n, **cert.accuracies(), "certify_seconds": cert.seconds,
-        "train_seconds": train_seconds, **plateau(records),
+        "train_seconds": train_seconds, **plateau(records), **search_size(config, params),
     }  # fmt: skip
+
+
+def search_size(config: TrainConfig, params: Any) -> dict[str, Any]:
+    """``n_params`` = d, the trainable weights; for PGPE also its population N and N/d (the search gradient's
+    cosine with the true gradient is about √(N/d))."""
+    import jax
+
+    d = int(sum(x.size for x in jax.tree_util.tree_leaves(params)))
+    if config.method != "pgpe":
+        return {"n_params": d}
+    return {"n_params": d, "population": config.population, "n_over_d": config.population / d}
 
 
 def _train(config: TrainConfig, progress: bool) -> tuple[list[dict[str, Any]], float]:

@@ -158,6 +158,15 @@ def test_pgd_training_is_tuned_for_validation_pgd_accuracy_and_compared_on_clean
     )
 
 
+def test_pgpe_rows_report_the_population_against_the_number_of_weights(tmp_path):
+    params = [{"w": np.zeros((196, 32)), "b": np.zeros(32)}, {"w": np.zeros((32, 10)), "b": np.zeros(10)}]
+    setting = campaign.SETTINGS["quick"]
+    pgpe = campaign.arm_config("pgpe-deeppoly", 0.1, 1, 0, setting, tmp_path, arch="mlp_14x14")
+    d = 196 * 32 + 32 + 32 * 10 + 10
+    assert campaign.search_size(pgpe, params) == {"n_params": d, "population": 32, "n_over_d": 32 / d}
+    assert campaign.search_size(campaign.arm_config("ibp", 0.1, 1, 0, setting, tmp_path), params) == {"n_params": d}
+
+
 def test_the_tuned_choice_is_the_best_final_validation_score_once_every_candidate_ran():
     def t(lr: float, score: float, arm: str = "ibp") -> dict:
         return {"arm": arm, "arch": "cnn3", "eps": 0.1, "epochs": 20, "warm": None, "overrides": {"lr": lr},
