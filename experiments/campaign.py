@@ -76,8 +76,9 @@ ARMS: dict[str, dict[str, Any]] = {
 #: What an arm is tuned for, on the validation split: certified accuracy, except PGD training (PGD accuracy).
 SCORE = {"pgd": "val_pgd_acc"}
 #: The metrics compared seed by seed: certified accuracy for every arm; for PGD training also clean and PGD
-#: accuracy (De Bartolomeis et al.: adversarial training wins on standard and empirical robust error).
-PAIRED_METRICS = {"pgd": ("cert_acc", "clean_acc", "pgd_acc")}
+#: accuracy and robust accuracy (no attack of the certifier succeeds; De Bartolomeis et al.: adversarial
+#: training wins on standard and empirical robust error).
+PAIRED_METRICS = {"pgd": ("cert_acc", "clean_acc", "pgd_acc", "robust_acc")}
 #: Equal tuning effort: every arm family gets the same number (4) of candidates, each trained at the full
 #: budget on the tuning seed and scored by its final validation certified accuracy.
 TUNING: dict[str, list[dict[str, Any]]] = {
@@ -201,8 +202,8 @@ def paired(rows: list[dict[str, Any]], a: str, b: str, eps: float, metric: str =
            arch: str = "cnn3", epochs: float | None = None) -> dict[str, Any] | None:  # fmt: skip
     """Mean ± standard error of ``metric(a) − metric(b)`` over the seeds both arms (labels, see :func:`label`)
     finished at ``eps`` on ``arch`` (and ``epochs``, if given)."""
-    by = {(label(r), r["seed"]): r[metric] for r in rows
-          if r["eps"] == eps and r.get("arch", "cnn3") == arch and epochs in (None, r.get("epochs"))}  # fmt: skip
+    by = {(label(r), r["seed"]): r[metric] for r in rows if metric in r
+          and r["eps"] == eps and r.get("arch", "cnn3") == arch and epochs in (None, r.get("epochs"))}  # fmt: skip
     seeds = sorted(s for arm, s in by if arm == a and (b, s) in by)
     if not seeds:
         return None

@@ -150,7 +150,7 @@ def test_pgd_training_is_tuned_for_validation_pgd_accuracy_and_compared_on_clean
     rows = [row("ibp", s, 0.6, 0.7, 0.62) for s in range(3)]
     rows += [row("pgd", s, 0.1 + 0.01 * s, 0.8 + 0.01 * s, 0.7) for s in range(3)]
     found = {c["metric"]: c for c in campaign.comparisons(rows)}
-    assert set(found) == {"cert_acc", "clean_acc", "pgd_acc"}
+    assert set(found) == {"cert_acc", "clean_acc", "pgd_acc"}  # robust_acc: not in these rows
     assert found["clean_acc"]["diff"] == pytest.approx(0.11) and found["clean_acc"]["verdict"] == "pgd > ibp"
     assert found["cert_acc"]["verdict"] == "ibp > pgd"
     assert "| pgd − ibp | clean_acc | cnn3 | 0.1 | 20 | 3 | +11.00 ± 0.58 | pgd > ibp |" in campaign.report(
