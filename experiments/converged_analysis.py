@@ -58,6 +58,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--arch", default="mlp_14x14", help="the campaign's architecture whose runs are analysed")
     p.add_argument("--losses", default="ibp,crown-ibp,deeppoly", help=f"comma list of {sorted(LOSSES)}")
+    arms_help = "comma list of the campaign arms whose nets are analysed (from scratch; warm starts: arm@warm)"
+    p.add_argument("--arms", default="ibp,crown-ibp,deeppoly", help=arms_help)
     p.add_argument("--batch", type=int, default=128, help="validation images per loss evaluation")
     p.add_argument("--campaign", type=Path, default=HERE / "results" / "campaign", help="the campaign's --out")
     p.add_argument("--runs", type=Path, default=Path("runs/campaign"), help="the campaign's run folders")
@@ -72,6 +74,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     if args.batch < 1:
         p.error(f"--batch must be >= 1, got {args.batch}")
     args.losses, args.out = losses, args.out or args.campaign
+    args.arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     return args
 
 
@@ -171,10 +174,16 @@ def markdown(arch: str, rows: list[dict[str, Any]], pairs: list[dict[str, Any]])
     return "\n".join(lines) + "\n"
 
 
+def selected(rows: list[dict[str, Any]], arch: str, arms: list[str]) -> list[dict[str, Any]]:
+    """The campaign rows of ``arch`` whose arm (``arm@warm`` for a warm start) is one of ``arms``."""
+    arm = lambda r: r["arm"] + (f"@{r['warm']}" if r.get("warm") else "")
+    return [r for r in rows if r.get("arch", "cnn3") == arch and arm(r) in arms]
+
+
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = parse(argv)
     setting = SETTINGS["quick" if args.quick else "default"]
-    rows = [r for r in json.loads((args.campaign / "rows.json").read_text()) if r.get("arch", "cnn3") == args.arch]
+    rows = selected(json.loads((args.campaign / "rows.json").read_text()), args.arch, args.arms)
     path = args.out / "analysis.json"
     results = json.loads(path.read_text()) if path.is_file() else []
     from tqdm import tqdm

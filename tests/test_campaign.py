@@ -218,6 +218,16 @@ def test_the_quick_tuning_stage_scores_every_candidate_on_validation_and_the_see
     assert row["overrides"] == chosen and row["run"] == campaign.run_id("ibp", 0.1, 0.5, 0, overrides=chosen)
 
 
+def test_converged_analysis_takes_the_nets_of_the_chosen_arms_and_tells_warm_starts_apart():
+    import converged_analysis
+
+    mlp = {"arch": "mlp_14x14"}
+    rows = [{"run": "a", "arm": "ibp", **mlp}, {"run": "b", "arm": "pgd", **mlp},
+            {"run": "c", "arm": "deeppoly", "warm": "ibp", **mlp}, {"run": "d", "arm": "ibp"}]  # fmt: skip
+    pick = lambda arms: [r["run"] for r in converged_analysis.selected(rows, "mlp_14x14", arms)]
+    assert pick(["ibp", "deeppoly"]) == ["a"] and pick(["deeppoly@ibp", "pgd"]) == ["b", "c"]
+
+
 @pytest.mark.slow
 def test_converged_analysis_measures_every_loss_at_every_net_and_resumes(tmp_path):
     """Two quick campaign nets (IBP- and DeepPoly-trained), each measured under both losses on validation
