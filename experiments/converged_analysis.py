@@ -107,8 +107,8 @@ def analyse_run(row: dict[str, Any], runs: Path, losses: list[str], batch: int, 
     for loss in todo:
         start = time.perf_counter()
         measured = loss_analysis(arch, params, x, y, LOSSES[loss], row["eps"], setting, row["seed"])
-        out.append({"run": row["run"], "arm": row["arm"], "label": label(row), "seed": row["seed"],
-                    "eps": row["eps"], "epochs": row["epochs"], "loss": loss, **measured,
+        out.append({"run": row["run"], "arm": row["arm"], "warm": row.get("warm"), "label": label(row),
+                    "seed": row["seed"], "eps": row["eps"], "epochs": row["epochs"], "loss": loss, **measured,
                     "seconds": time.perf_counter() - start})  # fmt: skip
     return out
 
@@ -120,23 +120,25 @@ def label(row: dict[str, Any]) -> str:
 
 
 def paired_against(results: list[dict[str, Any]], base: str = "ibp") -> list[dict[str, Any]]:
-    """Per (setting, loss, metric, arm ≠ base): mean ± s.e. of the per-seed differences arm − base."""
+    """Per (setting, loss, metric, arm ≠ base): mean ± s.e. of the per-seed differences arm − base; ``base``
+    is an arm name, matched to its label in the setting (a tuned arm's label carries its fields: ``ibp (lr=…)``)."""
     key = lambda r: (r["eps"], r["epochs"], r["loss"])
     out = []
     for setting in dict.fromkeys(key(r) for r in results):
         rows = [r for r in results if key(r) == setting]
         by = {(r["label"], r["seed"]): r for r in rows}
+        ref = next((r["label"] for r in rows if r["arm"] == base and not r.get("warm")), None)
         for arm in dict.fromkeys(r["label"] for r in rows):
-            if arm == base:
+            if ref is None or arm == ref:
                 continue
-            seeds = sorted(s for a, s in by if a == arm and (base, s) in by)
+            seeds = sorted(s for a, s in by if a == arm and (ref, s) in by)
             for metric in METRICS:
-                d = [by[(arm, s)][metric] - by[(base, s)][metric] for s in seeds
-                     if metric in by[(arm, s)] and metric in by[(base, s)]]  # fmt: skip
+                d = [by[(arm, s)][metric] - by[(ref, s)][metric] for s in seeds
+                     if metric in by[(arm, s)] and metric in by[(ref, s)]]  # fmt: skip
                 if d:
                     mean, se = paired_mean_se(d)
                     out.append({"eps": setting[0], "epochs": setting[1], "loss": setting[2], "arm": arm,
-                                "base": base, "metric": metric, "seeds": len(d), "diff": mean, "se": se})  # fmt: skip
+                                "base": ref, "metric": metric, "seeds": len(d), "diff": mean, "se": se})  # fmt: skip
     return out
 
 

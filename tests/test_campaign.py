@@ -228,6 +228,33 @@ def test_converged_analysis_takes_the_nets_of_the_chosen_arms_and_tells_warm_sta
     assert pick(["ibp", "deeppoly"]) == ["a"] and pick(["deeppoly@ibp", "pgd"]) == ["b", "c"]
 
 
+def test_converged_analysis_pairs_each_net_with_the_tuned_ibp_net_of_its_seed_under_the_same_loss():
+    import converged_analysis
+
+    def r(arm: str, label: str, seed: int, loss: str, jump: float, warm: str | None = None) -> dict:
+        return {"arm": arm, "warm": warm, "label": label, "seed": seed, "eps": 0.1, "epochs": 20, "loss": loss,
+                "rel_jump_fine": jump}  # fmt: skip
+
+    results = [r("ibp", "ibp@ibp (lr=0.0008)", s, "ibp", 9.0, warm="ibp") for s in range(3)]  # never the base
+    results += [r("ibp", "ibp (lr=0.004)", s, loss, 1.0 + s) for s in range(3) for loss in ("ibp", "deeppoly")]
+    results += [
+        r("deeppoly", "deeppoly (lr=0.001)", s, loss, 3.0 + 2 * s) for s in range(3) for loss in ("ibp", "deeppoly")
+    ]
+    found = {
+        (p["arm"], p["loss"]): p for p in converged_analysis.paired_against(results) if p["metric"] == "rel_jump_fine"
+    }
+    assert set(found) == {
+        ("deeppoly (lr=0.001)", "ibp"),
+        ("deeppoly (lr=0.001)", "deeppoly"),
+        ("ibp@ibp (lr=0.0008)", "ibp"),
+    }
+    assert found[("deeppoly (lr=0.001)", "deeppoly")]["diff"] == pytest.approx(3.0)  # (3−1, 5−2, 7−3)
+    assert (
+        found[("deeppoly (lr=0.001)", "ibp")]["base"] == "ibp (lr=0.004)"
+        and found[("ibp@ibp (lr=0.0008)", "ibp")]["seeds"] == 3
+    )
+
+
 @pytest.mark.slow
 def test_converged_analysis_measures_every_loss_at_every_net_and_resumes(tmp_path):
     """Two quick campaign nets (IBP- and DeepPoly-trained), each measured under both losses on validation
