@@ -25,6 +25,11 @@ column alone, ratio "–").
     python experiments/bench_reference.py --reference /work/refvenv    # every row (≈ 10 minutes, 2 cores)
     python experiments/bench_reference.py --reference /work/refvenv --rows cnn3-ibp-bounds,gls-ibp
     python experiments/bench_reference.py --quick                      # seconds: jaxcert side, tiny net
+
+``--baseline DIR`` times a second jaxcert checkout too (e.g. ``git worktree add DIR <old commit>``), its own
+``experiments/bench_reference.py --side jaxcert`` with ``PYTHONPATH=DIR``, in the same alternating rounds
+(baseline, jaxcert, reference): a column of its ex/s and the ratio jaxcert / baseline, before/after
+measured side by side on a loaded machine.
 """
 
 from __future__ import annotations
@@ -226,25 +231,29 @@ def jaxcert_side(plan: dict[str, Any]) -> dict[str, Any]:
     return {"jax": jax.__version__, "backend": jax.default_backend(), "rows": results}
 
 
-def pinned_env(threads: int) -> dict[str, str]:
+def pinned_env(threads: int, root: Path = HERE.parent) -> dict[str, str]:
     """Environment of a child process: ``threads`` threads for every BLAS / OpenMP pool, and the CPUs it
     pins itself to (:data:`CPUS_VARIABLE`; set by the child before its runtime starts, since a
-    ``preexec_fn`` in this process, whose JAX runtime has threads, could deadlock the fork)."""
+    ``preexec_fn`` in this process, whose JAX runtime has threads, could deadlock the fork); the jaxcert
+    checkout ``root`` comes first on its ``PYTHONPATH``."""
     env = dict(os.environ)
     env[CPUS_VARIABLE] = ",".join(map(str, sorted(os.sched_getaffinity(0))[:threads]))
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[var] = str(threads)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE.parent), env.get("PYTHONPATH", "")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH", "")]))
     return env
 
 
-def run_child(command: list[str], threads: int, timeout: float) -> tuple[dict[str, Any] | None, str]:
-    """Run one side's process pinned to the first ``threads`` CPUs; ``(its JSON, "")`` or ``(None, why)``."""
+def run_child(
+    command: list[str], threads: int, timeout: float, root: Path = HERE.parent
+) -> tuple[dict[str, Any] | None, str]:
+    """Run one side's process pinned to the first ``threads`` CPUs (``root``: the jaxcert checkout it imports);
+    ``(its JSON, "")`` or ``(None, why)``."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out.json"
         try:
             done = subprocess.run(
-                [*command, str(out)], env=pinned_env(threads), capture_output=True, text=True, timeout=timeout
+                [*command, str(out)], env=pinned_env(threads, root), capture_output=True, text=True, timeout=timeout
             )  # fmt: skip
         except subprocess.TimeoutExpired:
             return None, f"timed out after {timeout:.0f} s"
@@ -267,6 +276,7 @@ def best(rounds: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
 def markdown(result: dict[str, Any]) -> str:
     """The side-by-side table."""
     fmt = lambda v, spec: "–" if v is None else format(v, spec)
+    baseline = result.get("baseline")
     lines = [
         f"jaxcert vs reference ({result['reference'] or 'no reference: jaxcert side only'}); best of "
         f"{result['rounds']} alternating rounds, {result['threads']} threads each; load average "
@@ -275,11 +285,12 @@ def markdown(result: dict[str, Any]) -> str:
             f" Weights of the {result['run']} run's architecture: that run's, on its test images."
             if result.get("run")
             else " Random-init weights on uniform inputs."
-        ),
+        )
+        + (f" Baseline: the jaxcert checkout {baseline}." if baseline else ""),
         "",
         "| row | work (batch × members) | jaxcert ex/s | reference ex/s | ratio | jaxcert peak GiB "
-        "| reference peak GiB | load | note |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| reference peak GiB | load | note |" + (" baseline ex/s | jaxcert / baseline |" if baseline else ""),
+        "|---|---|---|---|---|---|---|---|---|" + ("---|---|" if baseline else ""),
     ]
     for r in result["rows"]:
         j, ref = r.get("jaxcert") or {}, r.get("reference") or {}
@@ -289,6 +300,8 @@ def markdown(result: dict[str, Any]) -> str:
             fmt(j.get("throughput"), ".1f"), fmt(ref.get("throughput"), ".1f"), fmt(r.get("ratio"), ".2f"),
             fmt(j.get("peak_gib"), ".2f"), fmt(ref.get("peak_gib"), ".2f"), fmt(r.get("load"), ".2f"), note,
         ]  # fmt: skip
+        if baseline:
+            cells += [fmt((r.get("baseline") or {}).get("throughput"), ".1f"), fmt(r.get("vs_baseline"), ".2f")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -296,6 +309,7 @@ def markdown(result: dict[str, Any]) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--reference", type=Path, help="virtual environment with auto_LiRPA (setup_reference.sh)")
+    p.add_argument("--baseline", type=Path, help="another jaxcert checkout to time side by side (see the doc)")
     p.add_argument("--rows", help=f"comma-separated row names (default: all of {', '.join(r.name for r in ROWS)})")
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds (best counts; default 2)")
     p.add_argument("--repeats", type=int, default=2, help="timed calls per row and round (default 2)")
@@ -327,6 +341,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if python is not None and not python.is_file():
         p.error(f"--reference {args.reference}: no {python} (build it with setup_reference.sh)")
     args.reference_python = python
+    if args.baseline is not None and not (args.baseline / "experiments" / "bench_reference.py").is_file():
+        p.error(f"--baseline {args.baseline}: no experiments/bench_reference.py there (a jaxcert checkout?)")
     if args.run is not None:
         from jaxcert.runs import run_config
 
@@ -362,7 +378,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         }  # fmt: skip
         plan_path = Path(tmp) / "plan.json"
         plan_path.write_text(json.dumps(plan))
-        sides = {"jaxcert": [sys.executable, str(Path(__file__).resolve()), "--side", "jaxcert", str(plan_path)]}
+        child = lambda script: [sys.executable, str(script), "--side", "jaxcert", str(plan_path)]
+        sides, roots = {"jaxcert": child(Path(__file__).resolve())}, {"jaxcert": HERE.parent}
+        if args.baseline is not None:
+            sides = {"baseline": child(args.baseline.resolve() / "experiments" / "bench_reference.py"), **sides}
+            roots["baseline"] = args.baseline.resolve()
         if args.reference_python:
             sides["reference"] = [str(args.reference_python), str(REFERENCE_SCRIPT), str(plan_path)]
         rounds: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
@@ -371,7 +391,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for side, command in sides.items():
                 loads.append(os.getloadavg()[0])
                 print(f"round {number + 1}/{args.rounds}: {side} ...", file=sys.stderr, flush=True)
-                out, why = run_child(command, args.threads, args.timeout)
+                out, why = run_child(command, args.threads, args.timeout, roots.get(side, HERE.parent))
                 if out is None:
                     notes.append(f"round {number + 1}, {side}: {why}")
                 else:
@@ -384,12 +404,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         j, ref = entry.get("jaxcert") or {}, entry.get("reference") or {}
         if "throughput" in j and "throughput" in ref:
             entry["ratio"] = j["throughput"] / ref["throughput"]
+        base = entry.get("baseline") or {}
+        if "throughput" in j and "throughput" in base:
+            entry["vs_baseline"] = j["throughput"] / base["throughput"]
         row_loads = [d["load"] for d in (j, ref) if "load" in d]
         entry["load"] = max(row_loads) if row_loads else None
         rows.append(entry)
     result = {
         "run": str(args.run) if args.run else None,
         "reference": str(args.reference) if args.reference else None, "rounds": args.rounds, "threads": args.threads,
+        "baseline": str(args.baseline) if args.baseline else None,
         "load_before": load_before, "load_after": os.getloadavg()[0], "loads": loads, "rows": rows, "notes": notes,
         "versions": {side: {k: v for k, v in r[0].items() if k != "rows"} for side, r in rounds.items() if r},
         "provenance": provenance(),

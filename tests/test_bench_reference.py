@@ -37,6 +37,19 @@ def test_quick_run_without_a_reference_times_the_jaxcert_side_only(tmp_path):
     assert "no reference: jaxcert side only" in table and "| tiny-gls-crown-ibp |" in table
 
 
+@pytest.mark.slow
+def test_a_baseline_checkout_runs_side_by_side_with_its_own_code(tmp_path):
+    out = tmp_path / "ref.json"
+    root = EXPERIMENTS.parent  # this checkout as its own baseline: both columns, a ratio near 1
+    args = ["--quick", "--rows", "tiny-ibp-bounds", "--rounds", "1", "--repeats", "1", "--baseline", str(root)]
+    load("bench_reference").main([*args, "--out", str(out)])
+    saved = json.loads(out.read_text())
+    (row,) = saved["rows"]
+    assert saved["baseline"] == str(root) and row["baseline"]["throughput"] > 0 and row["jaxcert"]["throughput"] > 0
+    assert row["vs_baseline"] == pytest.approx(row["jaxcert"]["throughput"] / row["baseline"]["throughput"])
+    assert "jaxcert / baseline" in out.with_suffix(".md").read_text()
+
+
 def test_rows_and_flags_are_checked_before_any_work(tmp_path):
     bench = load("bench_reference")
     with pytest.raises(SystemExit):
@@ -45,6 +58,8 @@ def test_rows_and_flags_are_checked_before_any_work(tmp_path):
         bench.main(["--reference", str(tmp_path / "no-venv")])
     with pytest.raises(SystemExit):
         bench.main(["--rounds", "0"])
+    with pytest.raises(SystemExit):  # not a jaxcert checkout
+        bench.main(["--baseline", str(tmp_path)])
     names = [r.name for r in bench.ROWS]
     assert len(names) == len(set(names)) == 14  # the table of issue 19 plus the GLS rows
 

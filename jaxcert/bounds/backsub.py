@@ -39,6 +39,7 @@ from jaxcert.bounds.ibp import interval_step
 from jaxcert.bounds.layer_rules import rule_for
 from jaxcert.bounds.relu_rules import backward_relu  # noqa: F401 (moved there; still importable here)
 from jaxcert.bounds.relu_slopes import ReluLines
+from jaxcert.bounds.row_sums import rows_dot_each, sum_rows
 from jaxcert.nets.graph import plan_for
 from jaxcert.nets.layers import Arch, Conv, LayerSpec, Params
 from jaxcert.nets.network import LayerParams
@@ -48,11 +49,6 @@ def reject_options(unknown: Mapping[str, Any], relaxation: str) -> None:
     """Raise ``ValueError`` naming options that ``relaxation`` does not take."""
     if unknown:
         raise ValueError(f"{relaxation}: unknown option(s) {', '.join(sorted(unknown))}")
-
-
-def _sum_trailing(x: jax.Array) -> jax.Array:
-    """Sum over every axis after (batch, row)."""
-    return jnp.sum(x, axis=tuple(range(2, x.ndim)))
 
 
 def transpose_linear(spec: LayerSpec, p: Params, A: jax.Array, in_shape: tuple[int, ...]) -> jax.Array:
@@ -70,15 +66,14 @@ def backward_affine(
     spec: LayerSpec, p: Params, A: jax.Array, const: jax.Array, in_shape: tuple[int, ...]
 ) -> tuple[jax.Array, jax.Array]:
     """``(Lᵀ A, a + ⟨A, o⟩)`` through the affine layer ``h = L(h_prev) + o``."""
-    offset = jnp.asarray(spec.offset(p), A.dtype)
-    const = const + _sum_trailing(A * offset)
+    const = const + sum_rows(A * jnp.asarray(spec.offset(p), A.dtype))
     return transpose_linear(spec, p, A, in_shape), const
 
 
 def concretize(A: jax.Array, const: jax.Array, lower: jax.Array, upper: jax.Array) -> jax.Array:
     """``min_{x ∈ [lower, upper]} ⟨A, x⟩ + a = ⟨A, c⟩ - ⟨|A|, r⟩ + a``, shape (B, R)."""
     centre, radius = (upper + lower) / 2, (upper - lower) / 2
-    return const + _sum_trailing(A * centre[:, None] - jnp.abs(A) * radius[:, None])
+    return const + rows_dot_each(A, centre) - rows_dot_each(jnp.abs(A), radius)
 
 
 def backsubstitute(

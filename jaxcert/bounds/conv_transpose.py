@@ -8,7 +8,9 @@ Back-substitution carries rows ``A`` back through a convolution ``y = conv(x, W)
 so its vector-Jacobian product with a cotangent ``G`` (shaped like the convolution's input) is
 
     ∂A = conv(G, W)                       (a plain forward convolution),
-    ∂W = ∂/∂W ⟨conv(G, W), A⟩             (a plain convolution's kernel gradient).
+    ∂W = ∂/∂W ⟨conv(G, W), A⟩             (a plain convolution's kernel gradient; on CPU with ≥ 8
+                                           input channels one product per kernel tap instead,
+                                           :mod:`jaxcert.bounds.conv_kernel_taps`).
 
 Differentiating ``jax.linear_transpose`` instead gives a kernel gradient with both input and kernel
 dilation, which XLA:CPU runs ~20× slower than the plain kernel gradient of the same size (CNN3's second
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import jax
 
+from jaxcert.bounds.conv_kernel_taps import kernel_gradient_by_taps, taps_pay_on_cpu
 from jaxcert.bounds.conv_phases import phase_transpose, phases_pay_on_cpu
 from jaxcert.nets.layers import Conv
 
@@ -49,8 +52,12 @@ def conv_transpose(conv: Conv, kernel: jax.Array, rows: jax.Array, in_shape: tup
     def transpose_bwd(residual: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array, jax.Array]:
         k, a = residual
         d_rows, kernel_vjp = jax.vjp(lambda k_: forward(k_, g), k)
-        (d_kernel,) = kernel_vjp(a)
-        return d_kernel, d_rows
+        if not taps_pay_on_cpu(k.shape[2]):
+            (d_kernel,) = kernel_vjp(a)
+            return d_kernel, d_rows
+        taps = lambda g_, a_: kernel_gradient_by_taps(g_, a_, k.shape, conv.stride, conv.padding)
+        by_xla = lambda g_, a_: kernel_vjp(a_)[0]
+        return jax.lax.platform_dependent(g, a, cpu=taps, default=by_xla), d_rows
 
     transpose.defvjp(transpose_fwd, transpose_bwd)
     dtype = jax.numpy.result_type(kernel, rows)  # one dtype for XLA's convolution (float64 rows under x64)

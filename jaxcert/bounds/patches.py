@@ -44,6 +44,7 @@ import jax.numpy as jnp
 from jaxcert.bounds.conv_transpose import conv_transpose
 from jaxcert.bounds.layer_rules import has_rule, rule_for
 from jaxcert.bounds.relu_slopes import ReluLines
+from jaxcert.bounds.row_sums import sum_window
 from jaxcert.nets.layers import Arch, BatchNorm, Conv, LayerSpec, Normalize
 from jaxcert.nets.network import LayerParams, shapes
 
@@ -146,10 +147,6 @@ def transpose_conv_window(conv: Conv, p: dict[str, jax.Array], A: jax.Array) -> 
     return back.reshape(*lead, *in_shape)
 
 
-def _sum_window(x: jax.Array) -> jax.Array:
-    return jnp.sum(x, axis=(-3, -2, -1))
-
-
 def carry_windows(
     arch: Arch,
     params: LayerParams,
@@ -175,13 +172,13 @@ def carry_windows(
             local = [gather(f) for f in lines[i]] if local_lines is None else local_lines(i, gather)
             A, const = backward(A, const, *local)
         elif isinstance(spec, Conv):
-            const = const + _sum_window(A * p["bias"])
+            const = const + sum_window(A * p["bias"])
             A = transpose_conv_window(spec, p, A)
             window = window.through_conv(spec)
             height, width, _ = layer_shapes[i]
             A = A * window_mask(h, w, window, height, width).astype(A.dtype)
         elif isinstance(spec, Normalize | BatchNorm):
-            const = const + _sum_window(A * jnp.asarray(spec.offset(p), A.dtype))
+            const = const + sum_window(A * jnp.asarray(spec.offset(p), A.dtype))
             A = spec.linear(p, A)
         else:
             raise ValueError(f"cannot carry a window back through {spec}; use the dense back-substitution")
@@ -201,7 +198,7 @@ def concretize_windows(
     """``min over the box = ⟨A, c_win⟩ - ⟨|A|, r_win⟩ + a`` of window rows on the input, shape (B, P, Rp)."""
     centre = gather_windows((upper + lower) / 2, h, w, window, examples)
     radius = gather_windows((upper - lower) / 2, h, w, window, examples)
-    return const + _sum_window(A * centre - jnp.abs(A) * radius)
+    return const + sum_window(A * centre - jnp.abs(A) * radius)
 
 
 def backsubstitute_windows(

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 
 from jaxcert.bounds import zonotope as zono
 from jaxcert.bounds.relu_slopes import ReluLines
+from jaxcert.bounds.row_sums import rows_dot_each, sum_window
 
 Interval = tuple[jax.Array, jax.Array]
 
@@ -30,11 +31,6 @@ Interval = tuple[jax.Array, jax.Array]
 def relu_interval(lower: jax.Array, upper: jax.Array) -> Interval:
     """``[relu(l), relu(u)]``: ReLU is monotone, so the interval maps end to end."""
     return jax.nn.relu(lower), jax.nn.relu(upper)
-
-
-def _sum_trailing(x: jax.Array) -> jax.Array:
-    """Sum over every axis after (batch, row)."""
-    return jnp.sum(x, axis=tuple(range(2, x.ndim)))
 
 
 def _rows(x: jax.Array, A: jax.Array) -> jax.Array:
@@ -48,9 +44,9 @@ def backward_relu(A: jax.Array, const: jax.Array, lines: ReluLines) -> tuple[jax
     ``lines.lower_slope`` is (B, *shape) (one slope per neuron) or (B, R, *shape) (one per row).
     """
     alpha = _rows(lines.lower_slope, A)
-    slope, intercept = _rows(lines.upper_slope, A), _rows(lines.upper_intercept, A)
+    slope = _rows(lines.upper_slope, A)
     negative = A < 0
-    const = const + _sum_trailing(jnp.where(negative, A * intercept, 0.0))
+    const = const + rows_dot_each(jnp.where(negative, A, 0.0), lines.upper_intercept)
     return A * jnp.where(negative, slope, alpha), const
 
 
@@ -60,7 +56,7 @@ def backward_relu_window(
     """:func:`backward_relu` on window rows ``A`` (…, K, K, C), the relaxation ``(α, s, t)`` gathered on
     each row's window, summed over the window only."""
     negative = A < 0
-    const = const + jnp.sum(jnp.where(negative, A * intercept, 0.0), axis=(-3, -2, -1))
+    const = const + sum_window(jnp.where(negative, A * intercept, 0.0))
     return A * jnp.where(negative, slope, alpha), const
 
 
