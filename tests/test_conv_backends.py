@@ -178,12 +178,14 @@ def test_conv2d_gradients_equal_xla_whichever_implementation_cpu_chooses(
 
 
 def test_the_cpu_rule_takes_im2col_in_chunks_for_many_channels_or_large_images_and_keeps_xla_elsewhere():
-    """CNN7's layers → im2col-scan-gt (its 3-channel 32×32 layer too), CNN3 → XLA; GPU/TPU → XLA; each
+    """CNN7's layers → im2col-scan-gt (its 3-channel 32×32 layer too), and the 16-channel layers of CNN3 and
+    CNN5; CNN3's 1-channel first layer → XLA; GPU/TPU → XLA; each
     chunk the largest divisor of the batch within both the rows and the bytes budget."""
     cnn7 = [((128, 32, 32, 64), (3, 3, 64, 64), 1, 1), ((128, 32, 32, 64), (3, 3, 64, 128), 2, 1),
             ((128, 16, 16, 128), (3, 3, 128, 128), 1, 1), ((16, 14, 14, 128), (3, 3, 128, 128), 1, 1),
             ((128, 32, 32, 3), (3, 3, 3, 64), 1, 1), ((128, 28, 28, 1), (3, 3, 1, 64), 1, 1),
-            ((4096, 32, 32, 64), (3, 3, 64, 64), 1, 1)]  # fmt: skip
+            ((4096, 32, 32, 64), (3, 3, 64, 64), 1, 1), ((128, 14, 14, 16), (4, 4, 16, 32), 2, 1),
+            ((128, 28, 28, 16), (4, 4, 16, 16), 2, 1)]  # fmt: skip
     for shapes in cnn7:
         assert kernel_term_choice("cpu", *shapes) == "im2col-scan-gt"
         batch, (kh, kw, cin, _) = shapes[0][0], shapes[1]
@@ -198,7 +200,7 @@ def test_the_cpu_rule_takes_im2col_in_chunks_for_many_channels_or_large_images_a
     assert im2col_batch_chunk((128, 28, 28, 64), (3, 3, 64, 64), 1, 1) == 2  # 1568 rows × 576: 3.4 MiB
     assert im2col_batch_chunk(*cnn7[0]) == 1  # 32×32: one example's 1024 rows × 576 already 2.25 MiB
     assert kernel_term_choice("cpu", (128, 28, 28, 1), (5, 5, 1, 16), 2, 2) == "xla"
-    assert kernel_term_choice("cpu", (128, 14, 14, 16), (4, 4, 16, 32), 2, 1) == "xla"
+    assert kernel_term_choice("cpu", (128, 14, 14, 8), (4, 4, 8, 32), 2, 1) == "xla"
     for platform in ("cuda", "rocm", "tpu"):
         assert all(kernel_term_choice(platform, *shapes) == "xla" for shapes in cnn7)
 

@@ -25,8 +25,9 @@ KERNEL_TERMS = ("xla", "slices", "im2col", "im2col-scan", "im2col-scan-gt")
 #: im2col pays on XLA:CPU from this many input channels on (CNN7's 64- and 128-channel layers; with 3
 #: channels the whole batch's patches cost more than they save: ``experiments/RESULTS.md``). The CPU rule
 #: runs it batch chunk by batch chunk (``"im2col-scan"``: 2-7× faster than the whole batch's patches), with
-#: the product output channels first (``"im2col-scan-gt"``: 1.6-1.7× less CPU again, a YNNPACK product).
-MIN_IM2COL_CHANNELS = 32
+#: the product output channels first (``"im2col-scan-gt"``: 1.3-1.7× less CPU again, a YNNPACK product),
+#: which also beats XLA's on the 16-channel layers of CNN3, CNN5 and the small ResNet (1.1-2.4×).
+MIN_IM2COL_CHANNELS = 16
 #: the patches of one im2col-scan step: at most this many bytes (the per-core L2 cache of the machine it
 #: was measured on, 2 MiB, twice over: chunks of 1.8-3.6 MB ran fastest on CNN7's layers) ...
 IM2COL_CHUNK_BYTES = 4 * 2**20
@@ -65,7 +66,7 @@ def cpu_kernel_term(x_shape: Shape, kernel_shape: Shape, stride: int, padding: i
     image, 2.5-4× slower than PyTorch's on CNN7's layers. im2col in cache-sized batch chunks (a loop of
     matrix products ``g_cᵀ P_c``, :mod:`jaxcert.nets.conv_im2col_gt`) replaces it for layers with many
     input channels and for large images with few channels (where the shifted slices, ``"slices"``, paid
-    before); small images with few channels (CNN3) keep XLA's."""
+    before); small images with fewer channels (CNN3's first layer) keep XLA's."""
     _, _, cin, _ = kernel_shape
     positions = output_positions(x_shape, kernel_shape, stride, padding)
     if cin >= MIN_IM2COL_CHANNELS:
