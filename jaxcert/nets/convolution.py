@@ -24,7 +24,7 @@ Which implementation computes that term is chosen per platform and per static sh
   ``∂W = Σ_chunks P_cᵀ g_c`` with cache-sized patches;
 - ``"im2col-scan-gt"`` (:mod:`jaxcert.nets.conv_im2col_gt`, the CPU rule's choice): the same chunks with
   the product written output channels first, ``∂Wᵀ = Σ_chunks g_cᵀ P_c``, the form XLA:CPU hands to
-  YNNPACK (1.6-1.7× less CPU than ``"im2col-scan"`` on CNN7's layers);
+  YNNPACK (1.3-1.7× less CPU than ``"im2col-scan"`` on CNN7's layers);
 - ``"slices"``: a sum over the ``k × k`` kernel offsets of shifted, strided slices of ``x`` times that
   offset's kernel matrix, batched per example,
 
