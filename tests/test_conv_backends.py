@@ -8,6 +8,7 @@ import pytest
 from jaxcert.nets import conv_backends
 from jaxcert.nets.conv_backends import im2col_batch_chunk, kernel_term_choice
 from jaxcert.nets.conv_im2col import im2col_conv2d, patches, scanned_im2col_conv2d
+from jaxcert.nets.conv_im2col_gt import scanned_im2col_gt_conv2d
 from jaxcert.nets.convolution import conv2d, xla_conv2d
 
 #: CNN3's, CNN5's and CNN7's conv layers (Fashion-MNIST / CIFAR-10 inputs) at a small batch, and odd cases:
@@ -63,6 +64,73 @@ def test_im2col_in_batch_chunks_equals_xla_in_values_and_both_gradients(x_shape,
         scanned_im2col_conv2d(x, kernel, stride, padding, 3)
 
 
+#: every conv layer shape the nets use (CNN3, CNN5, CNN7 at both datasets' sizes, batch 4) and odd ones:
+#: non-square kernels, no padding, stride 3, sizes the stride does not divide, one output row.
+ALL_LAYERS = [
+    *LAYERS,
+    ((4, 28, 28, 1), (3, 3, 1, 64), 1, 1),  # CNN7, Fashion-MNIST
+    ((4, 28, 28, 64), (3, 3, 64, 128), 2, 1),  # CNN7, Fashion-MNIST, strided
+    ((4, 14, 14, 128), (3, 3, 128, 128), 1, 1),  # CNN7, Fashion-MNIST
+    ((4, 9, 8, 3), (3, 3, 3, 4), 3, 1),
+    ((4, 7, 7, 3), (3, 2, 3, 5), 1, 0),
+    ((4, 5, 9, 2), (5, 3, 2, 3), 2, 2),
+    ((4, 3, 3, 2), (3, 3, 2, 3), 1, 0),
+]
+
+
+@pytest.mark.parametrize("chunk", [2, 4])  # a loop over 2-example chunks; the whole batch in one step
+@pytest.mark.parametrize(("x_shape", "k_shape", "stride", "padding"), ALL_LAYERS)
+def test_im2col_gt_equals_xla_in_values_and_both_gradients(x_shape, k_shape, stride, padding, chunk):
+    """The output-channels-first chunks: XLA's values, input and kernel gradients (``chunk`` = the batch: one
+    step without a loop)."""
+    x, kernel, kg = operands((4, *x_shape[1:]), k_shape, seed=3)
+    expected = xla_conv2d(x, kernel, stride, padding)
+    ours = lambda a, k: scanned_im2col_gt_conv2d(a, k, stride, padding, chunk)
+    close(ours(x, kernel), expected)
+    g = jax.random.normal(kg, expected.shape)
+    _, ours_vjp = jax.vjp(ours, x, kernel)
+    _, xla_vjp = jax.vjp(lambda a, k: xla_conv2d(a, k, stride, padding), x, kernel)
+    scale = float(jnp.max(jnp.abs(xla_vjp(g)[1])))
+    for got, want in zip(jax.jit(ours_vjp)(g), xla_vjp(g), strict=True):
+        close(got, want, scale)
+
+
+def test_im2col_gt_rejects_a_chunk_that_does_not_divide_the_batch():
+    x, kernel, _ = operands((4, 6, 6, 2), (3, 3, 2, 3))
+    for chunk in (3, 0):
+        message = f"im2col batch chunk \\({chunk}\\) must be >= 1 and divide the batch \\(4\\)"
+        with pytest.raises(ValueError, match=message):
+            scanned_im2col_gt_conv2d(x, kernel, 1, 1, chunk)
+
+
+def test_the_gt_kernel_gradient_is_one_ynnpack_product_per_chunk_without_eigen_or_transposed_patches():
+    """What the form is for: on XLA:CPU the compiled kernel gradient's product is a YNNPACK fusion (no Eigen
+    ``dot``, no convolution), inside one loop, whose operands are the chunk's NHWC patches and the small
+    transposed output gradient; ``scanned_im2col_conv2d``'s transpose, the same sum, is an Eigen ``dot``."""
+    if jax.default_backend() != "cpu":
+        pytest.skip("an XLA:CPU property")
+    batch, k_shape = 8, (3, 3, 64, 64)
+    x, kernel, kg = operands((batch, 12, 12, 64), k_shape)
+    g = jax.random.normal(kg, (batch, 12, 12, 64))
+
+    def compiled(conv):
+        grad = lambda x_, g_: jax.linear_transpose(lambda k: conv(x_, k, 1, 1, 2), kernel)(g_)[0]
+        return jax.jit(grad).lower(x, g).compile().as_text()
+
+    def products(text):
+        body = [line for line in text.splitlines() if " dot(" in line or "__ynn_fusion" in line]
+        ynn = sum("__ynn_fusion" in line and "fusion(" in line for line in body)
+        eigen = sum(" dot(" in line and "ynn" not in line for line in body) - ynn  # a YNN fusion wraps one dot
+        return ynn, eigen
+
+    gt, plain = compiled(scanned_im2col_gt_conv2d), compiled(scanned_im2col_conv2d)
+    assert products(gt) == (1, 0), gt
+    assert products(plain)[0] == 0 and products(plain)[1] >= 1
+    for text in (gt, plain):
+        assert text.count(" while(") == 1 and " convolution(" not in text
+    assert "f32[64,288]" in gt and "f32[64,576]" in gt  # g_cᵀ (O × 2·12·12) and the (O, 9C) sum in the carry
+
+
 def test_the_kernel_gradient_in_chunks_is_one_loop_without_the_whole_batch_patches():
     """The transpose accumulates ``Σ_chunks P_cᵀ g_c`` in a loop that rebuilds each chunk's patches: no
     buffer of the whole batch's patches (``B·H·W × 9·C``) in the program."""
@@ -86,13 +154,13 @@ def test_patches_are_the_windows_in_kernel_order():
         assert cols[b, h, w, (i * 3 + j) * 3 + c] == x_pad[b, 2 * h + i, 2 * w + j, c]
 
 
-@pytest.mark.parametrize("choice", ["im2col", "im2col-scan", "slices", "xla"])
+@pytest.mark.parametrize("choice", ["im2col", "im2col-scan", "im2col-scan-gt", "slices", "xla"])
 @pytest.mark.parametrize(("x_shape", "k_shape", "stride", "padding"), [LAYERS[1], LAYERS[5], LAYERS[7]])
 def test_conv2d_gradients_equal_xla_whichever_implementation_cpu_chooses(
     monkeypatch, choice, x_shape, k_shape, stride, padding
 ):
     """Values, input and kernel gradients, and per-member kernel gradients (vmap over a member axis);
-    im2col-scan one example per step (a loop over the batch)."""
+    im2col-scan and im2col-scan-gt one example per step (a loop over the batch)."""
     monkeypatch.setitem(conv_backends.KERNEL_TERM_RULES, "cpu", lambda *shapes: choice)
     monkeypatch.setattr(conv_backends, "IM2COL_CHUNK_ROWS", 1)
     x, kernel, kg = operands(x_shape, k_shape, seed=1)
@@ -110,14 +178,16 @@ def test_conv2d_gradients_equal_xla_whichever_implementation_cpu_chooses(
 
 
 def test_the_cpu_rule_takes_im2col_in_chunks_for_many_channels_or_large_images_and_keeps_xla_elsewhere():
-    """CNN7's layers → im2col-scan (its 3-channel 32×32 layer too), CNN3 → XLA; GPU/TPU → XLA; each
+    """CNN7's layers → im2col-scan-gt (its 3-channel 32×32 layer too), and the 16-channel layers of CNN3 and
+    CNN5; CNN3's 1-channel first layer → XLA; GPU/TPU → XLA; each
     chunk the largest divisor of the batch within both the rows and the bytes budget."""
     cnn7 = [((128, 32, 32, 64), (3, 3, 64, 64), 1, 1), ((128, 32, 32, 64), (3, 3, 64, 128), 2, 1),
             ((128, 16, 16, 128), (3, 3, 128, 128), 1, 1), ((16, 14, 14, 128), (3, 3, 128, 128), 1, 1),
             ((128, 32, 32, 3), (3, 3, 3, 64), 1, 1), ((128, 28, 28, 1), (3, 3, 1, 64), 1, 1),
-            ((4096, 32, 32, 64), (3, 3, 64, 64), 1, 1)]  # fmt: skip
+            ((4096, 32, 32, 64), (3, 3, 64, 64), 1, 1), ((128, 14, 14, 16), (4, 4, 16, 32), 2, 1),
+            ((128, 28, 28, 16), (4, 4, 16, 16), 2, 1)]  # fmt: skip
     for shapes in cnn7:
-        assert kernel_term_choice("cpu", *shapes) == "im2col-scan"
+        assert kernel_term_choice("cpu", *shapes) == "im2col-scan-gt"
         batch, (kh, kw, cin, _) = shapes[0][0], shapes[1]
         rows = conv_backends.output_positions(*shapes)
         fits = lambda c: (
@@ -130,7 +200,7 @@ def test_the_cpu_rule_takes_im2col_in_chunks_for_many_channels_or_large_images_a
     assert im2col_batch_chunk((128, 28, 28, 64), (3, 3, 64, 64), 1, 1) == 2  # 1568 rows × 576: 3.4 MiB
     assert im2col_batch_chunk(*cnn7[0]) == 1  # 32×32: one example's 1024 rows × 576 already 2.25 MiB
     assert kernel_term_choice("cpu", (128, 28, 28, 1), (5, 5, 1, 16), 2, 2) == "xla"
-    assert kernel_term_choice("cpu", (128, 14, 14, 16), (4, 4, 16, 32), 2, 1) == "xla"
+    assert kernel_term_choice("cpu", (128, 14, 14, 8), (4, 4, 8, 32), 2, 1) == "xla"
     for platform in ("cuda", "rocm", "tpu"):
         assert all(kernel_term_choice(platform, *shapes) == "xla" for shapes in cnn7)
 
