@@ -186,9 +186,14 @@ def score(records: list[dict[str, Any]], key: str) -> float | None:
     return values[-1] if values else None
 
 
+def arm_name(row: dict[str, Any]) -> str:
+    """The arm of a row without its tuned fields: ``arm``, or ``arm@warm`` for a warm start."""
+    return row["arm"] + (f"@{row['warm']}" if row.get("warm") else "")
+
+
 def label(row: dict[str, Any]) -> str:
     """The arm of a row as reported: ``arm[@warm]`` plus its tuned fields, e.g. ``rgs-deeppoly (lr=0.003, sr=0.05)``."""
-    text = row["arm"] + (f"@{row['warm']}" if row.get("warm") else "")
+    text = arm_name(row)
     tuned = row.get("overrides") or {}
     fields = ", ".join(f"{SHORT.get(k, k)}={v:g}" for k, v in sorted(tuned.items()))
     return f"{text} ({fields})" if tuned else text

@@ -178,8 +178,9 @@ def markdown(arch: str, rows: list[dict[str, Any]], pairs: list[dict[str, Any]])
 
 def selected(rows: list[dict[str, Any]], arch: str, arms: list[str]) -> list[dict[str, Any]]:
     """The campaign rows of ``arch`` whose arm (``arm@warm`` for a warm start) is one of ``arms``."""
-    arm = lambda r: r["arm"] + (f"@{r['warm']}" if r.get("warm") else "")
-    return [r for r in rows if r.get("arch", "cnn3") == arch and arm(r) in arms]
+    from campaign import arm_name
+
+    return [r for r in rows if r.get("arch", "cnn3") == arch and arm_name(r) in arms]
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
