@@ -24,6 +24,8 @@ rebuilding each chunk's patches there (``jax.checkpoint``), so the whole batch's
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 
@@ -58,13 +60,21 @@ def im2col_conv2d(x: jax.Array, kernel: jax.Array, stride: int, padding: int) ->
 def scanned_im2col_conv2d(x: jax.Array, kernel: jax.Array, stride: int, padding: int, chunk: int) -> jax.Array:
     """:func:`im2col_conv2d` over ``chunk`` examples at a time (``lax.map``; ``chunk`` must divide the batch,
     ``chunk >= batch``: one step, no loop)."""
+    return over_batch_chunks(lambda group, k: im2col_conv2d(group, k, stride, padding), x, kernel, chunk)
+
+
+def over_batch_chunks(
+    conv: Callable[[jax.Array, jax.Array], jax.Array], x: jax.Array, kernel: jax.Array, chunk: int
+) -> jax.Array:
+    """``conv(x, kernel)`` computed ``chunk`` examples of ``x`` at a time by ``lax.map`` (``chunk`` must divide
+    the batch; ``chunk >= batch``: one call, no loop), each step rematerialised (``jax.checkpoint``) so that the
+    transpose rebuilds each chunk's patches instead of saving all of them."""
     batch = x.shape[0]
     if chunk >= batch:
-        return im2col_conv2d(x, kernel, stride, padding)
+        return conv(x, kernel)
     if chunk < 1 or batch % chunk:
         raise ValueError(f"the im2col batch chunk ({chunk}) must be >= 1 and divide the batch ({batch})")
     groups = x.reshape(batch // chunk, chunk, *x.shape[1:])
-    # rematerialised: the transpose rebuilds each chunk's patches instead of saving all of them
-    step = jax.checkpoint(lambda group, k: im2col_conv2d(group, k, stride, padding))
+    step = jax.checkpoint(conv)
     out = jax.lax.map(lambda group: step(group, kernel), groups)
     return out.reshape(batch, *out.shape[2:])

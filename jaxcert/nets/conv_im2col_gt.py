@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import jax
 
-from jaxcert.nets.conv_im2col import patches
+from jaxcert.nets.conv_im2col import over_batch_chunks, patches
 
 
 def _chunk_conv2d(x: jax.Array, kernel_t: jax.Array, window: tuple[int, int], stride: int, padding: int) -> jax.Array:
@@ -49,14 +49,6 @@ def scanned_im2col_gt_conv2d(x: jax.Array, kernel: jax.Array, stride: int, paddi
     (``lax.map``; ``chunk`` must divide the batch; ``chunk >= batch``: one step, no loop), written so that its
     kernel gradient is ``Σ_chunks g_cᵀ P_c`` (see the module doc)."""
     kh, kw, cin, cout = kernel.shape
-    batch = x.shape[0]
-    if chunk < 1 or (chunk < batch and batch % chunk):
-        raise ValueError(f"the im2col batch chunk ({chunk}) must be >= 1 and divide the batch ({batch})")
     kernel_t = jax.lax.optimization_barrier(kernel.reshape(kh * kw * cin, cout).T)
-    if chunk >= batch:
-        return _chunk_conv2d(x, kernel_t, (kh, kw), stride, padding)
-    groups = x.reshape(batch // chunk, chunk, *x.shape[1:])
-    # rematerialised: the transpose rebuilds each chunk's patches instead of saving all of them
-    step = jax.checkpoint(lambda group, k_t: _chunk_conv2d(group, k_t, (kh, kw), stride, padding))
-    out = jax.lax.map(lambda group: step(group, kernel_t), groups)
-    return out.reshape(batch, *out.shape[2:])
+    chunk_conv = lambda group, k_t: _chunk_conv2d(group, k_t, (kh, kw), stride, padding)
+    return over_batch_chunks(chunk_conv, x, kernel_t, chunk)
