@@ -34,16 +34,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_sides import first_cpus, pin_to_side_cpus, run_plan_side, side_env
+
 HERE = Path(__file__).resolve().parent
-CPUS_VARIABLE = "JAXCERT_BENCH_CPUS"  # the CPUs a side's process pins itself to
 PARTS = ("fwd", "dx", "dw", "ibp")
 JAX_VARIANTS = {
     "fwd": ("xla", "nchw", "im2col"),
@@ -191,22 +192,6 @@ def parse_config(text: str) -> tuple[str, dict[str, str]]:
     return name, env
 
 
-def run_side(command: list[str], plan: dict[str, Any], env: dict[str, str], timeout: float) -> dict[str, Any]:
-    """One side's process, pinned to the plan's CPUs, with ``env`` added to this environment."""
-    with tempfile.TemporaryDirectory() as tmp:
-        plan_path, out = Path(tmp) / "plan.json", Path(tmp) / "out.json"
-        plan_path.write_text(json.dumps(plan))
-        full_env = {**os.environ, **env, CPUS_VARIABLE: ",".join(map(str, plan["cpus"]))}
-        full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE.parent), os.environ.get("PYTHONPATH", "")]))
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-            full_env[var] = str(plan["threads"])
-        done = subprocess.run([*command, str(plan_path), str(out)], env=full_env, timeout=timeout,
-                              capture_output=True, text=True)  # fmt: skip
-        if done.returncode or not out.is_file():
-            raise RuntimeError(f"{command[0]} side failed: {(done.stderr or done.stdout).strip()[-500:]}")
-        return json.loads(out.read_text())
-
-
 def markdown(result: dict[str, Any]) -> str:
     """One row per (layer, part, configuration/variant): ms, examples/s, peak GiB, torch's time / ours."""
     torch_best = {(r["layer"], r["part"]): r["seconds"] for r in result["rows"] if r["config"] == "torch"}
@@ -263,8 +248,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.side:  # a child: pinned before its runtime starts threads
-        if os.environ.get(CPUS_VARIABLE):
-            os.sched_setaffinity(0, {int(c) for c in os.environ[CPUS_VARIABLE].split(",")})
+        pin_to_side_cpus()
         sys.path.insert(0, str(HERE))
         result = side(json.loads(Path(args.plan[0]).read_text()))
         Path(args.plan[1]).write_text(json.dumps(result))
@@ -273,7 +257,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.layers:
         layers = [layers[int(i)] for i in args.layers.split(",")]
     plan = {"layers": layers, "parts": args.parts.split(","), "batch": args.batch, "repeats": args.repeats,
-            "threads": args.threads, "cpus": sorted(os.sched_getaffinity(0))[: args.threads]}  # fmt: skip
+            "threads": args.threads, "cpus": first_cpus(args.threads)}  # fmt: skip
     this = [sys.executable, str(Path(__file__).resolve())]
     processes = [(name, [*this, "--side", "jax"], {**plan, "side": "jax"}, env)
                  for name, env in [("default", {}), *args.config]]  # fmt: skip
@@ -285,7 +269,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for number in range(args.rounds):
         for name, command, child_plan, env in processes:
             print(f"round {number + 1}/{args.rounds}: {name} ...", file=sys.stderr, flush=True)
-            out = run_side(command, child_plan, env, args.timeout)
+            out = run_plan_side(command, child_plan, side_env(plan["cpus"], plan["threads"], env), args.timeout)
             versions[name] = {k: v for k, v in out.items() if k != "results"}
             for r in out["results"]:
                 key = (name, r["layer"], r["part"], r["variant"])

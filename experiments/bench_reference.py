@@ -46,9 +46,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_sides import first_cpus, pin_to_side_cpus, side_env
+
 HERE = Path(__file__).resolve().parent
 REFERENCE_SCRIPT = HERE / "reference_lirpa.py"
-CPUS_VARIABLE = "JAXCERT_BENCH_CPUS"  # the CPUs a side's process pins itself to
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,30 +234,15 @@ def jaxcert_side(plan: dict[str, Any]) -> dict[str, Any]:
     return {"jax": jax.__version__, "backend": jax.default_backend(), "rows": results}
 
 
-def pinned_env(threads: int, root: Path = HERE.parent) -> dict[str, str]:
-    """Environment of a child process: ``threads`` threads for every BLAS / OpenMP pool, and the CPUs it
-    pins itself to (:data:`CPUS_VARIABLE`; set by the child before its runtime starts, since a
-    ``preexec_fn`` in this process, whose JAX runtime has threads, could deadlock the fork); the jaxcert
-    checkout ``root`` comes first on its ``PYTHONPATH``."""
-    env = dict(os.environ)
-    env[CPUS_VARIABLE] = ",".join(map(str, sorted(os.sched_getaffinity(0))[:threads]))
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        env[var] = str(threads)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH", "")]))
-    return env
-
-
 def run_child(
     command: list[str], threads: int, timeout: float, root: Path = HERE.parent
 ) -> tuple[dict[str, Any] | None, str]:
     """Run one side's process pinned to the first ``threads`` CPUs (``root``: the jaxcert checkout it imports);
     ``(its JSON, "")`` or ``(None, why)``."""
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "out.json"
+        out, env = Path(tmp) / "out.json", side_env(first_cpus(threads), threads, root=root)
         try:
-            done = subprocess.run(
-                [*command, str(out)], env=pinned_env(threads, root), capture_output=True, text=True, timeout=timeout
-            )  # fmt: skip
+            done = subprocess.run([*command, str(out)], env=env, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
             return None, f"timed out after {timeout:.0f} s"
         if done.returncode or not out.is_file():
@@ -356,8 +344,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.side == "jaxcert":  # the child process: pinned before JAX starts its thread pool
-        if os.environ.get(CPUS_VARIABLE):
-            os.sched_setaffinity(0, {int(c) for c in os.environ[CPUS_VARIABLE].split(",")})
+        pin_to_side_cpus()
         sys.path.insert(0, str(HERE))
         result = jaxcert_side(json.loads(Path(args.plan[0]).read_text()))
         Path(args.plan[1]).write_text(json.dumps(result, indent=1))

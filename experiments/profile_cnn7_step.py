@@ -35,7 +35,6 @@ import math
 import os
 import re
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,8 +42,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_sides import first_cpus, pin_to_side_cpus, run_plan_side, side_env
+
 HERE = Path(__file__).resolve().parent
-CPUS_VARIABLE = "JAXCERT_BENCH_CPUS"
 
 
 def layer_plan(arch_name: str) -> list[dict[str, Any]]:
@@ -276,22 +278,6 @@ def torch_side(plan: dict[str, Any]) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------- driver
-def run_child(command: list[str], plan: dict[str, Any], env: dict[str, str], timeout: float) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as tmp:
-        plan_path, out = Path(tmp) / "plan.json", Path(tmp) / "out.json"
-        plan_path.write_text(json.dumps(plan))
-        cpus = ",".join(map(str, sorted(os.sched_getaffinity(0))[: plan["threads"]]))
-        full_env = {**os.environ, **env, CPUS_VARIABLE: cpus}
-        full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE.parent), os.environ.get("PYTHONPATH", "")]))
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-            full_env[var] = str(plan["threads"])
-        done = subprocess.run([*command, str(plan_path), str(out)], env=full_env, timeout=timeout,
-                              capture_output=True, text=True)  # fmt: skip
-        if done.returncode or not out.is_file():
-            raise RuntimeError(f"{command[0]} side failed: {(done.stderr or done.stdout).strip()[-800:]}")
-        return json.loads(out.read_text())
-
-
 def best_of(results: list[dict[str, Any]]) -> dict[str, Any]:
     """Per entry, the least wall and the least CPU over the rounds."""
     first = results[0]
@@ -372,8 +358,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.side:  # a child: pinned before its runtime starts threads
-        if os.environ.get(CPUS_VARIABLE):
-            os.sched_setaffinity(0, {int(c) for c in os.environ[CPUS_VARIABLE].split(",")})
+        pin_to_side_cpus()
         sys.path.insert(0, str(HERE))
         plan = json.loads(Path(args.plan[0]).read_text())
         result = jax_side(plan) if args.side == "jaxcert" else torch_side(plan)
@@ -399,7 +384,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for name, (command, env) in sides.items():
                 print(f"round {number + 1}/{rounds}: {name} ...", file=sys.stderr, flush=True)
                 trace = args.trace and name == "jaxcert" and number == rounds - 1
-                outputs[name].append(run_child(command, {**plan, "trace": trace}, env, args.timeout))
+                env = side_env(first_cpus(plan["threads"]), plan["threads"], env)
+                outputs[name].append(run_plan_side(command, {**plan, "trace": trace}, env, args.timeout))
     merged = {name: best_of(results) for name, results in outputs.items()}
     if args.trace:
         merged["jaxcert"]["trace"] = outputs["jaxcert"][-1]["trace"]

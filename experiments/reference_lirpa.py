@@ -207,8 +207,9 @@ def time_row(case: Case, row: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str]) -> None:
     plan = json.loads(Path(argv[0]).read_text())
-    if os.environ.get("JAXCERT_BENCH_CPUS"):  # the CPUs bench_reference.py gives this side
-        os.sched_setaffinity(0, {int(c) for c in os.environ["JAXCERT_BENCH_CPUS"].split(",")})
+    from bench_sides import pin_to_side_cpus  # stdlib only: importable in the reference's environment
+
+    pin_to_side_cpus()  # the CPUs bench_reference.py gives this side
     torch.set_num_threads(plan.get("threads", 2))
     torch.manual_seed(0)
     results = []
