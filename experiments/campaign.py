@@ -78,7 +78,7 @@ SCORE = {"pgd": "val_pgd_acc"}
 #: The metrics compared seed by seed: certified accuracy for every arm; for PGD training also clean and PGD
 #: accuracy and robust accuracy (no attack of the certifier succeeds; De Bartolomeis et al.: adversarial
 #: training wins on standard and empirical robust error).
-PAIRED_METRICS = {"pgd": ("cert_acc", "clean_acc", "pgd_acc", "robust_acc")}
+PAIRED_METRICS = {"pgd": ("cert_acc", "cert_bab_acc", "clean_acc", "pgd_acc", "robust_acc")}
 #: Equal tuning effort: every arm family gets the same number (4) of candidates, each trained at the full
 #: budget on the tuning seed and scored by its final validation certified accuracy.
 TUNING: dict[str, list[dict[str, Any]]] = {
@@ -122,7 +122,9 @@ def family(arm: str) -> str:
 #: Training images of Fashion-MNIST and the validation images held out of them.
 TRAIN_IMAGES, VAL_SIZE = 60000, 5000
 CASCADE = ("ibp", "crown-ibp", "crown", "alpha-crown")
-METRICS = ("clean_acc", "pgd_acc", "robust_acc", "cert_acc", "cert_acc/ibp", "cert_acc/crown-ibp")
+#: The fields of a row's branch-and-bound certification (``experiments/campaign_bab.py``, in ``bab.json``).
+BAB_FIELDS = ("cert_bab_acc", "robust_bab_acc", "open_bab_acc")
+METRICS = ("clean_acc", "pgd_acc", "robust_acc", "cert_acc", "cert_acc/ibp", "cert_acc/crown-ibp", *BAB_FIELDS)
 #: Settings: (train_limit, val_size, test_limit, batch_size, certify PGD steps / restarts / APGD steps).
 SETTINGS = {
     "quick": {"train_limit": 640, "val_size": 128, "test_limit": 64, "batch_size": 64, "pgd": (3, 1, 0)},
@@ -237,14 +239,23 @@ def comparisons(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if gradient and gradient != base:
                 pairs.append((x, gradient))
         for a, b in pairs:
-            for metric in PAIRED_METRICS.get(arms[a], ("cert_acc",)):
+            for metric in PAIRED_METRICS.get(arms[a], ("cert_acc", "cert_bab_acc")):
                 if (c := paired(rows, a, b, eps, metric, arch=arch, epochs=epochs)) is not None:
                     found.append(c)
     return found
 
 
+def with_bab(rows: list[dict[str, Any]], records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows with the :data:`BAB_FIELDS` of their branch-and-bound record (by run id), where there is one."""
+    by_run = {r["run"]: r for r in records}
+    return [{**row, **{k: by_run[row["run"]][k] for k in BAB_FIELDS}} if row.get("run") in by_run else row
+            for row in rows]  # fmt: skip
+
+
 def report(rows: list[dict[str, Any]], out: Path) -> str:
-    """Rewrite ``campaign.md`` / ``campaign.json`` / ``campaign_val.png`` from the finished rows."""
+    """Rewrite ``campaign.md`` / ``campaign.json`` / ``campaign_val.png`` from the finished rows (and their
+    branch-and-bound certification, ``<out>/bab.json``, where it was run)."""
+    rows = with_bab(rows, _load(out / "bab.json"))
     groups: dict[tuple[str, str, float, float], list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault((r.get("arch", "cnn3"), label(r), r["eps"], r["epochs"]), []).append(r)
@@ -259,13 +270,15 @@ def report(rows: list[dict[str, Any]], out: Path) -> str:
         summary.append(row)
     columns = [("arch", "net"), ("arm", "arm"), ("eps", "ε"), ("epochs", "epochs"), ("seeds", "seeds"),
                ("clean_acc", "clean %"), ("pgd_acc", "PGD %"), ("cert_acc/ibp", "cert IBP %"),
-               ("cert_acc", "cert (cascade) %"),
+               ("cert_acc", "cert (cascade) %"), ("cert_bab_acc", "cert (BaB) %"), ("open_bab_acc", "open after BaB %"),
                ("val_cert_acc_best", "best val cert %"), ("plateau_epoch", "plateau epoch"),
                ("val_cert_acc_gain", "val cert gain, last third"), ("train_seconds", "train s"),
                ("n_over_d", "PGPE N/d")]  # fmt: skip
     lines = ["# Campaign: arms at converged budgets (Fashion-MNIST)", "",
              "Means over seeds (± sample std in campaign.json); test split used once, certified by "
-             f"{' → '.join(CASCADE)} after PGD and APGD-CE.", "", markdown_table(summary, columns), ""]  # fmt: skip
+             f"{' → '.join(CASCADE)} after PGD and APGD-CE; \"BaB\": then branch and bound on what the cascade "
+             "left open (experiments/campaign_bab.py; open = neither verified nor falsified).", "",
+             markdown_table(summary, columns), ""]  # fmt: skip
     verdicts = comparisons(rows)
     if verdicts:
         lines += ["| paired per seed | metric | net | ε | epochs | seeds | Δ % (mean ± s.e.) | verdict |",
