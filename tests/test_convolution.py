@@ -66,6 +66,40 @@ def test_conv2d_vmaps_over_member_kernels_and_transposes_in_its_input():
     np.testing.assert_allclose(ours, xla, rtol=1e-6)
 
 
+def _kernel_layouts(compiled: str) -> list[str]:
+    """The dimension labels of every convolution of a compiled XLA:CPU program."""
+    return [line.split("dim_labels=")[1].split(",")[0] for line in compiled.splitlines() if " convolution(" in line]
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's layouts")
+@pytest.mark.parametrize(
+    ("x_shape", "k_shape", "stride", "padding", "convolutions"),
+    [
+        ((8, 28, 28, 1), (5, 5, 1, 16), 2, 2, 3),  # CNN3's first layer: XLA's kernel gradient (a convolution)
+        ((8, 14, 14, 16), (4, 4, 16, 32), 2, 1, 2),  # its second: the kernel gradient is im2col-scan-gt's product
+        ((8, 6, 5, 2), (3, 3, 2, 2), 1, 1, 3),  # (a non-square kernel, e.g. 2×3, gets XLA's swapped form)
+    ],
+)
+def test_gradients_inside_a_loop_have_xla_cpus_canonical_layouts(x_shape, k_shape, stride, padding, convolutions):
+    """In a ``while`` loop (PGD's steps, ``lax.map`` over GLS members) XLA:CPU leaves XLA's own input and
+    kernel gradients in non-canonical layouts (``01oi`` kernels, ``f01b_i01o->01bf``) and runs them on its
+    generic path (2-9× the CPU time); conv2d's gradients keep the canonical ``b01f_01io->b01f`` there, with
+    XLA's values."""
+    x, kernel, _ = operands(x_shape, k_shape)
+
+    def ascent(conv):
+        step = jax.grad(lambda v, k: jnp.sum(jnp.tanh(conv(v, k, stride, padding))), (0, 1))
+        body = lambda i, vk: jax.tree.map(lambda a, d: a + 0.1 * d, vk, step(*vk))
+        return jax.jit(lambda x0, k0: jax.lax.fori_loop(0, 3, body, (x0, k0)))
+
+    ours, xla = ascent(conv2d), ascent(xla_conv2d)
+    for got, want in zip(ours(x, kernel), xla(x, kernel), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    canonical = "b01f_01io->b01f"
+    assert _kernel_layouts(ours.lower(x, kernel).compile().as_text()) == [canonical] * convolutions
+    assert set(_kernel_layouts(xla.lower(x, kernel).compile().as_text())) != {canonical}  # XLA's own: not
+
+
 @pytest.mark.parametrize(("x_shape", "k_shape", "stride", "padding"), SHAPES)
 def test_the_cpu_kernel_gradient_takes_im2col_chunks_exactly_when_they_pay(x_shape, k_shape, stride, padding):
     """On CPU the compiled kernel gradient has no convolution of its own in the im2col-scan-gt regime."""

@@ -6,7 +6,15 @@ The forward pass is XLA's convolution. Its derivative is written by hand (:func:
 
     dy = conv(dx, W) + conv(x, dW).
 
-The first term is XLA's convolution again, and it transposes to XLA's input gradient. On XLA:CPU the
+The first term is XLA's convolution again, and it transposes to XLA's input gradient,
+``dx = conv(g ↑ s, rev(W)ᵀ)`` (``g`` dilated by the stride, the kernel reversed in space with its input and
+output channels swapped). JAX's transpose rule swaps the channels in the convolution's dimension labels,
+not in memory; outside loops XLA:CPU's layout pass then copies the kernel into its canonical HWIO layout,
+but inside a ``while`` loop (a ``fori_loop`` of PGD steps, alpha-CROWN's slope ascent, ``lax.map`` over GLS
+members) it does not, and runs the convolution with an ``…OI`` kernel on its generic, unvectorised path:
+5-9× the CPU time (``experiments/RESULTS.md``). So on CPU the first term is written with the kernel's
+channels swapped in memory behind an optimisation barrier (:func:`input_term`), whose transpose's kernel is
+canonical wherever it runs. On XLA:CPU the
 second term's transpose, the kernel gradient, is the bottleneck. XLA lowers it as a convolution whose
 contraction runs over the whole batch and image, ``dW[i, j] = Σ_{b,h,w} x_pad[b, s·h + i, s·w + j] ⊗ g[b,
 h, w]``. That is one matrix product with a huge inner dimension, which XLA:CPU runs 3-4× slower than the
@@ -88,9 +96,58 @@ def shifted_slices_conv2d(x: jax.Array, kernel: jax.Array, stride: int, padding:
     return out.reshape(batch, out_h, out_w, cout)
 
 
+def _swapped_channels_conv2d(dx: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
+    """``conv(dx, W)`` computed from ``Wᵀ = W`` with its input and output channels swapped in memory (``HWOI``),
+    behind :func:`jax.lax.optimization_barrier` so that XLA's simplifier cannot fold the swap back into the
+    dimension labels. Its transpose in ``dx`` is ``conv(g ↑ s, rev(Wᵀ))`` read as ``HWIO``: XLA:CPU's
+    canonical (fast) kernel layout, inside loops too."""
+    swapped = jax.lax.optimization_barrier(jnp.swapaxes(kernel, 2, 3))
+    return jax.lax.conv_general_dilated(
+        dx,
+        swapped,
+        window_strides=(stride, stride),
+        padding=((padding, padding), (padding, padding)),
+        dimension_numbers=("NHWC", "HWOI", "NHWC"),
+    )
+
+
+def input_term(dx: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
+    """``conv(dx, W)``, linear in ``dx``: on CPU as :func:`_swapped_channels_conv2d` (its transpose, the input
+    gradient, runs on XLA:CPU's fast path inside loops too), elsewhere XLA's own."""
+    return jax.lax.platform_dependent(
+        dx,
+        kernel,
+        cpu=lambda d, k: _swapped_channels_conv2d(d, k, stride, padding),
+        default=lambda d, k: xla_conv2d(d, k, stride, padding),
+    )
+
+
+def batch_major_conv2d(x: jax.Array, kernel_tangent: jax.Array, stride: int, padding: int) -> jax.Array:
+    """``conv(x, dW)`` written so that its transpose, the kernel gradient, is a convolution in XLA:CPU's
+    canonical layout wherever it runs: ``x`` stored channels first ``(C, H, W, B)``, ``dW`` as ``(C, kh, kw,
+    O)`` and the output as ``(h, w, B, O)`` (each behind :func:`jax.lax.optimization_barrier`, so that XLA's
+    simplifier cannot fold the copies back into dimension labels). Its transpose in ``dW`` reads them as a
+    batch of ``C`` images ``(B as features)``, a kernel ``(h, w, B, O)`` dilated by the stride, and an output
+    ``(C, kh, kw, O)``: ``b01f_01io->b01f``, the form XLA:CPU gives its own kernel gradient outside loops but
+    not inside a ``while`` loop (there ``f01b_i01o->01bf``, on its generic path: ~2× the CPU of a CNN3
+    gradient in ``lax.map`` over members)."""
+    barrier = jax.lax.optimization_barrier
+    channels_first = barrier(jnp.transpose(x, (3, 1, 2, 0)))
+    kernel_in_first = barrier(jnp.transpose(kernel_tangent, (2, 0, 1, 3)))
+    out = jax.lax.conv_general_dilated(
+        channels_first,
+        kernel_in_first,
+        window_strides=(stride, stride),
+        padding=((padding, padding), (padding, padding)),
+        dimension_numbers=("CHWN", "IHWO", "HWNC"),
+    )
+    return jnp.transpose(barrier(out), (2, 0, 1, 3))
+
+
 def kernel_term(x: jax.Array, kernel_tangent: jax.Array, stride: int, padding: int) -> jax.Array:
     """``conv(x, dW)``, linear in ``dW``, by the implementation each platform's rule chooses for these shapes
-    (:func:`jaxcert.nets.conv_backends.kernel_term_choice`; platforms without a rule: XLA's)."""
+    (:func:`jaxcert.nets.conv_backends.kernel_term_choice`; platforms without a rule: XLA's; XLA's on CPU as
+    :func:`batch_major_conv2d`)."""
     chunk = im2col_batch_chunk(x.shape, kernel_tangent.shape, stride, padding)
     implementations = {
         "xla": xla_conv2d,
@@ -104,9 +161,9 @@ def kernel_term(x: jax.Array, kernel_tangent: jax.Array, stride: int, padding: i
         platform: kernel_term_choice(platform, x.shape, kernel_tangent.shape, stride, padding)
         for platform in ("cpu", "cuda", "rocm", "tpu")
     }
-    if all(choice == "xla" for choice in choices.values()):
-        return xla_conv2d(x, kernel_tangent, stride, padding)
     branches = {platform: term(choice) for platform, choice in choices.items() if choice != "xla"}
+    if choices["cpu"] == "xla":
+        branches["cpu"] = lambda x_, dk: batch_major_conv2d(x_, dk, stride, padding)
     return jax.lax.platform_dependent(x, kernel_tangent, default=term("xla"), **branches)
 
 
@@ -124,4 +181,4 @@ def _conv2d_jvp(
     x, kernel = primals
     dx, dkernel = tangents
     out = xla_conv2d(x, kernel, stride, padding)
-    return out, xla_conv2d(dx, kernel, stride, padding) + kernel_term(x, dkernel, stride, padding)
+    return out, input_term(dx, kernel, stride, padding) + kernel_term(x, dkernel, stride, padding)
