@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from jaxcert.nets.conv_backends import kernel_term_choice
-from jaxcert.nets.convolution import conv2d, shifted_slices_conv2d, xla_conv2d
+from jaxcert.nets.convolution import conv2d, shifted_slices_conv2d, transposed_conv2d, xla_conv2d
 
 #: (x shape, kernel shape, stride, padding): two in the im2col-scan-gt regime on CPU (large few-channel images,
 #: where the shifted slices ran before), two with XLA's kernel gradient.
@@ -98,6 +98,25 @@ def test_gradients_inside_a_loop_have_xla_cpus_canonical_layouts(x_shape, k_shap
     canonical = "b01f_01io->b01f"
     assert _kernel_layouts(ours.lower(x, kernel).compile().as_text()) == [canonical] * convolutions
     assert set(_kernel_layouts(xla.lower(x, kernel).compile().as_text())) != {canonical}  # XLA's own: not
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's layouts")
+def test_the_transposed_convolution_of_back_substitution_inside_a_loop_has_the_canonical_kernel_layout():
+    """Back-substitution's ``convᵀ`` (alpha-CROWN's slope ascent runs it in a loop) equals
+    :func:`jax.linear_transpose` of XLA's convolution and keeps the canonical kernel layout there."""
+    _, kernel, kg = operands((1,), (5, 5, 1, 16))
+    rows = jax.random.normal(kg, (12, 14, 14, 16))
+    primal = jax.ShapeDtypeStruct((12, 28, 28, 1), jnp.float32)
+    xla_transpose = lambda a: jax.linear_transpose(lambda x_: xla_conv2d(x_, kernel, 2, 2), primal)(a)[0]
+
+    def summed(transpose):
+        body = lambda i, acc: acc + transpose(rows * (1.0 + i))
+        return jax.jit(lambda: jax.lax.fori_loop(0, 3, body, jnp.zeros(primal.shape)))
+
+    ours, xla = summed(lambda a: transposed_conv2d(a, kernel, (28, 28, 1), 2, 2)), summed(xla_transpose)
+    np.testing.assert_allclose(ours(), xla(), rtol=1e-5, atol=1e-5)
+    assert _kernel_layouts(ours.lower().compile().as_text()) == ["b01f_01io->b01f"]
+    assert _kernel_layouts(xla.lower().compile().as_text()) != ["b01f_01io->b01f"]
 
 
 @pytest.mark.parametrize(("x_shape", "k_shape", "stride", "padding"), SHAPES)

@@ -26,17 +26,16 @@ import jax
 
 from jaxcert.bounds.conv_kernel_taps import kernel_gradient_by_taps, taps_pay_on_cpu
 from jaxcert.bounds.conv_phases import phase_transpose, phases_pay_on_cpu
+from jaxcert.nets.convolution import transposed_conv2d
 from jaxcert.nets.layers import Conv
 
 
 def conv_transpose(conv: Conv, kernel: jax.Array, rows: jax.Array, in_shape: tuple[int, ...]) -> jax.Array:
     """``convᵀ`` of ``rows`` (N, *out_shape) onto the input of ``conv`` (N, *in_shape), kernel ``kernel``."""
     forward = lambda k, x: conv.linear({"kernel": k}, x)
-    primal = jax.ShapeDtypeStruct((rows.shape[0], *in_shape), rows.dtype)
 
     def by_linear_transpose(k: jax.Array, a: jax.Array) -> jax.Array:
-        (back,) = jax.linear_transpose(lambda x: forward(k, x), primal)(a)
-        return back
+        return transposed_conv2d(a, k, in_shape, conv.stride, conv.padding)
 
     @jax.custom_vjp
     def transpose(k: jax.Array, a: jax.Array) -> jax.Array:

@@ -47,6 +47,7 @@ and ``linear_transpose`` in ``x``.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -120,6 +121,21 @@ def input_term(dx: jax.Array, kernel: jax.Array, stride: int, padding: int) -> j
         cpu=lambda d, k: _swapped_channels_conv2d(d, k, stride, padding),
         default=lambda d, k: xla_conv2d(d, k, stride, padding),
     )
+
+
+def transposed_conv2d(
+    rows: jax.Array, kernel: jax.Array, in_shape: tuple[int, ...], stride: int, padding: int
+) -> jax.Array:
+    """``convᵀ(rows)``, rows ``(N, h, w, O)`` carried back onto the input ``(N, *in_shape)`` of ``conv(·, W)``
+    (:func:`jax.linear_transpose`: ``rows ↑ s`` convolved with ``rev(W)`` channels swapped). On CPU it is the
+    transpose of :func:`_swapped_channels_conv2d`, whose kernel is in XLA:CPU's canonical layout inside loops
+    too (alpha-CROWN's slope ascent); elsewhere XLA's own. Same values."""
+    primal = jax.ShapeDtypeStruct((rows.shape[0], *in_shape), rows.dtype)
+
+    def by(conv: Callable[..., jax.Array]) -> Callable[[jax.Array, jax.Array], jax.Array]:
+        return lambda k, a: jax.linear_transpose(lambda x: conv(x, k, stride, padding), primal)(a)[0]
+
+    return jax.lax.platform_dependent(kernel, rows, cpu=by(_swapped_channels_conv2d), default=by(xla_conv2d))
 
 
 def batch_major_conv2d(x: jax.Array, kernel_tangent: jax.Array, stride: int, padding: int) -> jax.Array:
