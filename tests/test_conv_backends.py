@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 
 from jaxcert.nets import conv_backends
-from jaxcert.nets.conv_backends import cf_batch_chunk, im2col_batch_chunk, kernel_term_choice
+from jaxcert.nets.conv_backends import cf_batch_chunk, im2col_batch_chunk, input_term_choice, kernel_term_choice
 from jaxcert.nets.conv_im2col import im2col_conv2d, patches, scanned_im2col_conv2d
 from jaxcert.nets.conv_im2col_cf import scanned_im2col_cf_conv2d
 from jaxcert.nets.conv_im2col_gt import scanned_im2col_gt_conv2d
+from jaxcert.nets.conv_input_phases import phase_conv2d
 from jaxcert.nets.convolution import conv2d, xla_conv2d
 
 #: CNN3's, CNN5's and CNN7's conv layers (Fashion-MNIST / CIFAR-10 inputs) at a small batch, and odd cases:
@@ -271,3 +272,68 @@ def test_the_choice_is_static_per_platform_in_the_lowered_program(monkeypatch):
     monkeypatch.setitem(conv_backends.KERNEL_TERM_RULES, "cpu", lambda *shapes: "winograd")
     with pytest.raises(ValueError, match="rule for 'cpu' chose 'winograd'"):
         jax.grad(lambda k: jnp.sum(conv2d(x, k, 1, 1) ** 4))(kernel)
+
+
+@pytest.mark.parametrize(("x_shape", "k_shape", "stride", "padding"), ALL_LAYERS)
+def test_the_phase_form_equals_xla_in_values_and_both_gradients(x_shape, k_shape, stride, padding):
+    """Every layer shape (strides 1, 2, 3; sizes the stride does not divide; kernels smaller than the stride
+    in one axis): values, input gradient (what the phases are for) and kernel gradient."""
+    x, kernel, kg = operands(x_shape, k_shape, seed=4)
+    expected = xla_conv2d(x, kernel, stride, padding)
+    ours = lambda a, k: phase_conv2d(a, k, stride, padding)
+    close(ours(x, kernel), expected)
+    g = jax.random.normal(kg, expected.shape)
+    _, ours_vjp = jax.vjp(ours, x, kernel)
+    _, xla_vjp = jax.vjp(lambda a, k: xla_conv2d(a, k, stride, padding), x, kernel)
+    scale = float(jnp.max(jnp.abs(xla_vjp(g)[1])))
+    for got, want in zip(jax.jit(ours_vjp)(g), xla_vjp(g), strict=True):
+        close(got, want, scale)
+
+
+@pytest.mark.parametrize(("x_shape", "k_shape", "stride", "padding"), [LAYERS[0], LAYERS[1], LAYERS[5], LAYERS[7]])
+def test_conv2d_gradients_equal_xla_with_the_input_gradient_by_phases(monkeypatch, x_shape, k_shape, stride, padding):
+    """conv2d with the input term forced to the phases: XLA's input and kernel gradients, per-member (vmap)
+    input gradients, and forward derivatives."""
+    monkeypatch.setitem(conv_backends.INPUT_TERM_RULES, "cpu", lambda *shapes: "phases")
+    x, kernel, kg = operands(x_shape, k_shape, seed=5)
+    weights = jax.random.normal(kg, xla_conv2d(x, kernel, stride, padding).shape)
+    ours = lambda x_, k_: jnp.sum(weights * jnp.tanh(conv2d(x_, k_, stride, padding)))
+    xla = lambda x_, k_: jnp.sum(weights * jnp.tanh(xla_conv2d(x_, k_, stride, padding)))
+    for got, want in zip(jax.jit(jax.grad(ours, (0, 1)))(x, kernel), jax.grad(xla, (0, 1))(x, kernel), strict=True):
+        close(got, want, float(jnp.max(jnp.abs(want))))
+    members = jnp.stack([kernel, -2 * kernel, 0.5 * kernel])
+    per_member = jax.jit(jax.vmap(jax.grad(ours, 0), (None, 0)))(x, members)
+    for i in range(3):
+        want = jax.grad(xla, 0)(x, members[i])
+        close(per_member[i], want, float(jnp.max(jnp.abs(want))))
+    tangents = (jnp.ones_like(x), jnp.ones_like(kernel))
+    got, want = jax.jvp(ours, (x, kernel), tangents)[1], jax.jvp(xla, (x, kernel), tangents)[1]
+    close(got, want, float(jnp.abs(want)))
+
+
+def test_the_cpu_input_gradient_of_a_stride_2_layer_is_four_stride_1_convolutions_and_xla_elsewhere():
+    """On CPU the input gradient of CNN7's, CNN3's and CNN5's stride-2 layers runs as s² = 4 stride-1
+    convolutions without input dilation (the rule's "phases"); stride 1, GPU and TPU keep XLA's transpose, a
+    convolution of the output gradient dilated by 2; an unknown choice fails at trace time."""
+    strided = [((128, 28, 28, 64), (3, 3, 64, 128), 2, 1), ((128, 14, 14, 16), (4, 4, 16, 32), 2, 1),
+               ((128, 28, 28, 16), (4, 4, 16, 16), 2, 1), ((128, 28, 28, 1), (5, 5, 1, 16), 2, 2)]  # fmt: skip
+    for shapes in strided:
+        assert input_term_choice("cpu", *shapes) == "phases"
+        assert all(input_term_choice(platform, *shapes) == "xla" for platform in ("cuda", "rocm", "tpu"))
+    assert input_term_choice("cpu", (128, 14, 14, 128), (3, 3, 128, 128), 1, 1) == "xla"
+    assert input_term_choice("cpu", (4, 9, 8, 3), (3, 3, 3, 4), 3, 1) == "xla"  # stride 3: not measured
+    x, kernel, _ = operands((2, 28, 28, 64), (3, 3, 64, 128))
+    traced = jax.jit(jax.grad(lambda x_: jnp.sum(conv2d(x_, kernel, 2, 1) ** 2))).trace(x)
+
+    def convolutions(platform):
+        text = traced.lower(lowering_platforms=(platform,)).as_text()
+        return [line for line in text.splitlines() if "stablehlo.convolution" in line]
+
+    cpu, cuda = convolutions("cpu"), convolutions("cuda")
+    assert len(cpu) == 5 and all("lhs_dilate = [1, 1]" in line for line in cpu)  # forward + 4 phases
+    assert sum("stride = [1, 1]" in line for line in cpu) == 4
+    assert len(cuda) == 2 and "lhs_dilate = [2, 2]" in cuda[1]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(conv_backends.INPUT_TERM_RULES, "cpu", lambda *shapes: "winograd")
+        with pytest.raises(ValueError, match="input-gradient rule for 'cpu' chose 'winograd'"):
+            jax.grad(lambda x_: jnp.sum(conv2d(x_, kernel, 2, 1) ** 3))(x)

@@ -9,7 +9,10 @@ shape by a rule in :data:`KERNEL_TERM_RULES`:
 A platform without a rule (GPU, TPU) runs XLA's own convolution. The choice is made from static shapes
 when the program is traced, and the platform branch when it is lowered
 (:func:`jax.lax.platform_dependent`), so it is static under ``jit``. The CPU rule is measured
-(``experiments/bench_conv.py``, ``experiments/RESULTS.md``).
+(``experiments/bench_conv.py``, ``experiments/bench_kernel_grad.py``, ``experiments/RESULTS.md``).
+
+The first term's implementation (its transpose is the input gradient) is chosen the same way by a rule in
+:data:`INPUT_TERM_RULES`, ``-> "xla" | "phases"`` (CPU: the phases at stride 2).
 """
 
 from __future__ import annotations
@@ -106,6 +109,32 @@ def cpu_kernel_term(x_shape: Shape, kernel_shape: Shape, stride: int, padding: i
 
 #: platform name (as :func:`jax.lax.platform_dependent` spells it) → rule; others run ``"xla"``.
 KERNEL_TERM_RULES: dict[str, KernelTermRule] = {"cpu": cpu_kernel_term}
+
+#: The implementations of the input term ``conv(dx, W)`` (whose transpose is the input gradient) a rule may name.
+INPUT_TERMS = ("xla", "phases")
+#: Strides at which the CPU input gradient runs by phases (measured at 2 only: CNN7's 28×28 64→128 layer
+#: 53.7 → 35.6 CPU ms at batch 128, CNN3's and CNN5's 16-channel k4 layers 1.8 → 1.4 and 10.0 → 6.9).
+PHASE_STRIDES = (2,)
+
+
+def cpu_input_term(x_shape: Shape, kernel_shape: Shape, stride: int, padding: int) -> str:
+    """XLA:CPU transposes a strided convolution as a convolution of the dilated output gradient on Eigen;
+    as ``s²`` stride-1 convolutions on the input's phases (:mod:`jaxcert.nets.conv_input_phases`) it runs
+    on YNNPACK at stride 2."""
+    return "phases" if stride in PHASE_STRIDES else "xla"
+
+
+#: platform → rule for the input term; others run ``"xla"``.
+INPUT_TERM_RULES: dict[str, KernelTermRule] = {"cpu": cpu_input_term}
+
+
+def input_term_choice(platform: str, x_shape: Shape, kernel_shape: Shape, stride: int, padding: int) -> str:
+    """The input-term implementation ``platform`` runs for these shapes (``"xla"`` without a rule)."""
+    rule = INPUT_TERM_RULES.get(platform)
+    choice = "xla" if rule is None else rule(tuple(x_shape), tuple(kernel_shape), stride, padding)
+    if choice not in INPUT_TERMS:
+        raise ValueError(f"input-gradient rule for {platform!r} chose {choice!r}; known: {', '.join(INPUT_TERMS)}")
+    return choice
 
 
 def kernel_term_choice(platform: str, x_shape: Shape, kernel_shape: Shape, stride: int, padding: int) -> str:

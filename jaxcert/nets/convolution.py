@@ -6,7 +6,10 @@ The forward pass is XLA's convolution. Its derivative is written by hand (:func:
 
     dy = conv(dx, W) + conv(x, dW).
 
-The first term is XLA's convolution again, and it transposes to XLA's input gradient. On XLA:CPU the
+The first term's transpose is the input gradient: XLA's own (the convolution's transpose) except at stride 2
+on CPU, where it runs as four stride-1 convolutions on the input's parity phases
+(:mod:`jaxcert.nets.conv_input_phases`, chosen by :func:`jaxcert.nets.conv_backends.input_term_choice`:
+XLA:CPU runs its own as a convolution of the dilated output gradient on Eigen, 1.3-1.5× slower). On XLA:CPU the
 second term's transpose, the kernel gradient, is the bottleneck. XLA lowers it as a convolution whose
 contraction runs over the whole batch and image, ``dW[i, j] = Σ_{b,h,w} x_pad[b, s·h + i, s·w + j] ⊗ g[b,
 h, w]``. That is one matrix product with a huge inner dimension, which XLA:CPU runs 3-4× slower than the
@@ -46,10 +49,11 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from jaxcert.nets.conv_backends import cf_batch_chunk, im2col_batch_chunk, kernel_term_choice
+from jaxcert.nets.conv_backends import cf_batch_chunk, im2col_batch_chunk, input_term_choice, kernel_term_choice
 from jaxcert.nets.conv_im2col import im2col_conv2d, scanned_im2col_conv2d
 from jaxcert.nets.conv_im2col_cf import scanned_im2col_cf_conv2d
 from jaxcert.nets.conv_im2col_gt import scanned_im2col_gt_conv2d
+from jaxcert.nets.conv_input_phases import phase_conv2d
 
 
 def output_size(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -116,6 +120,21 @@ def kernel_term(x: jax.Array, kernel_tangent: jax.Array, stride: int, padding: i
     return jax.lax.platform_dependent(x, kernel_tangent, default=term("xla"), **branches)
 
 
+def input_term(x_tangent: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
+    """``conv(dx, W)``, linear in ``dx``, by the implementation each platform's rule chooses
+    (:func:`jaxcert.nets.conv_backends.input_term_choice`): its transpose is the input gradient."""
+    choices = {
+        platform: input_term_choice(platform, x_tangent.shape, kernel.shape, stride, padding)
+        for platform in ("cpu", "cuda", "rocm", "tpu")
+    }
+    by_xla = lambda dx, k: xla_conv2d(dx, k, stride, padding)
+    if all(choice == "xla" for choice in choices.values()):
+        return by_xla(x_tangent, kernel)
+    by_phases = lambda dx, k: phase_conv2d(dx, k, stride, padding)
+    branches = {platform: by_phases for platform, choice in choices.items() if choice == "phases"}
+    return jax.lax.platform_dependent(x_tangent, kernel, default=by_xla, **branches)
+
+
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
 def conv2d(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
     """XLA's convolution of ``x`` (N, H, W, C) with ``kernel`` (k, k, C, O); see the module doc for its
@@ -130,4 +149,4 @@ def _conv2d_jvp(
     x, kernel = primals
     dx, dkernel = tangents
     out = xla_conv2d(x, kernel, stride, padding)
-    return out, xla_conv2d(dx, kernel, stride, padding) + kernel_term(x, dkernel, stride, padding)
+    return out, input_term(dx, kernel, stride, padding) + kernel_term(x, dkernel, stride, padding)
