@@ -46,15 +46,18 @@ def phase_conv2d(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> 
     zero = jnp.zeros((), x.dtype)
     x_even = jax.lax.pad(x, zero, ((0, 0, 0), (0, s * phase_h - height, 0), (0, s * phase_w - width, 0), (0, 0, 0)))
     blocks = x_even.reshape(batch, phase_h, s, phase_w, s, cin)
+    # lax.split, not slices: its transpose is one concatenation (the interleave), where slices' would be s²
+    # zero-padded copies added up, which XLA:CPU left unfused inside a training step
+    by_row = jax.lax.split(blocks, (1,) * s, axis=2)
     out = jnp.zeros((batch, out_h, out_w, cout), jnp.result_type(x, kernel))
     for phase_y in range(s):
         first_y, taps_y, offset_y = _phase_taps(kh, s, padding, phase_y)
+        by_col = jax.lax.split(by_row[phase_y], (1,) * s, axis=4)
         for phase_x in range(s):
             first_x, taps_x, offset_x = _phase_taps(kw, s, padding, phase_x)
             if taps_y == 0 or taps_x == 0:  # a kernel smaller than the stride never reads this phase
                 continue
-            phase = jax.lax.slice(blocks, (0, 0, phase_y, 0, phase_x, 0), (batch, phase_h, phase_y + 1, phase_w,
-                                                                            phase_x + 1, cin))  # fmt: skip
+            phase = by_col[phase_x]
             high_y = out_h + taps_y - 1 - offset_y - phase_h  # the correlation covers exactly the output
             high_x = out_w + taps_x - 1 - offset_x - phase_w
             out = out + jax.lax.conv_general_dilated(
