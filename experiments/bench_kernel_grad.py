@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_VARIANTS = ("xla", "im2col-scan", "gt-scan:1", "gt-scan:2", "gt-scan:4", "gt-scan:8", "cf-scan:2",
+DEFAULT_VARIANTS = ("xla", "im2col-scan", "gt-scan", "gt-scan:1", "gt-scan:2", "gt-scan:4", "gt-scan:8", "cf-scan",
                     "taps-nhwc", "taps-cf", "flat-nhwc", "stacked-cf")  # fmt: skip
 QUICK_LAYERS = [
     {"label": "quick 8×8 4→8", "x": [4, 8, 8, 4], "kernel": [3, 3, 4, 8], "stride": 1, "padding": 1},

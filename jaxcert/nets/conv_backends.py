@@ -112,8 +112,9 @@ KERNEL_TERM_RULES: dict[str, KernelTermRule] = {"cpu": cpu_kernel_term}
 
 #: The implementations of the input term ``conv(dx, W)`` (whose transpose is the input gradient) a rule may name.
 INPUT_TERMS = ("xla", "phases")
-#: Strides at which the CPU input gradient runs by phases (measured at 2 only: CNN7's 28×28 64→128 layer
-#: 53.7 → 35.6 CPU ms at batch 128, CNN3's and CNN5's 16-channel k4 layers 1.8 → 1.4 and 10.0 → 6.9).
+#: Strides at which the CPU input gradient runs by phases (measured at 2 only; the IBP pair's input gradients
+#: at batch 128, CPU ms: CNN7's 28×28 64→128 119.1 → 109.0, CNN5's 28×28 16→16 k4 22.1 → 17.0, CNN3's 14×14
+#: 16→32 k4 3.6 → 2.5; whole IBP train steps −4 % on CNN7, −12 % on CNN5).
 PHASE_STRIDES = (2,)
 
 

@@ -9,7 +9,7 @@ The forward pass is XLA's convolution. Its derivative is written by hand (:func:
 The first term's transpose is the input gradient: XLA's own (the convolution's transpose) except at stride 2
 on CPU, where it runs as four stride-1 convolutions on the input's parity phases
 (:mod:`jaxcert.nets.conv_input_phases`, chosen by :func:`jaxcert.nets.conv_backends.input_term_choice`:
-XLA:CPU runs its own as a convolution of the dilated output gradient on Eigen, 1.3-1.5× slower). On XLA:CPU the
+XLA:CPU runs its own as a convolution of the dilated output gradient on Eigen, 1.1-1.4× slower). On XLA:CPU the
 second term's transpose, the kernel gradient, is the bottleneck. XLA lowers it as a convolution whose
 contraction runs over the whole batch and image, ``dW[i, j] = Σ_{b,h,w} x_pad[b, s·h + i, s·w + j] ⊗ g[b,
 h, w]``. That is one matrix product with a huge inner dimension, which XLA:CPU runs 3-4× slower than the
