@@ -6,7 +6,10 @@ The forward pass is XLA's convolution. Its derivative is written by hand (:func:
 
     dy = conv(dx, W) + conv(x, dW).
 
-The first term is XLA's convolution again, and it transposes to XLA's input gradient. On XLA:CPU the
+The first term's transpose is the input gradient: XLA's own (the convolution's transpose) except at stride 2
+on CPU, where it runs as four stride-1 convolutions on the input's parity phases
+(:mod:`jaxcert.nets.conv_input_phases`, chosen by :func:`jaxcert.nets.conv_backends.input_term_choice`:
+XLA:CPU runs its own as a convolution of the dilated output gradient on Eigen, 1.1-1.4× slower). On XLA:CPU the
 second term's transpose, the kernel gradient, is the bottleneck. XLA lowers it as a convolution whose
 contraction runs over the whole batch and image, ``dW[i, j] = Σ_{b,h,w} x_pad[b, s·h + i, s·w + j] ⊗ g[b,
 h, w]``. That is one matrix product with a huge inner dimension, which XLA:CPU runs 3-4× slower than the
@@ -25,6 +28,9 @@ Which implementation computes that term is chosen per platform and per static sh
 - ``"im2col-scan-gt"`` (:mod:`jaxcert.nets.conv_im2col_gt`, the CPU rule's choice): the same chunks with
   the product written output channels first, ``∂Wᵀ = Σ_chunks g_cᵀ P_c``, the form XLA:CPU hands to
   YNNPACK (1.3-1.7× less CPU than ``"im2col-scan"`` on CNN7's layers);
+- ``"im2col-scan-cf"`` (:mod:`jaxcert.nets.conv_im2col_cf`, the CPU rule's choice for thin first layers,
+  ``kh·kw·C ≤ 48``): chunks of patches laid out channels first, ``∂W = Σ_chunks P_cᵀ g_c`` with ``P_cᵀ``
+  (k²C, K), also a YNNPACK product (CNN7's 1→64 layer: 2.7× less CPU than XLA's, 3.4× less than gt);
 - ``"slices"``: a sum over the ``k × k`` kernel offsets of shifted, strided slices of ``x`` times that
   offset's kernel matrix, batched per example,
 
@@ -43,9 +49,11 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from jaxcert.nets.conv_backends import im2col_batch_chunk, kernel_term_choice
+from jaxcert.nets.conv_backends import cf_batch_chunk, im2col_batch_chunk, input_term_choice, kernel_term_choice
 from jaxcert.nets.conv_im2col import im2col_conv2d, scanned_im2col_conv2d
+from jaxcert.nets.conv_im2col_cf import scanned_im2col_cf_conv2d
 from jaxcert.nets.conv_im2col_gt import scanned_im2col_gt_conv2d
+from jaxcert.nets.conv_input_phases import phase_conv2d
 
 
 def output_size(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -92,12 +100,14 @@ def kernel_term(x: jax.Array, kernel_tangent: jax.Array, stride: int, padding: i
     """``conv(x, dW)``, linear in ``dW``, by the implementation each platform's rule chooses for these shapes
     (:func:`jaxcert.nets.conv_backends.kernel_term_choice`; platforms without a rule: XLA's)."""
     chunk = im2col_batch_chunk(x.shape, kernel_tangent.shape, stride, padding)
+    cf_chunk = cf_batch_chunk(x.shape, kernel_tangent.shape, stride, padding)
     implementations = {
         "xla": xla_conv2d,
         "slices": shifted_slices_conv2d,
         "im2col": im2col_conv2d,
         "im2col-scan": lambda x_, k_, s_, p_: scanned_im2col_conv2d(x_, k_, s_, p_, chunk),
         "im2col-scan-gt": lambda x_, k_, s_, p_: scanned_im2col_gt_conv2d(x_, k_, s_, p_, chunk),
+        "im2col-scan-cf": lambda x_, k_, s_, p_: scanned_im2col_cf_conv2d(x_, k_, s_, p_, cf_chunk),
     }
     term = lambda name: lambda x_, dk: implementations[name](x_, dk, stride, padding)
     choices = {
@@ -108,6 +118,21 @@ def kernel_term(x: jax.Array, kernel_tangent: jax.Array, stride: int, padding: i
         return xla_conv2d(x, kernel_tangent, stride, padding)
     branches = {platform: term(choice) for platform, choice in choices.items() if choice != "xla"}
     return jax.lax.platform_dependent(x, kernel_tangent, default=term("xla"), **branches)
+
+
+def input_term(x_tangent: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
+    """``conv(dx, W)``, linear in ``dx``, by the implementation each platform's rule chooses
+    (:func:`jaxcert.nets.conv_backends.input_term_choice`): its transpose is the input gradient."""
+    choices = {
+        platform: input_term_choice(platform, x_tangent.shape, kernel.shape, stride, padding)
+        for platform in ("cpu", "cuda", "rocm", "tpu")
+    }
+    by_xla = lambda dx, k: xla_conv2d(dx, k, stride, padding)
+    if all(choice == "xla" for choice in choices.values()):
+        return by_xla(x_tangent, kernel)
+    by_phases = lambda dx, k: phase_conv2d(dx, k, stride, padding)
+    branches = {platform: by_phases for platform, choice in choices.items() if choice == "phases"}
+    return jax.lax.platform_dependent(x_tangent, kernel, default=by_xla, **branches)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
@@ -124,4 +149,4 @@ def _conv2d_jvp(
     x, kernel = primals
     dx, dkernel = tangents
     out = xla_conv2d(x, kernel, stride, padding)
-    return out, xla_conv2d(dx, kernel, stride, padding) + kernel_term(x, dkernel, stride, padding)
+    return out, input_term(dx, kernel, stride, padding) + kernel_term(x, dkernel, stride, padding)
