@@ -9,8 +9,11 @@ runs its kernel-gradient term (:mod:`jaxcert.nets.convolution`):
 
     xla            XLA's convolution (its kernel gradient: a convolution with an image-sized window)
     im2col-scan    the chunked patches, ``Σ_c P_cᵀ g_c`` (``conv_im2col.scanned_im2col_conv2d``, the rule's chunk)
-    gt-scan:c      the chunked patches as ``Σ_c g_cᵀ P_c`` (``conv_im2col_gt``), ``c`` examples per step
+    gt-scan:c      the chunked patches as ``Σ_c g_cᵀ P_c`` (``conv_im2col_gt``), ``c`` examples per step (no ``:c``:
+                   the rule's chunk, ``conv_backends.im2col_batch_chunk``)
+    gt-halves:c    gt-scan on each half of the batch: two independent loops, their sums added at the end
     cf-scan:c      chunked patches laid out channels first, ``P_cᵀ`` (k²C, K) from a once-transposed input
+                   (``conv_im2col_cf``; no ``:c``: the rule's chunk, ``conv_backends.cf_batch_chunk``)
     taps-nhwc      no patches: one product per kernel offset ``(i, j)`` on a shifted window of the padded input
                    (its ``s²`` parity phases ``x_pad[:, p::s, q::s]`` at stride ``s``, so every window is a
                    contiguous box of one phase), contracting batch and both spatial axes, whole batch
@@ -25,6 +28,7 @@ variant, the compiled program's products (YNNPACK fusions, Eigen ``dot``s, XLA c
 copies (slice / copy / transpose fusions).
 
     python experiments/bench_kernel_grad.py                          # CNN7 (Fashion-MNIST) and CNN3, batch 128
+    python experiments/bench_kernel_grad.py --archs cnn7,cnn3,cnn5 --variants xla,gt-scan,cf-scan:4
     python experiments/bench_kernel_grad.py --layers 2,3,4 --variants im2col-scan,gt-scan:1,gt-scan:2 --hlo
     python experiments/bench_kernel_grad.py --quick                  # seconds: tiny layers, two rounds
 """
@@ -41,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_VARIANTS = ("xla", "im2col-scan", "gt-scan:1", "gt-scan:2", "gt-scan:4", "gt-scan:8", "cf-scan:2",
+DEFAULT_VARIANTS = ("xla", "im2col-scan", "gt-scan", "gt-scan:1", "gt-scan:2", "gt-scan:4", "gt-scan:8", "cf-scan",
                     "taps-nhwc", "taps-cf", "flat-nhwc", "stacked-cf")  # fmt: skip
 QUICK_LAYERS = [
     {"label": "quick 8×8 4→8", "x": [4, 8, 8, 4], "kernel": [3, 3, 4, 8], "stride": 1, "padding": 1},
@@ -49,14 +53,14 @@ QUICK_LAYERS = [
 ]
 
 
-def conv_layers(batch: int) -> list[dict[str, Any]]:
-    """The conv layers of CNN7 and CNN3 at Fashion-MNIST shapes, ``batch`` examples (CNN7's repeated 128→128
-    layer once): label, x shape, kernel shape, stride, padding."""
+def conv_layers(batch: int, archs: tuple[str, ...] = ("cnn7", "cnn3")) -> list[dict[str, Any]]:
+    """The conv layers of ``archs`` at Fashion-MNIST shapes, ``batch`` examples (a shape already listed once):
+    label, x shape, kernel shape, stride, padding."""
     sys.path.insert(0, str(HERE))
     from profile_cnn7_step import layer_label, layer_plan
 
     layers, seen = [], set()
-    for arch in ("cnn7", "cnn3"):
+    for arch in archs:
         for layer in layer_plan(arch):
             key = (tuple(layer["shape"]), tuple(layer["kernel"]), layer.get("stride"))
             if layer["kind"] != "conv" or key in seen:
@@ -161,50 +165,39 @@ def stacked_cf(x: Any, k: Any, s: int, p: int) -> Any:
     return y.sum(0).reshape(x.shape[0], out_h, out_w, cout)
 
 
-def cf_scan(chunk: int) -> Callable[..., Any]:
-    """Chunked patches channels first: the padded input transposed once to (B/c, C, c, Hp, Wp); each step
-    stacks the ``k²`` strided windows into ``P_cᵀ`` (k²C, c·H'·W') and runs ``P_cᵀ · W``."""
-    import jax
+def halves(conv: Callable[..., Any]) -> Callable[..., Any]:
+    """``conv`` on the two halves of the batch, concatenated: its kernel gradient is two independent loops whose
+    sums are added at the end (XLA:CPU's thunk executor may run them at the same time)."""
     import jax.numpy as jnp
 
-    def conv(x: Any, k: Any, s: int, p: int) -> Any:
-        kh, kw, cin, cout = k.shape
-        batch, (out_h, out_w, _, _), c = x.shape[0], _geometry(x.shape, k.shape, s, p), min(chunk, x.shape[0])
-        x_pad = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
-        blocks = x_pad.reshape(batch // c, c, *x_pad.shape[1:]).transpose(0, 4, 1, 2, 3)
+    def split(x: Any, k: Any, s: int, p: int) -> Any:
+        half = x.shape[0] // 2
+        return jnp.concatenate([conv(x[:half], k, s, p), conv(x[half:], k, s, p)])
 
-        def step(block: Any, kernel: Any) -> Any:
-            wins = [jax.lax.slice(block, (0, 0, i, j), (cin, c, i + (out_h - 1) * s + 1, j + (out_w - 1) * s + 1),
-                                  (1, 1, s, s)) for i in range(kh) for j in range(kw)]  # fmt: skip
-            cols_t = jnp.stack(wins).reshape(kh * kw * cin, c * out_h * out_w)
-            return jax.lax.dot_general(cols_t, kernel, (((0,), (0,)), ((), ()))).reshape(c, out_h, out_w, cout)
-
-        flat = k.reshape(kh * kw * cin, cout)
-        if c == batch:
-            return step(blocks[0], flat)
-        remat = jax.checkpoint(step)
-        return jax.lax.map(lambda block: remat(block, flat), blocks).reshape(batch, out_h, out_w, cout)
-
-    return conv
+    return split
 
 
 def variant(name: str, layer: dict[str, Any]) -> Callable[..., Any]:
     """The linear map ``(x, W, s, p) -> conv(x, W)`` a variant name stands for."""
-    from jaxcert.nets.conv_backends import im2col_batch_chunk
+    from jaxcert.nets.conv_backends import cf_batch_chunk, im2col_batch_chunk
     from jaxcert.nets.conv_im2col import scanned_im2col_conv2d
+    from jaxcert.nets.conv_im2col_cf import scanned_im2col_cf_conv2d
     from jaxcert.nets.conv_im2col_gt import scanned_im2col_gt_conv2d
     from jaxcert.nets.convolution import xla_conv2d
 
     base, _, arg = name.partition(":")
     shapes = (tuple(layer["x"]), tuple(layer["kernel"]), layer["stride"], layer["padding"])
+    rule_chunk = im2col_batch_chunk(*shapes)
     if base == "im2col-scan":
-        chunk = int(arg) if arg else im2col_batch_chunk(*shapes)
+        chunk = int(arg) if arg else rule_chunk
         return lambda x, k, s, p: scanned_im2col_conv2d(x, k, s, p, chunk)
-    if base == "gt-scan":
-        chunk = min(int(arg or 2), layer["x"][0])
-        return lambda x, k, s, p: scanned_im2col_gt_conv2d(x, k, s, p, chunk)
+    if base in ("gt-scan", "gt-halves"):  # no chunk given: the rule's
+        chunk = min(int(arg) if arg else rule_chunk, layer["x"][0] // (2 if base == "gt-halves" else 1))
+        gt = lambda x, k, s, p: scanned_im2col_gt_conv2d(x, k, s, p, chunk)
+        return gt if base == "gt-scan" else halves(gt)
     if base == "cf-scan":
-        return cf_scan(int(arg or 2))
+        chunk = min(int(arg) if arg else cf_batch_chunk(*shapes), layer["x"][0])
+        return lambda x, k, s, p: scanned_im2col_cf_conv2d(x, k, s, p, chunk)
     fixed = {"xla": xla_conv2d, "taps-nhwc": taps_nhwc, "taps-cf": taps_cf, "flat-nhwc": flat_nhwc,
              "stacked-cf": stacked_cf}  # fmt: skip
     if base not in fixed:
@@ -287,6 +280,7 @@ def markdown(rows: list[dict[str, Any]], names: list[str]) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--archs", default="cnn7,cnn3", help="comma-separated architectures whose conv layers to time")
     p.add_argument("--layers", help="comma-separated 1-based indices into the layer list (default: all)")
     p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help="comma-separated variant names")
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds (best counts)")
@@ -302,7 +296,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    layers = QUICK_LAYERS if args.quick else conv_layers(args.batch)
+    layers = QUICK_LAYERS if args.quick else conv_layers(args.batch, tuple(args.archs.split(",")))
     if args.layers:
         picked = [int(i) for i in args.layers.split(",")]
         if not all(1 <= i <= len(layers) for i in picked):

@@ -21,7 +21,12 @@ does not count OpenMP threads spinning at barriers (``bench_reference.py`` keeps
 thunk event mapped to its instruction in the optimised HLO, summed per stage (thunk wall ms per step;
 thunks of the two threads overlap, so the sum exceeds the step's wall time).
 
+``--baseline DIR`` times another jaxcert checkout's side too (e.g. ``git archive main | tar -x -C DIR``), in
+its own process alternating with the others, for before/after figures from one run; ``--arch`` profiles
+another architecture's IBP step (CNN3, CNN5) the same way.
+
     python experiments/profile_cnn7_step.py --reference /work/refvenv --trace
+    python experiments/profile_cnn7_step.py --reference /work/refvenv --baseline /tmp/base --arch cnn3
     python experiments/profile_cnn7_step.py --quick        # seconds: tiny net, jaxcert side only
 """
 
@@ -44,7 +49,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_sides import first_cpus, pin_to_side_cpus, run_plan_side, side_env
+from bench_sides import REPO, first_cpus, pin_to_side_cpus, run_plan_side, side_env
 
 HERE = Path(__file__).resolve().parent
 
@@ -291,39 +296,55 @@ def best_of(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 def markdown(result: dict[str, Any]) -> str:
     sides = result["sides"]
-    jx, ref = sides["jaxcert"], sides.get("reference")
-    head = (f"CNN7 IBP train step, batch {result['batch']}, {result['threads']} threads per process, best of "
-            f"{result['rounds']} alternating rounds × {result['repeats']} calls; load average "
-            f"{result['load_before']:.2f} before, {result['load_after']:.2f} after. ms per call: wall / CPU "
+    jx, ref, base = sides["jaxcert"], sides.get("reference"), sides.get("baseline")
+    head = (f"{result.get('arch', 'cnn7').upper()} IBP train step, batch {result['batch']}, {result['threads']} "
+            f"threads per process, best of {result['rounds']} alternating rounds × {result['repeats']} calls; load "
+            f"average {result['load_before']:.2f} before, {result['load_after']:.2f} after. ms per call: wall / CPU "
             "(user + system, all threads).")  # fmt: skip
-    lines = [head, "", "| stage | jaxcert wall | jaxcert CPU | reference wall | reference CPU | CPU ref / jaxcert |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
+    if base:
+        head += f" Baseline: the jaxcert checkout {result['baseline']}."
+    base_head = " baseline CPU | CPU baseline / jaxcert |" if base else ""
+    lines = [head, "", "| stage | jaxcert wall | jaxcert CPU | reference wall | reference CPU | CPU ref / jaxcert |"
+             + base_head, "|---|---|---|---|---|---|" + ("---|---|" if base else "")]  # fmt: skip
     cell = lambda d, k: "–" if d is None else f"{d[k]:.1f}"
-    totals = {"jaxcert": [0.0, 0.0], "reference": [0.0, 0.0]}
+
+    def base_cells(b: dict[str, float] | None, j: dict[str, float]) -> str:
+        if not base:
+            return ""
+        return f" {cell(b, 'cpu_ms')} | " + ("–" if b is None else f"{b['cpu_ms'] / j['cpu_ms']:.2f}") + " |"
+
+    totals = {"jaxcert": [0.0, 0.0], "reference": [0.0, 0.0], "baseline": [0.0, 0.0]}
     for name, j in jx["stages"].items():
         r = ref["stages"].get(name) if ref else None
-        for side, d in (("jaxcert", j), ("reference", r)):
+        b = base["stages"].get(name) if base else None
+        for side, d in (("jaxcert", j), ("reference", r), ("baseline", b)):
             if d is not None:
                 totals[side][0] += d["wall_ms"]
                 totals[side][1] += d["cpu_ms"]
         ratio = "–" if r is None else f"{r['cpu_ms'] / j['cpu_ms']:.2f}"
         lines.append(f"| {name.replace('|', ' ')} | {cell(j, 'wall_ms')} | {cell(j, 'cpu_ms')} | "
-                     f"{cell(r, 'wall_ms')} | {cell(r, 'cpu_ms')} | {ratio} |")  # fmt: skip
+                     f"{cell(r, 'wall_ms')} | {cell(r, 'cpu_ms')} | {ratio} |" + base_cells(b, j))  # fmt: skip
     rest = {s: (sides[s]["step"]["wall_ms"] - t[0], sides[s]["step"]["cpu_ms"] - t[1]) for s, t in totals.items()
             if s in sides}  # fmt: skip
     fmt_pair = lambda s, i: f"{rest[s][i]:.1f}" if s in rest else "–"
     ref_sum = f"{totals['reference'][0]:.1f} | {totals['reference'][1]:.1f}" if ref else "– | –"
     sum_ratio = f"{totals['reference'][1] / totals['jaxcert'][1]:.2f}" if ref else "–"
     jax_sum = f"{totals['jaxcert'][0]:.1f} | {totals['jaxcert'][1]:.1f}"
-    lines.append(f"| sum of the stages above | {jax_sum} | {ref_sum} | {sum_ratio} |")
+    as_entry = lambda side: {"wall_ms": totals[side][0], "cpu_ms": totals[side][1]}
+    lines.append(f"| sum of the stages above | {jax_sum} | {ref_sum} | {sum_ratio} |"
+                 + base_cells(as_entry("baseline") if base else None, as_entry("jaxcert")))  # fmt: skip
+    rest_entry = lambda side: {"wall_ms": rest[side][0], "cpu_ms": rest[side][1]} if side in rest else None
     lines.append(f"| rest (step − stages) | {fmt_pair('jaxcert', 0)} | {fmt_pair('jaxcert', 1)} | "
-                 f"{fmt_pair('reference', 0)} | {fmt_pair('reference', 1)} | – |")  # fmt: skip
+                 f"{fmt_pair('reference', 0)} | {fmt_pair('reference', 1)} | – |"
+                 + base_cells(rest_entry("baseline"), rest_entry("jaxcert")))  # fmt: skip
     step_ratio = f"{ref['step']['cpu_ms'] / jx['step']['cpu_ms']:.2f}" if ref else "–"
     ref_step = ref["step"] if ref else None
     lines.append(f"| **whole step** | {jx['step']['wall_ms']:.1f} | {jx['step']['cpu_ms']:.1f} | "
-                 f"{cell(ref_step, 'wall_ms')} | {cell(ref_step, 'cpu_ms')} | {step_ratio} |")  # fmt: skip
+                 f"{cell(ref_step, 'wall_ms')} | {cell(ref_step, 'cpu_ms')} | {step_ratio} |"
+                 + base_cells(base["step"] if base else None, jx["step"]))  # fmt: skip
     lines.append("")
     lines.append(f"Page faults per step: jaxcert {jx['faults']}" + (f", reference {ref['faults']}" if ref else "")
+                 + (f", baseline {base['faults']}" if base else "")
                  + f". jaxcert's step: {jx['step']['gflop']:.1f} GFLOP, {jx['step']['gbytes']:.2f} GB accessed "
                  "(XLA's cost analysis).")  # fmt: skip
     if "trace" in jx:
@@ -337,6 +358,8 @@ def markdown(result: dict[str, Any]) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--reference", type=Path, help="virtual environment with auto_LiRPA (the PyTorch side)")
+    p.add_argument("--baseline", type=Path, help="another jaxcert checkout to time side by side (before/after)")
+    p.add_argument("--arch", default="cnn7", choices=("cnn7", "cnn5", "cnn3"), help="the architecture (default cnn7)")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds (best counts)")
     p.add_argument("--repeats", type=int, default=3, help="timed calls per stage and round")
@@ -352,6 +375,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--batch, --rounds, --repeats and --threads must be >= 1")
     if args.reference and not (args.reference / "bin" / "python").is_file():
         p.error(f"--reference {args.reference}: no bin/python there")
+    if args.baseline and not (args.baseline / "experiments" / "profile_cnn7_step.py").is_file():
+        p.error(f"--baseline {args.baseline}: no experiments/profile_cnn7_step.py there (a jaxcert checkout?)")
     return args
 
 
@@ -367,7 +392,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     sys.path.insert(0, str(HERE))
     from bench_reference import write_case
 
-    arch = "tiny" if args.quick else "cnn7"
+    arch = "tiny" if args.quick else args.arch
     batch, rounds = (4, 1) if args.quick else (args.batch, args.rounds)
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
@@ -375,22 +400,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         plan = {"arch": arch, "batch": batch, "repeats": args.repeats, "threads": args.threads, "case": case,
                 "layers": layer_plan(arch)}  # fmt: skip
         script = str(Path(__file__).resolve())
-        sides = {"jaxcert": ([sys.executable, script, "--side", "jaxcert"], {})}
+        sides = {"jaxcert": ([sys.executable, script, "--side", "jaxcert"], {}, REPO)}
+        if args.baseline:
+            base_script = str(args.baseline.resolve() / "experiments" / "profile_cnn7_step.py")
+            sides = {"baseline": ([sys.executable, base_script, "--side", "jaxcert"], {}, args.baseline.resolve()),
+                     **sides}  # fmt: skip
         if args.reference:
             sides["reference"] = ([str(args.reference / "bin" / "python"), script, "--side", "torch"],
-                                  {"OMP_WAIT_POLICY": "PASSIVE"})  # fmt: skip
+                                  {"OMP_WAIT_POLICY": "PASSIVE"}, REPO)  # fmt: skip
         outputs: dict[str, list[dict[str, Any]]] = {s: [] for s in sides}
         for number in range(rounds):
-            for name, (command, env) in sides.items():
+            for name, (command, env, root) in sides.items():
                 print(f"round {number + 1}/{rounds}: {name} ...", file=sys.stderr, flush=True)
                 trace = args.trace and name == "jaxcert" and number == rounds - 1
-                env = side_env(first_cpus(plan["threads"]), plan["threads"], env)
+                env = side_env(first_cpus(plan["threads"]), plan["threads"], env, root=root)
                 outputs[name].append(run_plan_side(command, {**plan, "trace": trace}, env, args.timeout))
     merged = {name: best_of(results) for name, results in outputs.items()}
     if args.trace:
         merged["jaxcert"]["trace"] = outputs["jaxcert"][-1]["trace"]
-    result = {"batch": batch, "rounds": rounds, "repeats": args.repeats, "threads": args.threads,
-              "load_before": load_before, "load_after": os.getloadavg()[0], "sides": merged}  # fmt: skip
+    result = {"arch": arch, "baseline": str(args.baseline) if args.baseline else None, "batch": batch,
+              "rounds": rounds, "repeats": args.repeats, "threads": args.threads, "load_before": load_before,
+              "load_after": os.getloadavg()[0], "sides": merged}  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     args.out.with_suffix(".md").write_text(markdown(result))

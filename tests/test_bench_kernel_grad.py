@@ -29,11 +29,23 @@ def test_the_layers_are_cnn7s_and_cnn3s_convolutions_once_each():
         "cnn3 28×28 1→16 s2 k5",
         "cnn3 14×14 16→32 s2 k4",
     ]
+    with_cnn5 = [layer["label"] for layer in load().conv_layers(128, ("cnn7", "cnn3", "cnn5"))]
+    assert with_cnn5 == [*labels, "cnn5 28×28 1→16", "cnn5 28×28 16→16 s2 k4"]  # its third = CNN3's second
 
 
 @pytest.mark.slow
 def test_quick_run_times_every_variant_and_writes_json_and_table(tmp_path):
-    names = ["xla", "im2col-scan", "gt-scan:2", "cf-scan:2", "taps-nhwc", "taps-cf", "flat-nhwc", "stacked-cf"]
+    names = [
+        "xla",
+        "im2col-scan",
+        "gt-scan:2",
+        "gt-halves:1",
+        "cf-scan:2",
+        "taps-nhwc",
+        "taps-cf",
+        "flat-nhwc",
+        "stacked-cf",
+    ]
     out = tmp_path / "kg.json"
     result = load().main(["--quick", "--rounds", "1", "--repeats", "1", "--hlo", "--variants", ",".join(names),
                           "--out", str(out)])  # fmt: skip
@@ -43,6 +55,8 @@ def test_quick_run_times_every_variant_and_writes_json_and_table(tmp_path):
     by = {(row["layer"], row["variant"]): row for row in rows}
     for layer in ("quick 8×8 4→8", "quick 8×8 4→8 s2"):
         assert by[layer, "gt-scan:2"]["ynn"] == 1 and by[layer, "gt-scan:2"]["eigen_dot"] == 0
+        assert by[layer, "cf-scan:2"]["ynn"] == 1 and by[layer, "cf-scan:2"]["eigen_dot"] == 0
+        assert by[layer, "gt-halves:1"]["ynn"] == 2  # one product per half's loop
         assert by[layer, "im2col-scan"]["eigen_dot"] == 1 and by[layer, "im2col-scan"]["ynn"] == 0
         assert by[layer, "taps-cf"]["ynn"] == 9  # one product per kernel offset
     table = out.with_suffix(".md").read_text()

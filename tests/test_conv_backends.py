@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 
 from jaxcert.nets import conv_backends
-from jaxcert.nets.conv_backends import im2col_batch_chunk, kernel_term_choice
+from jaxcert.nets.conv_backends import cf_batch_chunk, im2col_batch_chunk, input_term_choice, kernel_term_choice
 from jaxcert.nets.conv_im2col import im2col_conv2d, patches, scanned_im2col_conv2d
+from jaxcert.nets.conv_im2col_cf import scanned_im2col_cf_conv2d
 from jaxcert.nets.conv_im2col_gt import scanned_im2col_gt_conv2d
+from jaxcert.nets.conv_input_phases import phase_conv2d
 from jaxcert.nets.convolution import conv2d, xla_conv2d
 
 #: CNN3's, CNN5's and CNN7's conv layers (Fashion-MNIST / CIFAR-10 inputs) at a small batch, and odd cases:
@@ -78,14 +80,19 @@ ALL_LAYERS = [
 ]
 
 
+#: the two chunked forms the CPU rule chooses: output channels first (``g_cᵀ P_c``) and channels first (``P_cᵀ g_c``)
+CHUNKED_FORMS = {"gt": scanned_im2col_gt_conv2d, "cf": scanned_im2col_cf_conv2d}
+
+
+@pytest.mark.parametrize("form", sorted(CHUNKED_FORMS))
 @pytest.mark.parametrize("chunk", [2, 4])  # a loop over 2-example chunks; the whole batch in one step
 @pytest.mark.parametrize(("x_shape", "k_shape", "stride", "padding"), ALL_LAYERS)
-def test_im2col_gt_equals_xla_in_values_and_both_gradients(x_shape, k_shape, stride, padding, chunk):
-    """The output-channels-first chunks: XLA's values, input and kernel gradients (``chunk`` = the batch: one
-    step without a loop)."""
+def test_chunked_im2col_forms_equal_xla_in_values_and_both_gradients(form, x_shape, k_shape, stride, padding, chunk):
+    """The output-channels-first and the channels-first chunks: XLA's values, input and kernel gradients
+    (``chunk`` = the batch: one step without a loop)."""
     x, kernel, kg = operands((4, *x_shape[1:]), k_shape, seed=3)
     expected = xla_conv2d(x, kernel, stride, padding)
-    ours = lambda a, k: scanned_im2col_gt_conv2d(a, k, stride, padding, chunk)
+    ours = lambda a, k: CHUNKED_FORMS[form](a, k, stride, padding, chunk)
     close(ours(x, kernel), expected)
     g = jax.random.normal(kg, expected.shape)
     _, ours_vjp = jax.vjp(ours, x, kernel)
@@ -95,12 +102,13 @@ def test_im2col_gt_equals_xla_in_values_and_both_gradients(x_shape, k_shape, str
         close(got, want, scale)
 
 
-def test_im2col_gt_rejects_a_chunk_that_does_not_divide_the_batch():
+@pytest.mark.parametrize("form", sorted(CHUNKED_FORMS))
+def test_chunked_forms_reject_a_chunk_that_does_not_divide_the_batch(form):
     x, kernel, _ = operands((4, 6, 6, 2), (3, 3, 2, 3))
     for chunk in (3, 0):
         message = f"im2col batch chunk \\({chunk}\\) must be >= 1 and divide the batch \\(4\\)"
         with pytest.raises(ValueError, match=message):
-            scanned_im2col_gt_conv2d(x, kernel, 1, 1, chunk)
+            CHUNKED_FORMS[form](x, kernel, 1, 1, chunk)
 
 
 def test_the_gt_kernel_gradient_is_one_ynnpack_product_per_chunk_without_eigen_or_transposed_patches():
@@ -131,6 +139,22 @@ def test_the_gt_kernel_gradient_is_one_ynnpack_product_per_chunk_without_eigen_o
     assert "f32[64,288]" in gt and "f32[64,576]" in gt  # g_cᵀ (O × 2·12·12) and the (O, 9C) sum in the carry
 
 
+def test_the_cf_kernel_gradient_is_one_ynnpack_product_per_chunk_on_channels_first_patches():
+    """On XLA:CPU the channels-first form's kernel gradient is one loop whose product ``P_cᵀ g_c`` is a YNNPACK
+    fusion (no Eigen ``dot``, no convolution), over the chunk's (k²C, K) patches, summed into a (k²C, O) carry."""
+    if jax.default_backend() != "cpu":
+        pytest.skip("an XLA:CPU property")
+    x, kernel, kg = operands((8, 12, 12, 1), (3, 3, 1, 16))
+    g = jax.random.normal(kg, (8, 12, 12, 16))
+    grad = lambda x_, g_: jax.linear_transpose(lambda k: scanned_im2col_cf_conv2d(x_, k, 1, 1, 2), kernel)(g_)[0]
+    text = jax.jit(grad).lower(x, g).compile().as_text()
+    body = [line for line in text.splitlines() if " dot(" in line or "__ynn_fusion" in line]
+    ynn = sum("__ynn_fusion" in line and "fusion(" in line for line in body)
+    assert (ynn, sum(" dot(" in line and "ynn" not in line for line in body) - ynn) == (1, 0), text
+    assert text.count(" while(") == 1 and " convolution(" not in text
+    assert "f32[9,288]" in text and "f32[9,16]" in text  # P_cᵀ (9C × 2·12·12) and the (9C, O) sum
+
+
 def test_the_kernel_gradient_in_chunks_is_one_loop_without_the_whole_batch_patches():
     """The transpose accumulates ``Σ_chunks P_cᵀ g_c`` in a loop that rebuilds each chunk's patches: no
     buffer of the whole batch's patches (``B·H·W × 9·C``) in the program."""
@@ -154,15 +178,19 @@ def test_patches_are_the_windows_in_kernel_order():
         assert cols[b, h, w, (i * 3 + j) * 3 + c] == x_pad[b, 2 * h + i, 2 * w + j, c]
 
 
-@pytest.mark.parametrize("choice", ["im2col", "im2col-scan", "im2col-scan-gt", "slices", "xla"])
+@pytest.mark.parametrize("choice", ["im2col", "im2col-scan", "im2col-scan-gt", "im2col-scan-cf", "slices", "xla"])
 @pytest.mark.parametrize(("x_shape", "k_shape", "stride", "padding"), [LAYERS[1], LAYERS[5], LAYERS[7]])
 def test_conv2d_gradients_equal_xla_whichever_implementation_cpu_chooses(
     monkeypatch, choice, x_shape, k_shape, stride, padding
 ):
     """Values, input and kernel gradients, and per-member kernel gradients (vmap over a member axis);
-    im2col-scan and im2col-scan-gt one example per step (a loop over the batch)."""
+    the chunked forms one example per step (a loop over the batch)."""
     monkeypatch.setitem(conv_backends.KERNEL_TERM_RULES, "cpu", lambda *shapes: choice)
-    monkeypatch.setattr(conv_backends, "IM2COL_CHUNK_ROWS", 1)
+    for budget in ("IM2COL_CHUNK_ROWS", "CF_CHUNK_ROWS", "IM2COL_MIN_CHUNK"):
+        monkeypatch.setattr(conv_backends, budget, 1)
+    assert (
+        im2col_batch_chunk(x_shape, k_shape, stride, padding) == cf_batch_chunk(x_shape, k_shape, stride, padding) == 1
+    )
     x, kernel, kg = operands(x_shape, k_shape, seed=1)
     weights = jax.random.normal(kg, xla_conv2d(x, kernel, stride, padding).shape)
     ours = lambda x_, k_: jnp.sum(weights * jnp.tanh(conv2d(x_, k_, stride, padding)))
@@ -177,32 +205,53 @@ def test_conv2d_gradients_equal_xla_whichever_implementation_cpu_chooses(
         close(per_member[i], want, float(jnp.max(jnp.abs(want))))
 
 
-def test_the_cpu_rule_takes_im2col_in_chunks_for_many_channels_or_large_images_and_keeps_xla_elsewhere():
-    """CNN7's layers → im2col-scan-gt (its 3-channel 32×32 layer too), and the 16-channel layers of CNN3 and
-    CNN5; CNN3's 1-channel first layer → XLA; GPU/TPU → XLA; each
-    chunk the largest divisor of the batch within both the rows and the bytes budget."""
-    cnn7 = [((128, 32, 32, 64), (3, 3, 64, 64), 1, 1), ((128, 32, 32, 64), (3, 3, 64, 128), 2, 1),
+def test_the_cpu_rule_takes_channels_first_chunks_for_thin_layers_gt_chunks_for_wide_ones_and_xla_elsewhere():
+    """Thin layers (patch width ``kh·kw·C ≤ 48``: the 1- and 3-channel first layers of CNN3, CNN5, CNN7; at
+    least 4096 terms) → im2col-scan-cf; CNN7's other layers and the 16-channel layers of CNN3 and CNN5 →
+    im2col-scan-gt; small images with a few channels and a wider patch → XLA; GPU/TPU → XLA. Each chunk the
+    largest divisor of the batch within its rows budget, but at least two examples."""
+    thin = [((128, 28, 28, 1), (3, 3, 1, 64), 1, 1), ((128, 32, 32, 3), (3, 3, 3, 64), 1, 1),
+            ((128, 28, 28, 1), (5, 5, 1, 16), 2, 2), ((128, 28, 28, 1), (3, 3, 1, 16), 1, 1),
+            ((128, 28, 28, 1), (4, 4, 1, 16), 2, 1), ((128, 8, 8, 3), (4, 4, 3, 8), 1, 1)]  # fmt: skip
+    wide = [((128, 32, 32, 64), (3, 3, 64, 64), 1, 1), ((128, 32, 32, 64), (3, 3, 64, 128), 2, 1),
             ((128, 16, 16, 128), (3, 3, 128, 128), 1, 1), ((16, 14, 14, 128), (3, 3, 128, 128), 1, 1),
-            ((128, 32, 32, 3), (3, 3, 3, 64), 1, 1), ((128, 28, 28, 1), (3, 3, 1, 64), 1, 1),
-            ((4096, 32, 32, 64), (3, 3, 64, 64), 1, 1), ((128, 14, 14, 16), (4, 4, 16, 32), 2, 1),
-            ((128, 28, 28, 16), (4, 4, 16, 16), 2, 1)]  # fmt: skip
-    for shapes in cnn7:
-        assert kernel_term_choice("cpu", *shapes) == "im2col-scan-gt"
-        batch, (kh, kw, cin, _) = shapes[0][0], shapes[1]
-        rows = conv_backends.output_positions(*shapes)
-        fits = lambda c: (
-            c * rows <= conv_backends.IM2COL_CHUNK_ROWS
-            and 4 * c * rows * kh * kw * cin <= (conv_backends.IM2COL_CHUNK_BYTES)
-        )
-        chunk = im2col_batch_chunk(*shapes)
-        assert batch % chunk == 0 and (fits(chunk) or chunk == 1)
+            ((128, 28, 28, 64), (3, 3, 64, 64), 1, 1), ((4096, 32, 32, 64), (3, 3, 64, 64), 1, 1),
+            ((128, 14, 14, 16), (4, 4, 16, 32), 2, 1), ((128, 28, 28, 16), (4, 4, 16, 16), 2, 1),
+            ((128, 28, 28, 8), (3, 3, 8, 32), 1, 1), ((128, 32, 32, 3), (5, 5, 3, 16), 2, 2)]  # fmt: skip
+    for shapes, choice, chunk_of, budget in [*((s, "im2col-scan-cf", cf_batch_chunk, "CF_CHUNK_ROWS") for s in thin),
+                                             *((s, "im2col-scan-gt", im2col_batch_chunk, "IM2COL_CHUNK_ROWS")
+                                               for s in wide)]:  # fmt: skip
+        assert kernel_term_choice("cpu", *shapes) == choice, shapes
+        batch, rows = shapes[0][0], conv_backends.output_positions(*shapes)
+        fits = lambda c: c * rows <= getattr(conv_backends, budget)
+        chunk = chunk_of(*shapes)
+        assert batch % chunk == 0 and chunk >= conv_backends.IM2COL_MIN_CHUNK and (fits(chunk) or chunk == 2)
         assert not any(fits(c) for c in range(chunk + 1, batch + 1) if batch % c == 0)
-    assert im2col_batch_chunk((128, 28, 28, 64), (3, 3, 64, 64), 1, 1) == 2  # 1568 rows × 576: 3.4 MiB
-    assert im2col_batch_chunk(*cnn7[0]) == 1  # 32×32: one example's 1024 rows × 576 already 2.25 MiB
-    assert kernel_term_choice("cpu", (128, 28, 28, 1), (5, 5, 1, 16), 2, 2) == "xla"
+    # the fitted chunks: 392 rows (gt), 3136 rows (cf), two examples where one is already over the budget
+    assert [im2col_batch_chunk(*s) for s in wide[:7]] == [2, 2, 2, 2, 2, 2, 8]
+    assert [cf_batch_chunk(*s) for s in thin[:3]] == [4, 2, 16]
+    assert im2col_batch_chunk((3, 28, 28, 64), (3, 3, 64, 64), 1, 1) == 3  # no divisor ≥ 2 below the batch
     assert kernel_term_choice("cpu", (128, 14, 14, 8), (4, 4, 8, 32), 2, 1) == "xla"
+    assert kernel_term_choice("cpu", (128, 8, 8, 6), (3, 3, 6, 8), 1, 1) == "xla"  # width 54, 64 positions
+    assert kernel_term_choice("cpu", (8, 8, 8, 1), (3, 3, 1, 4), 1, 1) == "xla"  # thin, but 512 terms: test-sized
     for platform in ("cuda", "rocm", "tpu"):
-        assert all(kernel_term_choice(platform, *shapes) == "xla" for shapes in cnn7)
+        assert all(kernel_term_choice(platform, *shapes) == "xla" for shapes in thin + wide)
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "k_shape", "stride", "padding", "patches_t"),
+    [((8, 28, 28, 1), (3, 3, 1, 64), 1, 1, "9x3136xf32"), ((32, 28, 28, 1), (5, 5, 1, 16), 2, 2, "25x3136xf32")],
+)
+def test_conv2d_takes_the_channels_first_chunks_on_the_thin_first_layers_of_cnn7_and_cnn3(
+    x_shape, k_shape, stride, padding, patches_t
+):
+    """The CPU lowering of conv2d's kernel gradient on CNN7's and CNN3's first layers is one loop over the
+    channels-first patches ``P_cᵀ`` (k²C × 3136: 4 examples of 28×28, 16 of 14×14), not XLA's convolution."""
+    x, kernel, _ = operands(x_shape, k_shape)
+    traced = jax.jit(jax.grad(lambda k: jnp.sum(conv2d(x, k, stride, padding) ** 2))).trace(kernel)
+    text = traced.lower(lowering_platforms=("cpu",)).as_text()
+    assert text.count("stablehlo.while") == 1 and text.count("stablehlo.convolution") == 1  # the forward only
+    assert patches_t in text
 
 
 def test_the_choice_is_static_per_platform_in_the_lowered_program(monkeypatch):
@@ -223,3 +272,68 @@ def test_the_choice_is_static_per_platform_in_the_lowered_program(monkeypatch):
     monkeypatch.setitem(conv_backends.KERNEL_TERM_RULES, "cpu", lambda *shapes: "winograd")
     with pytest.raises(ValueError, match="rule for 'cpu' chose 'winograd'"):
         jax.grad(lambda k: jnp.sum(conv2d(x, k, 1, 1) ** 4))(kernel)
+
+
+@pytest.mark.parametrize(("x_shape", "k_shape", "stride", "padding"), ALL_LAYERS)
+def test_the_phase_form_equals_xla_in_values_and_both_gradients(x_shape, k_shape, stride, padding):
+    """Every layer shape (strides 1, 2, 3; sizes the stride does not divide; kernels smaller than the stride
+    in one axis): values, input gradient (what the phases are for) and kernel gradient."""
+    x, kernel, kg = operands(x_shape, k_shape, seed=4)
+    expected = xla_conv2d(x, kernel, stride, padding)
+    ours = lambda a, k: phase_conv2d(a, k, stride, padding)
+    close(ours(x, kernel), expected)
+    g = jax.random.normal(kg, expected.shape)
+    _, ours_vjp = jax.vjp(ours, x, kernel)
+    _, xla_vjp = jax.vjp(lambda a, k: xla_conv2d(a, k, stride, padding), x, kernel)
+    scale = float(jnp.max(jnp.abs(xla_vjp(g)[1])))
+    for got, want in zip(jax.jit(ours_vjp)(g), xla_vjp(g), strict=True):
+        close(got, want, scale)
+
+
+@pytest.mark.parametrize(("x_shape", "k_shape", "stride", "padding"), [LAYERS[0], LAYERS[1], LAYERS[5], LAYERS[7]])
+def test_conv2d_gradients_equal_xla_with_the_input_gradient_by_phases(monkeypatch, x_shape, k_shape, stride, padding):
+    """conv2d with the input term forced to the phases: XLA's input and kernel gradients, per-member (vmap)
+    input gradients, and forward derivatives."""
+    monkeypatch.setitem(conv_backends.INPUT_TERM_RULES, "cpu", lambda *shapes: "phases")
+    x, kernel, kg = operands(x_shape, k_shape, seed=5)
+    weights = jax.random.normal(kg, xla_conv2d(x, kernel, stride, padding).shape)
+    ours = lambda x_, k_: jnp.sum(weights * jnp.tanh(conv2d(x_, k_, stride, padding)))
+    xla = lambda x_, k_: jnp.sum(weights * jnp.tanh(xla_conv2d(x_, k_, stride, padding)))
+    for got, want in zip(jax.jit(jax.grad(ours, (0, 1)))(x, kernel), jax.grad(xla, (0, 1))(x, kernel), strict=True):
+        close(got, want, float(jnp.max(jnp.abs(want))))
+    members = jnp.stack([kernel, -2 * kernel, 0.5 * kernel])
+    per_member = jax.jit(jax.vmap(jax.grad(ours, 0), (None, 0)))(x, members)
+    for i in range(3):
+        want = jax.grad(xla, 0)(x, members[i])
+        close(per_member[i], want, float(jnp.max(jnp.abs(want))))
+    tangents = (jnp.ones_like(x), jnp.ones_like(kernel))
+    got, want = jax.jvp(ours, (x, kernel), tangents)[1], jax.jvp(xla, (x, kernel), tangents)[1]
+    close(got, want, float(jnp.abs(want)))
+
+
+def test_the_cpu_input_gradient_of_a_stride_2_layer_is_four_stride_1_convolutions_and_xla_elsewhere():
+    """On CPU the input gradient of CNN7's, CNN3's and CNN5's stride-2 layers runs as s² = 4 stride-1
+    convolutions without input dilation (the rule's "phases"); stride 1, GPU and TPU keep XLA's transpose, a
+    convolution of the output gradient dilated by 2; an unknown choice fails at trace time."""
+    strided = [((128, 28, 28, 64), (3, 3, 64, 128), 2, 1), ((128, 14, 14, 16), (4, 4, 16, 32), 2, 1),
+               ((128, 28, 28, 16), (4, 4, 16, 16), 2, 1), ((128, 28, 28, 1), (5, 5, 1, 16), 2, 2)]  # fmt: skip
+    for shapes in strided:
+        assert input_term_choice("cpu", *shapes) == "phases"
+        assert all(input_term_choice(platform, *shapes) == "xla" for platform in ("cuda", "rocm", "tpu"))
+    assert input_term_choice("cpu", (128, 14, 14, 128), (3, 3, 128, 128), 1, 1) == "xla"
+    assert input_term_choice("cpu", (4, 9, 8, 3), (3, 3, 3, 4), 3, 1) == "xla"  # stride 3: not measured
+    x, kernel, _ = operands((2, 28, 28, 64), (3, 3, 64, 128))
+    traced = jax.jit(jax.grad(lambda x_: jnp.sum(conv2d(x_, kernel, 2, 1) ** 2))).trace(x)
+
+    def convolutions(platform):
+        text = traced.lower(lowering_platforms=(platform,)).as_text()
+        return [line for line in text.splitlines() if "stablehlo.convolution" in line]
+
+    cpu, cuda = convolutions("cpu"), convolutions("cuda")
+    assert len(cpu) == 5 and all("lhs_dilate = [1, 1]" in line for line in cpu)  # forward + 4 phases
+    assert sum("stride = [1, 1]" in line for line in cpu) == 4
+    assert len(cuda) == 2 and "lhs_dilate = [2, 2]" in cuda[1]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(conv_backends.INPUT_TERM_RULES, "cpu", lambda *shapes: "winograd")
+        with pytest.raises(ValueError, match="input-gradient rule for 'cpu' chose 'winograd'"):
+            jax.grad(lambda x_: jnp.sum(conv2d(x_, kernel, 2, 1) ** 3))(x)

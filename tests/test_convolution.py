@@ -8,8 +8,8 @@ import pytest
 from jaxcert.nets.conv_backends import kernel_term_choice
 from jaxcert.nets.convolution import conv2d, shifted_slices_conv2d, transposed_conv2d, xla_conv2d
 
-#: (x shape, kernel shape, stride, padding): two in the im2col-scan-gt regime on CPU (large few-channel images,
-#: where the shifted slices ran before), two with XLA's kernel gradient.
+#: (x shape, kernel shape, stride, padding): two in the im2col-scan-cf regime on CPU (thin layers, patch width 18
+#: and 16, large images), two with XLA's kernel gradient.
 SHAPES = [
     ((128, 16, 16, 2), (3, 3, 2, 3), 1, 1),
     ((128, 33, 33, 1), (4, 4, 1, 2), 2, 1),
@@ -96,7 +96,8 @@ def test_gradients_inside_a_loop_have_xla_cpus_canonical_layouts(x_shape, k_shap
     for got, want in zip(ours(x, kernel), xla(x, kernel), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
     canonical = "b01f_01io->b01f"
-    assert _kernel_layouts(ours.lower(x, kernel).compile().as_text()) == [canonical] * convolutions
+    layouts = _kernel_layouts(ours.lower(x, kernel).compile().as_text())
+    assert set(layouts) == {canonical} and len(layouts) >= convolutions
     assert set(_kernel_layouts(xla.lower(x, kernel).compile().as_text())) != {canonical}  # XLA's own: not
 
 
@@ -121,12 +122,12 @@ def test_the_transposed_convolution_of_back_substitution_inside_a_loop_has_the_c
 
 @pytest.mark.parametrize(("x_shape", "k_shape", "stride", "padding"), SHAPES)
 def test_the_cpu_kernel_gradient_takes_im2col_chunks_exactly_when_they_pay(x_shape, k_shape, stride, padding):
-    """On CPU the compiled kernel gradient has no convolution of its own in the im2col-scan-gt regime."""
+    """On CPU the compiled kernel gradient has no convolution of its own in the im2col-scan-cf regime."""
     x, kernel, _ = operands(x_shape, k_shape)
     grad = jax.jit(jax.grad(lambda k_: jnp.sum(conv2d(x, k_, stride, padding) ** 2)))
     hlo = grad.lower(kernel).compile().as_text()
     convolutions = sum(" convolution(" in line for line in hlo.splitlines())
     choice = kernel_term_choice("cpu", x_shape, k_shape, stride, padding)
-    assert choice == ("im2col-scan-gt" if x_shape[0] >= 128 else "xla")  # the two large cases of SHAPES
+    assert choice == ("im2col-scan-cf" if x_shape[0] >= 128 else "xla")  # the two large cases of SHAPES
     if jax.default_backend() == "cpu":
-        assert convolutions == (1 if choice == "im2col-scan-gt" else 2), hlo[:2000]
+        assert convolutions == (1 if choice == "im2col-scan-cf" else 2), hlo[:2000]

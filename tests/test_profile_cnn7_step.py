@@ -83,3 +83,23 @@ def test_quick_profile_times_every_stage_and_traces_the_step(tmp_path):
 def test_bad_arguments_are_rejected_before_any_work():
     with pytest.raises(SystemExit):
         load().main(["--batch", "0"])
+
+
+@pytest.mark.slow
+def test_a_baseline_checkout_is_timed_side_by_side_with_its_own_columns(tmp_path):
+    """``--baseline DIR`` runs DIR's jaxcert side in its own process (here this checkout again) and adds its CPU
+    column and the ratio baseline / jaxcert to every row; a directory without the script fails before any run."""
+    module, out = load(), tmp_path / "profile.json"
+    module.main(["--quick", "--repeats", "1", "--baseline", str(SCRIPT.parents[1]), "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert set(saved["sides"]) == {"baseline", "jaxcert"} and saved["baseline"] == str(SCRIPT.parents[1])
+    assert list(saved["sides"]["baseline"]["stages"]) == list(saved["sides"]["jaxcert"]["stages"])
+    table = out.with_suffix(".md").read_text()
+    assert "| baseline CPU | CPU baseline / jaxcert |" in table and "Baseline: the jaxcert checkout" in table
+    with pytest.raises(SystemExit):
+        module.main(["--quick", "--baseline", str(tmp_path), "--out", str(out)])
+
+
+def test_layer_plan_of_cnn3_lists_its_two_convolutions():
+    labels = [load().layer_label(layer) for layer in load().layer_plan("cnn3")]
+    assert labels == ["conv 28×28 1→16 s2", "conv 14×14 16→32 s2"]  # its only Dense is folded into the margins

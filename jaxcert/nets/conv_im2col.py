@@ -70,11 +70,20 @@ def over_batch_chunks(
     the batch; ``chunk >= batch``: one call, no loop), each step rematerialised (``jax.checkpoint``) so that the
     transpose rebuilds each chunk's patches instead of saving all of them."""
     batch = x.shape[0]
-    if chunk >= batch:
+    chunk = check_batch_chunk(batch, chunk)
+    if chunk == batch:
         return conv(x, kernel)
-    if chunk < 1 or batch % chunk:
-        raise ValueError(f"the im2col batch chunk ({chunk}) must be >= 1 and divide the batch ({batch})")
     groups = x.reshape(batch // chunk, chunk, *x.shape[1:])
     step = jax.checkpoint(conv)
     out = jax.lax.map(lambda group: step(group, kernel), groups)
     return out.reshape(batch, *out.shape[2:])
+
+
+def check_batch_chunk(batch: int, chunk: int) -> int:
+    """``chunk`` examples per step of a batch of ``batch``: ``min(chunk, batch)``; a smaller chunk must be >= 1
+    and divide the batch (a one-line ``ValueError`` otherwise)."""
+    if chunk >= batch:
+        return batch
+    if chunk < 1 or batch % chunk:
+        raise ValueError(f"the im2col batch chunk ({chunk}) must be >= 1 and divide the batch ({batch})")
+    return chunk

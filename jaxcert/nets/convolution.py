@@ -6,15 +6,12 @@ The forward pass is XLA's convolution. Its derivative is written by hand (:func:
 
     dy = conv(dx, W) + conv(x, dW).
 
-The first term is XLA's convolution again, and it transposes to XLA's input gradient,
-``dx = conv(g ↑ s, rev(W)ᵀ)`` (``g`` dilated by the stride, the kernel reversed in space with its input and
-output channels swapped). JAX's transpose rule swaps the channels in the convolution's dimension labels,
-not in memory; outside loops XLA:CPU's layout pass then copies the kernel into its canonical HWIO layout,
-but inside a ``while`` loop (a ``fori_loop`` of PGD steps, alpha-CROWN's slope ascent, ``lax.map`` over GLS
-members) it does not, and runs the convolution with an ``…OI`` kernel on its generic, unvectorised path:
-5-9× the CPU time (``experiments/RESULTS.md``). So on CPU the first term is written with the kernel's
-channels swapped in memory behind an optimisation barrier (:func:`input_term`), whose transpose's kernel is
-canonical wherever it runs. On XLA:CPU the
+The first term's transpose is the input gradient. On CPU it is computed from the kernel with its
+channels swapped in memory (:mod:`jaxcert.nets.conv_swapped`), so that XLA:CPU runs it on its vectorised
+path inside ``while`` loops too (PGD's steps, alpha-CROWN's slope ascent, ``lax.map`` over members: XLA's own
+is 5-9× the CPU time there), and at stride 2 as four stride-1 convolutions on the input's parity phases
+(:mod:`jaxcert.nets.conv_input_phases`, chosen by :func:`jaxcert.nets.conv_backends.input_term_choice`:
+XLA:CPU runs its own as a convolution of the dilated output gradient on Eigen, 1.1-1.4× slower). On XLA:CPU the
 second term's transpose, the kernel gradient, is the bottleneck. XLA lowers it as a convolution whose
 contraction runs over the whole batch and image, ``dW[i, j] = Σ_{b,h,w} x_pad[b, s·h + i, s·w + j] ⊗ g[b,
 h, w]``. That is one matrix product with a huge inner dimension, which XLA:CPU runs 3-4× slower than the
@@ -33,6 +30,9 @@ Which implementation computes that term is chosen per platform and per static sh
 - ``"im2col-scan-gt"`` (:mod:`jaxcert.nets.conv_im2col_gt`, the CPU rule's choice): the same chunks with
   the product written output channels first, ``∂Wᵀ = Σ_chunks g_cᵀ P_c``, the form XLA:CPU hands to
   YNNPACK (1.3-1.7× less CPU than ``"im2col-scan"`` on CNN7's layers);
+- ``"im2col-scan-cf"`` (:mod:`jaxcert.nets.conv_im2col_cf`, the CPU rule's choice for thin first layers,
+  ``kh·kw·C ≤ 48``): chunks of patches laid out channels first, ``∂W = Σ_chunks P_cᵀ g_c`` with ``P_cᵀ``
+  (k²C, K), also a YNNPACK product (CNN7's 1→64 layer: 2.7× less CPU than XLA's, 3.4× less than gt);
 - ``"slices"``: a sum over the ``k × k`` kernel offsets of shifted, strided slices of ``x`` times that
   offset's kernel matrix, batched per example,
 
@@ -52,9 +52,12 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from jaxcert.nets.conv_backends import im2col_batch_chunk, kernel_term_choice
+from jaxcert.nets.conv_backends import cf_batch_chunk, im2col_batch_chunk, input_term_choice, kernel_term_choice
 from jaxcert.nets.conv_im2col import im2col_conv2d, scanned_im2col_conv2d
+from jaxcert.nets.conv_im2col_cf import scanned_im2col_cf_conv2d
 from jaxcert.nets.conv_im2col_gt import scanned_im2col_gt_conv2d
+from jaxcert.nets.conv_input_phases import phase_conv2d
+from jaxcert.nets.conv_swapped import swapped_kernel_conv
 
 
 def output_size(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -97,30 +100,10 @@ def shifted_slices_conv2d(x: jax.Array, kernel: jax.Array, stride: int, padding:
     return out.reshape(batch, out_h, out_w, cout)
 
 
-def _swapped_channels_conv2d(dx: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
-    """``conv(dx, W)`` computed from ``Wᵀ = W`` with its input and output channels swapped in memory (``HWOI``),
-    behind :func:`jax.lax.optimization_barrier` so that XLA's simplifier cannot fold the swap back into the
-    dimension labels. Its transpose in ``dx`` is ``conv(g ↑ s, rev(Wᵀ))`` read as ``HWIO``: XLA:CPU's
-    canonical (fast) kernel layout, inside loops too."""
-    swapped = jax.lax.optimization_barrier(jnp.swapaxes(kernel, 2, 3))
-    return jax.lax.conv_general_dilated(
-        dx,
-        swapped,
-        window_strides=(stride, stride),
-        padding=((padding, padding), (padding, padding)),
-        dimension_numbers=("NHWC", "HWOI", "NHWC"),
-    )
-
-
-def input_term(dx: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
-    """``conv(dx, W)``, linear in ``dx``: on CPU as :func:`_swapped_channels_conv2d` (its transpose, the input
-    gradient, runs on XLA:CPU's fast path inside loops too), elsewhere XLA's own."""
-    return jax.lax.platform_dependent(
-        dx,
-        kernel,
-        cpu=lambda d, k: _swapped_channels_conv2d(d, k, stride, padding),
-        default=lambda d, k: xla_conv2d(d, k, stride, padding),
-    )
+def swapped_conv2d(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
+    """XLA's convolution (as :func:`xla_conv2d`) from the kernel stored with its channels swapped
+    (:func:`jaxcert.nets.conv_swapped.swapped_kernel_conv`): its input transpose is canonical in loops."""
+    return swapped_kernel_conv(x, kernel, (stride, stride), ((padding, padding), (padding, padding)))
 
 
 def transposed_conv2d(
@@ -135,7 +118,7 @@ def transposed_conv2d(
     def by(conv: Callable[..., jax.Array]) -> Callable[[jax.Array, jax.Array], jax.Array]:
         return lambda k, a: jax.linear_transpose(lambda x: conv(x, k, stride, padding), primal)(a)[0]
 
-    return jax.lax.platform_dependent(kernel, rows, cpu=by(_swapped_channels_conv2d), default=by(xla_conv2d))
+    return jax.lax.platform_dependent(kernel, rows, cpu=by(swapped_conv2d), default=by(xla_conv2d))
 
 
 def batch_major_conv2d(x: jax.Array, kernel_tangent: jax.Array, stride: int, padding: int) -> jax.Array:
@@ -165,12 +148,14 @@ def kernel_term(x: jax.Array, kernel_tangent: jax.Array, stride: int, padding: i
     (:func:`jaxcert.nets.conv_backends.kernel_term_choice`; platforms without a rule: XLA's; XLA's on CPU as
     :func:`batch_major_conv2d`)."""
     chunk = im2col_batch_chunk(x.shape, kernel_tangent.shape, stride, padding)
+    cf_chunk = cf_batch_chunk(x.shape, kernel_tangent.shape, stride, padding)
     implementations = {
         "xla": xla_conv2d,
         "slices": shifted_slices_conv2d,
         "im2col": im2col_conv2d,
         "im2col-scan": lambda x_, k_, s_, p_: scanned_im2col_conv2d(x_, k_, s_, p_, chunk),
         "im2col-scan-gt": lambda x_, k_, s_, p_: scanned_im2col_gt_conv2d(x_, k_, s_, p_, chunk),
+        "im2col-scan-cf": lambda x_, k_, s_, p_: scanned_im2col_cf_conv2d(x_, k_, s_, p_, cf_chunk),
     }
     term = lambda name: lambda x_, dk: implementations[name](x_, dk, stride, padding)
     choices = {
@@ -181,6 +166,23 @@ def kernel_term(x: jax.Array, kernel_tangent: jax.Array, stride: int, padding: i
     if choices["cpu"] == "xla":
         branches["cpu"] = lambda x_, dk: batch_major_conv2d(x_, dk, stride, padding)
     return jax.lax.platform_dependent(x, kernel_tangent, default=term("xla"), **branches)
+
+
+def input_term(x_tangent: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
+    """``conv(dx, W)``, linear in ``dx``, by the implementation each platform's rule chooses
+    (:func:`jaxcert.nets.conv_backends.input_term_choice`): its transpose is the input gradient. XLA's on
+    CPU is :func:`swapped_conv2d` (the same convolution; its transpose runs on XLA:CPU's fast path inside
+    loops too)."""
+    choices = {
+        platform: input_term_choice(platform, x_tangent.shape, kernel.shape, stride, padding)
+        for platform in ("cpu", "cuda", "rocm", "tpu")
+    }
+    implementations = {"xla": xla_conv2d, "phases": phase_conv2d}
+    term = lambda name: lambda dx, k: implementations[name](dx, k, stride, padding)
+    branches = {platform: term(choice) for platform, choice in choices.items() if choice != "xla"}
+    if choices["cpu"] == "xla":
+        branches["cpu"] = lambda dx, k: swapped_conv2d(dx, k, stride, padding)
+    return jax.lax.platform_dependent(x_tangent, kernel, default=term("xla"), **branches)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
