@@ -225,17 +225,19 @@ def paired(rows: list[dict[str, Any]], a: str, b: str, eps: float, metric: str =
 
 def comparisons(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The paired verdicts of a setting (architecture, ε, epochs): every arm against IBP (the first arm when
-    there is no IBP row), and every smoothed arm (``rgs-X``, ``pgpe-X``, warm or not) against the gradient arm
-    of the same loss ``X`` (GLS's claim, told apart from "X beats IBP anyway")."""
+    there is no IBP row), and every smoothed arm (``rgs-X``, ``pgpe-X``) against the gradient arm of the same
+    loss ``X`` from the same start (from scratch, or warm from the same arm): GLS's claim, told apart from "X
+    beats IBP anyway"."""
     found = []
     for arch, eps, epochs in dict.fromkeys(_setting(r) for r in rows):
         labels = list(dict.fromkeys(label(r) for r in rows if _setting(r) == (arch, eps, epochs)))
         arms = {label(r): r["arm"] for r in rows if _setting(r) == (arch, eps, epochs)}
+        warm = {label(r): r.get("warm") for r in rows if _setting(r) == (arch, eps, epochs)}
         base = next((x for x in labels if arms[x] == "ibp" and "@" not in x), labels[0])
         pairs = [(x, base) for x in labels if x != base]
         for x in labels:
             loss = arms[x].split("-", 1)[1] if arms[x].startswith(("rgs-", "pgpe-")) else None
-            gradient = next((y for y in labels if arms[y] == loss and "@" not in y), None)
+            gradient = next((y for y in labels if arms[y] == loss and warm[y] == warm[x]), None)
             if gradient and gradient != base:
                 pairs.append((x, gradient))
         for a, b in pairs:

@@ -194,6 +194,13 @@ def test_smoothed_arms_are_compared_with_ibp_and_with_the_gradient_arm_of_their_
     assert pairs[("rgs-deeppoly", "deeppoly")]["diff"] == pytest.approx(0.05)
     assert pairs[("rgs-deeppoly", "deeppoly")]["arch"] == "mlp_small"
     assert pairs[("deeppoly", "ibp")]["diff"] == pytest.approx(-0.1)
+    # warm starts: the smoothed arm against the gradient arm that started from the same nets, not from scratch
+    starts = (("ibp", 0.6), ("deeppoly", 0.55), ("rgs-deeppoly", 0.56), ("pgpe-deeppoly", 0.5))
+    warm = [row(arm, s, base + 0.02 * s, warm="ibp", epochs=2) for s in range(3) for arm, base in starts]
+    warm_pairs = {(c["a"], c["b"]): c for c in campaign.comparisons(warm + rows)}
+    assert ("rgs-deeppoly@ibp", "deeppoly@ibp") in warm_pairs and ("pgpe-deeppoly@ibp", "deeppoly@ibp") in warm_pairs
+    assert warm_pairs[("rgs-deeppoly@ibp", "deeppoly@ibp")]["diff"] == pytest.approx(0.01)
+    assert ("rgs-deeppoly@ibp", "deeppoly") not in warm_pairs  # another setting (epochs) and another start
     tuned = row("ibp", 0, 0.7, overrides={"lr": 0.002})
     assert (
         campaign.label(tuned) == "ibp (lr=0.002)"
