@@ -86,7 +86,7 @@ def members_program(objective: Any, name: str, gradient: bool) -> Callable[..., 
     elif options["chunk"] == -2:
         mapped = unrolled(fn)
     else:
-        mapped = map_members(fn, options["chunk"], gradient=gradient)
+        mapped = map_members(fn, options["chunk"])
     return lambda members, frozen, x, y: mapped(members, frozen, x, y, 0)
 
 

@@ -176,7 +176,7 @@ def jaxcert_work(row: Row, case: dict[str, Any]) -> Callable[[], Any]:
 
         def fn(p: Any, x: jax.Array, y: jax.Array, key: jax.Array) -> Any:
             members = perturb(p, gaussian_noise(key, p, row.members), SIGMA)
-            values, grads = map_members(jax.value_and_grad(loss), gradient=True)(members, x, y)
+            values, grads = map_members(jax.value_and_grad(loss))(members, x, y)
             return values.mean(), jax.tree_util.tree_map(lambda g: g.mean(0), grads)
     else:
         raise ValueError(f"unknown work {row.work!r}")

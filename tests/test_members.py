@@ -19,7 +19,7 @@ from jaxcert.train import (
     rgs_trainer,
 )
 from jaxcert.train.configs import TrainConfig
-from jaxcert.train.member_schedule import CPU_CHUNK, MAX_UNROLLED_GRADIENTS, choose_chunk, choose_schedule, describe
+from jaxcert.train.member_schedule import CPU_CHUNK, choose_chunk, describe
 from jaxcert.train.members import map_members, population_size
 
 ARCH = (Normalize((0.5,), (0.3,)), Flatten(), Dense(8), ReLU(), Dense(3))
@@ -113,9 +113,8 @@ def test_the_default_rule_chunks_on_cpu_and_vmaps_on_accelerators(problem, monke
     assert chunk == 1 and "even one member" in why
     with pytest.raises(ValueError, match=">= 1 member"):
         choose_chunk(0, "cpu")
-    # gradients (RGS) on CPU: one vmap unless XLA's estimate exceeds the limit, as on accelerators
-    assert choose_chunk(4, "cpu", estimate, memory_limit=1e9, gradient=True)[0] == 4
-    assert choose_chunk(4, "cpu", estimate, memory_limit=250.0, gradient=True)[0] == 2
+    # gradients (RGS) too: lax.map on CPU whatever XLA's estimate, since their bodies' convolutions are fast
+    assert choose_chunk(4, "cpu", estimate, memory_limit=1e9)[0] == CPU_CHUNK
 
     # map_members(chunk=0) asks the rule with this backend's name, and on an accelerator XLA's real estimate
     for backend, expect_loop in (("cpu", CPU_CHUNK < POPULATION), ("gpu", False), ("tpu", False)):
@@ -124,17 +123,11 @@ def test_the_default_rule_chunks_on_cpu_and_vmaps_on_accelerators(problem, monke
         assert ("while" in hlo) == expect_loop, backend
     monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
     grad = jax.value_and_grad(OBJECTIVE, has_aux=True)
-    dots = lambda program: jax.jit(program).lower(members, frozen, x, y, 0).as_text().count("dot_general")
-    vmapped_dots = dots(map_members(grad, POPULATION, gradient=True))  # explicit chunk N: one vmap
-    for memory, expect_loop in ((1e15, False), (1.0, True)):  # RGS-style gradients on CPU: by the estimate
+    for memory in (1e15, 1.0):  # RGS-style gradients on CPU: lax.map over single members, whatever the memory
         monkeypatch.setattr(member_schedule, "host_memory_bytes", lambda m=memory: m)
-        hlo = jax.jit(map_members(grad, gradient=True)).lower(members, frozen, x, y, 0).as_text()
-        assert ("while" in hlo) == expect_loop, memory
-    monkeypatch.setattr(member_schedule, "host_memory_bytes", lambda: 1e15)
-    # fits: one copy of the value-and-gradient per member (POPULATION × the products of one vmap)
-    assert POPULATION <= MAX_UNROLLED_GRADIENTS
-    assert dots(map_members(grad, gradient=True)) == POPULATION * vmapped_dots
-    assert dots(map_members(grad, 2, gradient=True)) == vmapped_dots  # an explicit chunk still wins
+        hlo = jax.jit(map_members(grad)).lower(members, frozen, x, y, 0).as_text()
+        assert ("while" in hlo) == (CPU_CHUNK < POPULATION), memory
+    assert "while" not in jax.jit(map_members(grad, POPULATION)).lower(members, frozen, x, y, 0).as_text()  # wins
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     monkeypatch.setattr(member_schedule, "device_memory_bytes", lambda: 1e15)
     assert "while" not in jax.jit(map_members(OBJECTIVE)).lower(members, frozen, x, y, 0).as_text()  # fits
@@ -142,30 +135,13 @@ def test_the_default_rule_chunks_on_cpu_and_vmaps_on_accelerators(problem, monke
     assert "while" in jax.jit(map_members(OBJECTIVE)).lower(members, frozen, x, y, 0).as_text()  # too large: chunks
 
 
-def test_the_rule_unrolls_few_cpu_gradients_and_nothing_else():
-    """RGS on CPU: unrolled copies up to MAX_UNROLLED_GRADIENTS members when one vmap would fit; forward
-    populations keep lax.map, accelerators one vmap, and a vmap too large for memory still chunks."""
-    estimate = lambda k: 100.0 * k
-    unrolled, chunk, why = choose_schedule(4, "cpu", estimate, memory_limit=1e9, gradient=True)
-    assert (unrolled, chunk) == (True, 1) and "unrolled copies" in why
-    assert choose_schedule(4, "cpu", None, gradient=True)[:2] == (True, 1)  # no estimate: as if it fits
-    big = MAX_UNROLLED_GRADIENTS * 2
-    assert choose_schedule(big, "cpu", estimate, memory_limit=1e9, gradient=True)[:2] == (False, big)
-    assert choose_schedule(4, "cpu", estimate, memory_limit=250.0, gradient=True)[:2] == (False, 2)  # too large
-    assert choose_schedule(32, "cpu", estimate, memory_limit=1e9)[:2] == (False, CPU_CHUNK)  # forward: lax.map
-    for backend in ("gpu", "tpu"):
-        assert choose_schedule(4, backend, estimate, memory_limit=1e9, gradient=True)[:2] == (False, 4)
-    assert describe(4, 0, "cpu", gradient=True).startswith("4 unrolled copies unless")
-    assert describe(big, 0, "cpu", gradient=True).startswith("one vmap unless")
-
-
 @pytest.mark.slow
-def test_unrolled_gradients_equal_the_vmap(problem, monkeypatch):
+def test_gradients_mapped_over_members_on_cpu_equal_the_vmap(problem, monkeypatch):
     _, _, frozen, x, y, members = problem
     monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
     grad = jax.value_and_grad(OBJECTIVE, has_aux=True)
-    (la, _), ga = jax.jit(map_members(grad, POPULATION, gradient=True))(members, frozen, x, y, 3)
-    (lb, _), gb = jax.jit(map_members(grad, gradient=True))(members, frozen, x, y, 3)
+    (la, _), ga = jax.jit(map_members(grad, POPULATION))(members, frozen, x, y, 3)
+    (lb, _), gb = jax.jit(map_members(grad))(members, frozen, x, y, 3)
     np.testing.assert_allclose(la, lb, rtol=1e-5)
     for u, v in zip(jax.tree_util.tree_leaves(ga), jax.tree_util.tree_leaves(gb), strict=True):
         np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-6)
@@ -175,7 +151,6 @@ def test_the_default_schedule_is_described_in_one_line():
     assert describe(32, 0, "cpu").startswith(f"lax.map over chunks of {CPU_CHUNK}")
     assert "--member-chunk overrides" in describe(32, 0, "cpu")
     assert describe(32, 0, "gpu").startswith("one vmap unless XLA's memory estimate exceeds")
-    assert "of free RAM (cpu)" in describe(4, 0, "cpu", gradient=True)
-    assert "of free RAM (cpu)" in describe(4 * MAX_UNROLLED_GRADIENTS, 0, "cpu", gradient=True)
+    assert describe(4, 0, "cpu").startswith(f"lax.map over chunks of {CPU_CHUNK}")
     assert describe(32, 4) == "lax.map over chunks of 4 (member_chunk=4)"
     assert describe(32, 32) == "one vmap (member_chunk=32)"

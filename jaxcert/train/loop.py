@@ -413,7 +413,7 @@ def _members(config: TrainConfig) -> str:
     if size is None:
         return ""
     what = "samples" if config.method == "rgs" else "members"
-    how = describe_member_schedule(size, config.member_chunk, gradient=config.method == "rgs")
+    how = describe_member_schedule(size, config.member_chunk)
     return f", {size} {what} as {how}"
 
 

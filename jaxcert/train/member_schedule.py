@@ -4,21 +4,17 @@
 :func:`jaxcert.train.members.map_members` (``k = N``: one ``vmap`` of all ``N`` members; ``k < N``:
 ``lax.map`` over ``N / k`` groups of ``k``); an explicit ``member_chunk > 0`` always wins.
 
-* **CPU, forward** (PGPE's population losses): ``lax.map`` over chunks of :data:`CPU_CHUNK` members
-  (the largest divisor of ``N`` not above it). Measured on CNN3, batch 32, 32 members, 2 cores
-  (``experiments/bench_member_schedules.py``, ``experiments/RESULTS.md``): XLA:CPU runs a convolution
-  vmapped over per-member kernels as a grouped convolution, several times slower per member than
-  ordinary ones, so chunks of 1–2 beat one vmap 2.5–10× for the IBP and CROWN-IBP populations, and
-  DeepPoly's one vmap does not even fit (10.8 GiB against 1.2 GiB in chunks of 4).
-* **CPU, gradient** (RGS's value-and-gradient per sample), up to :data:`MAX_UNROLLED_GRADIENTS` members:
-  one copy of the value-and-gradient per member in the program (``unroll``), no vmap and no loop, as long
-  as XLA's memory estimate of one vmap of all members fits the limit below (the copies need about as
-  much). Measured on CNN3, k = 4, batch 32 and 128, IBP / CROWN-IBP / DeepPoly, all schedules side by
-  side in one process (``experiments/bench_member_schedules.py --works rgs``, ``experiments/RESULTS.md``):
-  the copies beat one vmap (vmapped convolutions become grouped ones, and their kernel gradients too),
-  and ``lax.map`` over single samples ran 3-7× slower than one vmap (a value-and-gradient inside an
-  XLA:CPU loop body). The copies cost compile time (about 2× the vmap's at k = 4).
-* **GPU / TPU**, and CPU gradients beyond the copies: one ``vmap`` unless XLA's memory estimate of it
+* **CPU** (PGPE's population losses and RGS's value-and-gradient per sample alike): ``lax.map`` over chunks
+  of :data:`CPU_CHUNK` members (the largest divisor of ``N`` not above it). Measured on CNN3, batch 32,
+  2 cores (``experiments/bench_member_schedules.py``, ``experiments/RESULTS.md``): XLA:CPU runs a
+  convolution vmapped over per-member kernels as a grouped convolution, several times slower per member
+  than ordinary ones, so chunks of 1–2 beat one vmap 2.5–10× for the IBP and CROWN-IBP populations, and
+  DeepPoly's one vmap does not even fit (10.8 GiB against 1.2 GiB in chunks of 4). For gradients,
+  ``lax.map`` over single samples ran 3-7× slower than one vmap until the convolutions' gradients kept
+  XLA:CPU's canonical layouts inside loops (:mod:`jaxcert.nets.conv_swapped`); since then it is the
+  fastest RGS schedule (k = 4: 1.1–2.9× one vmap, level with or faster than one unrolled copy per sample,
+  which it replaces: a third of its compile time and of its memory).
+* **GPU / TPU**: one ``vmap`` unless XLA's memory estimate of it
   exceeds the limit (:data:`ACCELERATOR_MEMORY_FRACTION` of the device's memory; on CPU
   :data:`CPU_MEMORY_FRACTION` of the available RAM); then the largest divisor ``k`` of ``N`` whose
   estimate fits.
@@ -33,8 +29,6 @@ import jax
 
 #: members per lax.map step on CPU (experiments/bench_member_schedules.py)
 CPU_CHUNK = 1
-#: on CPU, value-and-gradient members (RGS samples) run as unrolled copies up to this many members
-MAX_UNROLLED_GRADIENTS = 8
 #: share of an accelerator's memory one vmap of all members may take before the rule chunks it
 ACCELERATOR_MEMORY_FRACTION = 0.5
 #: share of the host's available memory (CPU) one vmap may take (XLA:CPU's estimate leaves buffers out)
@@ -69,15 +63,9 @@ def memory_limit_bytes(backend: str) -> float:
     return ACCELERATOR_MEMORY_FRACTION * device_memory_bytes()
 
 
-def chunks_by_rule(backend: str, gradient: bool) -> bool:
-    """Whether the rule runs small ``lax.map`` chunks without asking for a memory estimate (CPU, forward)."""
-    return backend == "cpu" and not gradient
-
-
-def unrolls_by_rule(size: int, backend: str, gradient: bool) -> bool:
-    """Whether the rule runs ``size`` members as unrolled copies when one vmap of them fits in memory
-    (CPU, value-and-gradient, at most :data:`MAX_UNROLLED_GRADIENTS` members)."""
-    return backend == "cpu" and gradient and size <= MAX_UNROLLED_GRADIENTS
+def chunks_by_rule(backend: str) -> bool:
+    """Whether the rule runs small ``lax.map`` chunks without asking for a memory estimate (CPU)."""
+    return backend == "cpu"
 
 
 def choose_chunk(
@@ -85,18 +73,16 @@ def choose_chunk(
     backend: str,
     estimate_bytes: Callable[[int], float | None] | None = None,
     memory_limit: float | None = None,
-    *,
-    gradient: bool = False,
 ) -> tuple[int, str]:
     """``(chunk, why)`` for ``size`` members on ``backend`` (``"cpu"``, ``"gpu"``, ``"tpu"``, ...), each
-    member's work a forward pass or (``gradient``) a value-and-gradient.
+    member's work a forward pass or a value-and-gradient.
 
     ``estimate_bytes(k)`` is XLA's memory estimate of one step of ``k`` members (``None``: unknown), asked
     largest ``k`` first unless :func:`chunks_by_rule`; ``memory_limit`` defaults to
     :func:`memory_limit_bytes`. ``chunk == size`` means one vmap."""
     if size < 1:
         raise ValueError(f"the member axis must hold >= 1 member, got {size}")
-    if chunks_by_rule(backend, gradient):
+    if chunks_by_rule(backend):
         chunk = max(k for k in divisors_descending(size) if k <= CPU_CHUNK)
         return chunk, f"lax.map over chunks of {chunk} (the measured CPU rule: vmapped convolutions are slow)"
     if estimate_bytes is None:
@@ -116,36 +102,14 @@ def choose_chunk(
     return 1, f"lax.map over single members ({backend}: even one member needs {estimate / 2**30:.3g} GiB)"
 
 
-def choose_schedule(
-    size: int,
-    backend: str,
-    estimate_bytes: Callable[[int], float | None] | None = None,
-    memory_limit: float | None = None,
-    *,
-    gradient: bool = False,
-) -> tuple[bool, int, str]:
-    """``(unrolled, chunk, why)``: :func:`choose_chunk`'s choice, except that where
-    :func:`unrolls_by_rule` and one vmap of all members fits (``chunk == size``) the members run as
-    unrolled copies (``unrolled``; ``chunk`` is then 1: one member per copy)."""
-    chunk, why = choose_chunk(size, backend, estimate_bytes, memory_limit, gradient=gradient)
-    if chunk == size and unrolls_by_rule(size, backend, gradient):
-        return True, 1, f"{size} unrolled copies ({backend}, value-and-gradient: the measured CPU rule)"
-    return False, chunk, why
-
-
-def describe(size: int, chunk: int, backend: str | None = None, *, gradient: bool = False) -> str:
+def describe(size: int, chunk: int, backend: str | None = None) -> str:
     """One line for the user: how ``size`` members run under ``member_chunk = chunk``."""
     if chunk:
         how = "one vmap" if chunk >= size else f"lax.map over chunks of {chunk}"
         return f"{how} (member_chunk={chunk})"
     backend = backend or jax.default_backend()
-    if chunks_by_rule(backend, gradient):
+    if chunks_by_rule(backend):
         return choose_chunk(size, backend)[1] + "; --member-chunk overrides"
-    if unrolls_by_rule(size, backend, gradient):
-        return (
-            f"{size} unrolled copies unless XLA's memory estimate of one vmap exceeds {CPU_MEMORY_FRACTION:.0%} "
-            f"of free RAM ({backend}); --member-chunk overrides"
-        )
     share = (
         f"{CPU_MEMORY_FRACTION:.0%} of free RAM"
         if backend == "cpu"

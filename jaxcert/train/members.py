@@ -6,21 +6,17 @@ for every member ``i`` (leading axis of every leaf of ``members``), with the ``s
 statistics, data, step) the same for all. Schedules of the same computation:
 
 - ``chunk=0`` (default): the measured rule of :mod:`jaxcert.train.member_schedule` picks one of the
-  below per backend (CPU: ``lax.map`` over small chunks for forward work, unrolled copies for a few
-  value-and-gradient members; GPU/TPU: one vmap unless XLA's memory estimate of it is too large). With
-  a device ``mesh`` it is one vmap sharded over the devices.
+  below per backend (CPU: ``lax.map`` over small chunks; GPU/TPU: one vmap unless XLA's memory estimate
+  of it is too large). With a device ``mesh`` it is one vmap sharded over the devices.
 - ``chunk=k >= N``: one ``jax.vmap`` over the whole population, the vectorised program meant for
   accelerators; memory grows with the population size N.
 - ``chunk=k < N``: ``lax.map`` over the N/k groups of ``k`` members, vmapped within a group. Peak memory
   grows with ``k`` instead of N, so tight relaxations (full CROWN on CNNs) fit at large N; and on
   XLA:CPU, where a convolution vmapped over per-member kernels lowers to a slow *grouped* convolution,
   small ``k`` is faster than the full vmap.
-- unrolled copies (one ``fn`` per member in the program, no vmap, no loop): only the default rule picks
-  it, for a few value-and-gradient members on CPU (RGS samples), where it was the fastest schedule. It
-  is not a chunked schedule: for populations it was slower than ``lax.map`` and its memory was not
-  bounded by a chunk, even with each copy chained to the previous one by ``lax.optimization_barrier``
-  (XLA's estimate for 32 DeepPoly members on CNN3, batch 32, chunks of 4: 10.4 GiB, against 1.2 GiB for
-  ``lax.map``; ``experiments/RESULTS.md``), so ``member_chunk`` never selects it.
+- (unrolled copies, one ``fn`` per member in the program, were the CPU rule for RGS samples until
+  ``lax.map`` bodies' convolution gradients were made fast; ``lax.map`` over single samples now matches or
+  beats them with a third of their compile time and memory: ``experiments/RESULTS.md``.)
 
 With a ``mesh`` the member axis of each group (of the whole population when ``chunk=0``) is sharded
 over the devices, so ``k`` must be a multiple of the number of devices. Results are the same up to
@@ -37,7 +33,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from jaxcert.train.member_schedule import choose_schedule, chunks_by_rule
+from jaxcert.train.member_schedule import choose_chunk, chunks_by_rule
 from jaxcert.train.sharding import check_divisible, constrain_leading
 
 logger = logging.getLogger(__name__)
@@ -59,12 +55,9 @@ def check_chunk(size: int, chunk: int, what: str) -> None:
         raise ValueError(f"{what} ({size}) must be a multiple of the member chunk ({chunk})")
 
 
-def map_members(
-    fn: Callable[..., Any], chunk: int = 0, mesh: Mesh | None = None, *, gradient: bool = False
-) -> Callable[..., Any]:
+def map_members(fn: Callable[..., Any], chunk: int = 0, mesh: Mesh | None = None) -> Callable[..., Any]:
     """``(members, *shared) -> stacked fn(member, *shared)``, ``chunk`` members at a time in an XLA loop
-    (``0``: the default rule of :mod:`jaxcert.train.member_schedule`, told by ``gradient`` whether ``fn``
-    is a value-and-gradient; ``>= N``: all at once, one vmap)."""
+    (``0``: the default rule of :mod:`jaxcert.train.member_schedule`; ``>= N``: all at once, one vmap)."""
     check_chunk(chunk, chunk, "the member chunk")  # any chunk divides itself: this checks chunk >= 0
     if chunk:
         check_divisible(chunk, mesh, "member chunk")
@@ -72,9 +65,7 @@ def map_members(
     def mapped(members: Any, *shared: Any) -> Any:
         n = population_size(members)
         group = jax.vmap(lambda m: fn(m, *shared))
-        unrolled, size = (False, chunk) if chunk else default_schedule(fn, members, shared, mesh, gradient)
-        if unrolled:
-            return unrolled_members(fn, members, shared, n)
+        size = chunk or default_chunk(fn, members, shared, mesh)
         if size >= n:
             return group(constrain_leading(members, mesh))
         check_chunk(n, size, "the population")
@@ -85,22 +76,13 @@ def map_members(
     return mapped
 
 
-def unrolled_members(fn: Callable[..., Any], members: Any, shared: tuple[Any, ...], size: int) -> Any:
-    """``stack_i fn(members[i], *shared)`` with one copy of ``fn`` per member in the program."""
-    outs = [fn(jax.tree_util.tree_map(lambda a, i=i: a[i], members), *shared) for i in range(size)]
-    return jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *outs)
-
-
-def default_schedule(
-    fn: Callable[..., Any], members: Any, shared: tuple[Any, ...], mesh: Mesh | None, gradient: bool
-) -> tuple[bool, int]:
-    """``(unrolled, chunk)`` of ``chunk=0``: one vmap with a ``mesh`` (the devices share the members),
-    otherwise :func:`jaxcert.train.member_schedule.choose_schedule` for this backend, which (except
-    where the rule chunks on its own) compiles the group for a candidate chunk to read XLA's memory
-    estimate."""
+def default_chunk(fn: Callable[..., Any], members: Any, shared: tuple[Any, ...], mesh: Mesh | None) -> int:
+    """The chunk of ``chunk=0``: one vmap with a ``mesh`` (the devices share the members), otherwise
+    :func:`jaxcert.train.member_schedule.choose_chunk` for this backend, which (except where the rule
+    chunks on its own) compiles the group for a candidate chunk to read XLA's memory estimate."""
     n = population_size(members)
     if mesh is not None:
-        return False, n
+        return n
     backend = jax.default_backend()
     abstract = lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a))
 
@@ -113,7 +95,7 @@ def default_schedule(
             return None
         return float(stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes)
 
-    unrolled, chunk, why = choose_schedule(n, backend, estimate_bytes, gradient=gradient)
-    if not chunks_by_rule(backend, gradient) and chunk < n and not unrolled:
+    chunk, why = choose_chunk(n, backend, estimate_bytes)
+    if not chunks_by_rule(backend) and chunk < n:
         logger.warning("GLS member axis: %d members as %s; member_chunk overrides", n, why)
-    return unrolled, chunk
+    return chunk

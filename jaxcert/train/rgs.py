@@ -73,7 +73,7 @@ def smoothed_gradient(
     check_sigma(sigma, strict=False)  # σ may be traced (e.g. a schedule value): not checked then
     check_divisible(samples, mesh, "RGS samples")
     check_chunk(samples, chunk, "RGS samples")
-    per_sample = map_members(jax.value_and_grad(objective, has_aux=True), chunk, mesh, gradient=True)
+    per_sample = map_members(jax.value_and_grad(objective, has_aux=True), chunk, mesh)
 
     def estimate(trainable, frozen, x, y, step, key):  # type: ignore[no-untyped-def]
         noise = gaussian_noise(key, trainable, samples, antithetic=antithetic)
