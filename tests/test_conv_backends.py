@@ -36,32 +36,31 @@ def close(a, b, scale=1.0):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * scale)
 
 
+def assert_equals_xla(conv, x, kernel, kg, stride, padding, *, jit=False):
+    """``conv(x, kernel)`` equals XLA's convolution in value, input gradient and kernel gradient (the kernel
+    gradient to its scale: it sums over batch × positions)."""
+    expected = xla_conv2d(x, kernel, stride, padding)
+    close(conv(x, kernel), expected)
+    g = jax.random.normal(kg, expected.shape)
+    _, ours = jax.vjp(conv, x, kernel)
+    _, xla = jax.vjp(lambda a, k: xla_conv2d(a, k, stride, padding), x, kernel)
+    scale = float(jnp.max(jnp.abs(xla(g)[1])))
+    for got, want in zip((jax.jit(ours) if jit else ours)(g), xla(g), strict=True):
+        close(got, want, scale)
+
+
 @pytest.mark.parametrize(("x_shape", "k_shape", "stride", "padding"), LAYERS)
 def test_im2col_equals_xla_in_values_and_both_gradients(x_shape, k_shape, stride, padding):
     x, kernel, kg = operands(x_shape, k_shape)
-    expected = xla_conv2d(x, kernel, stride, padding)
-    close(im2col_conv2d(x, kernel, stride, padding), expected)
-    g = jax.random.normal(kg, expected.shape)
-    _, ours = jax.vjp(lambda a, k: im2col_conv2d(a, k, stride, padding), x, kernel)
-    _, xla = jax.vjp(lambda a, k: xla_conv2d(a, k, stride, padding), x, kernel)
-    scale = float(jnp.max(jnp.abs(xla(g)[1])))  # kernel gradients sum over batch × positions
-    for got, want in zip(ours(g), xla(g), strict=True):
-        close(got, want, scale)
+    assert_equals_xla(lambda a, k: im2col_conv2d(a, k, stride, padding), x, kernel, kg, stride, padding)
 
 
 @pytest.mark.parametrize("chunk", [1, 2])
 @pytest.mark.parametrize(("x_shape", "k_shape", "stride", "padding"), [LAYERS[1], LAYERS[6], LAYERS[7]])
 def test_im2col_in_batch_chunks_equals_xla_in_values_and_both_gradients(x_shape, k_shape, stride, padding, chunk):
     x, kernel, kg = operands((4, *x_shape[1:]), k_shape, seed=2)
-    expected = xla_conv2d(x, kernel, stride, padding)
     scanned = lambda a, k: scanned_im2col_conv2d(a, k, stride, padding, chunk)
-    close(scanned(x, kernel), expected)
-    g = jax.random.normal(kg, expected.shape)
-    _, ours = jax.vjp(scanned, x, kernel)
-    _, xla = jax.vjp(lambda a, k: xla_conv2d(a, k, stride, padding), x, kernel)
-    scale = float(jnp.max(jnp.abs(xla(g)[1])))
-    for got, want in zip(jax.jit(ours)(g), xla(g), strict=True):
-        close(got, want, scale)
+    assert_equals_xla(scanned, x, kernel, kg, stride, padding, jit=True)
     with pytest.raises(ValueError, match="im2col batch chunk \\(3\\) must be >= 1 and divide the batch \\(4\\)"):
         scanned_im2col_conv2d(x, kernel, stride, padding, 3)
 
@@ -279,15 +278,7 @@ def test_the_phase_form_equals_xla_in_values_and_both_gradients(x_shape, k_shape
     """Every layer shape (strides 1, 2, 3; sizes the stride does not divide; kernels smaller than the stride
     in one axis): values, input gradient (what the phases are for) and kernel gradient."""
     x, kernel, kg = operands(x_shape, k_shape, seed=4)
-    expected = xla_conv2d(x, kernel, stride, padding)
-    ours = lambda a, k: phase_conv2d(a, k, stride, padding)
-    close(ours(x, kernel), expected)
-    g = jax.random.normal(kg, expected.shape)
-    _, ours_vjp = jax.vjp(ours, x, kernel)
-    _, xla_vjp = jax.vjp(lambda a, k: xla_conv2d(a, k, stride, padding), x, kernel)
-    scale = float(jnp.max(jnp.abs(xla_vjp(g)[1])))
-    for got, want in zip(jax.jit(ours_vjp)(g), xla_vjp(g), strict=True):
-        close(got, want, scale)
+    assert_equals_xla(lambda a, k: phase_conv2d(a, k, stride, padding), x, kernel, kg, stride, padding, jit=True)
 
 
 @pytest.mark.parametrize(("x_shape", "k_shape", "stride", "padding"), [LAYERS[0], LAYERS[1], LAYERS[5], LAYERS[7]])

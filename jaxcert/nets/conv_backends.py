@@ -129,19 +129,22 @@ def cpu_input_term(x_shape: Shape, kernel_shape: Shape, stride: int, padding: in
 INPUT_TERM_RULES: dict[str, KernelTermRule] = {"cpu": cpu_input_term}
 
 
+def _choice(rules: dict[str, KernelTermRule], known: tuple[str, ...], what: str, platform: str, *shapes: object) -> str:
+    """What ``rules[platform]`` names for these shapes (``"xla"`` without a rule); an unknown name fails."""
+    rule = rules.get(platform)
+    choice = "xla" if rule is None else rule(*shapes)  # type: ignore[arg-type]
+    if choice not in known:
+        raise ValueError(f"{what} rule for {platform!r} chose {choice!r}; known: {', '.join(known)}")
+    return choice
+
+
 def input_term_choice(platform: str, x_shape: Shape, kernel_shape: Shape, stride: int, padding: int) -> str:
     """The input-term implementation ``platform`` runs for these shapes (``"xla"`` without a rule)."""
-    rule = INPUT_TERM_RULES.get(platform)
-    choice = "xla" if rule is None else rule(tuple(x_shape), tuple(kernel_shape), stride, padding)
-    if choice not in INPUT_TERMS:
-        raise ValueError(f"input-gradient rule for {platform!r} chose {choice!r}; known: {', '.join(INPUT_TERMS)}")
-    return choice
+    shapes = (tuple(x_shape), tuple(kernel_shape), stride, padding)
+    return _choice(INPUT_TERM_RULES, INPUT_TERMS, "input-gradient", platform, *shapes)
 
 
 def kernel_term_choice(platform: str, x_shape: Shape, kernel_shape: Shape, stride: int, padding: int) -> str:
     """The kernel-gradient implementation ``platform`` runs for these shapes (``"xla"`` without a rule)."""
-    rule = KERNEL_TERM_RULES.get(platform)
-    choice = "xla" if rule is None else rule(tuple(x_shape), tuple(kernel_shape), stride, padding)
-    if choice not in KERNEL_TERMS:
-        raise ValueError(f"kernel-gradient rule for {platform!r} chose {choice!r}; known: {', '.join(KERNEL_TERMS)}")
-    return choice
+    shapes = (tuple(x_shape), tuple(kernel_shape), stride, padding)
+    return _choice(KERNEL_TERM_RULES, KERNEL_TERMS, "kernel-gradient", platform, *shapes)
