@@ -111,7 +111,7 @@ def transposed_conv2d(
 ) -> jax.Array:
     """``convᵀ(rows)``, rows ``(N, h, w, O)`` carried back onto the input ``(N, *in_shape)`` of ``conv(·, W)``
     (:func:`jax.linear_transpose`: ``rows ↑ s`` convolved with ``rev(W)`` channels swapped). On CPU it is the
-    transpose of :func:`_swapped_channels_conv2d`, whose kernel is in XLA:CPU's canonical layout inside loops
+    transpose of :func:`swapped_conv2d`, whose kernel is in XLA:CPU's canonical layout inside loops
     too (alpha-CROWN's slope ascent); elsewhere XLA's own. Same values."""
     primal = jax.ShapeDtypeStruct((rows.shape[0], *in_shape), rows.dtype)
 
