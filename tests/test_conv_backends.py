@@ -177,6 +177,22 @@ def test_patches_are_the_windows_in_kernel_order():
         assert cols[b, h, w, (i * 3 + j) * 3 + c] == x_pad[b, 2 * h + i, 2 * w + j, c]
 
 
+def assert_conv2d_gradients_equal_xla(x, kernel, kg, stride, padding, *, member_gradient):
+    """conv2d's input and kernel gradients of a weighted loss equal XLA's, and so do the gradients in argument
+    ``member_gradient`` (0: input, 1: kernel) vmapped over three member kernels; returns both losses."""
+    weights = jax.random.normal(kg, xla_conv2d(x, kernel, stride, padding).shape)
+    ours = lambda x_, k_: jnp.sum(weights * jnp.tanh(conv2d(x_, k_, stride, padding)))
+    xla = lambda x_, k_: jnp.sum(weights * jnp.tanh(xla_conv2d(x_, k_, stride, padding)))
+    for got, want in zip(jax.jit(jax.grad(ours, (0, 1)))(x, kernel), jax.grad(xla, (0, 1))(x, kernel), strict=True):
+        close(got, want, float(jnp.max(jnp.abs(want))))
+    members = jnp.stack([kernel, -2 * kernel, 0.5 * kernel])
+    per_member = jax.jit(jax.vmap(jax.grad(ours, member_gradient), (None, 0)))(x, members)
+    for i in range(3):
+        want = jax.grad(xla, member_gradient)(x, members[i])
+        close(per_member[i], want, float(jnp.max(jnp.abs(want))))
+    return ours, xla
+
+
 @pytest.mark.parametrize("choice", ["im2col", "im2col-scan", "im2col-scan-gt", "im2col-scan-cf", "slices", "xla"])
 @pytest.mark.parametrize(("x_shape", "k_shape", "stride", "padding"), [LAYERS[1], LAYERS[5], LAYERS[7]])
 def test_conv2d_gradients_equal_xla_whichever_implementation_cpu_chooses(
@@ -191,17 +207,8 @@ def test_conv2d_gradients_equal_xla_whichever_implementation_cpu_chooses(
         im2col_batch_chunk(x_shape, k_shape, stride, padding) == cf_batch_chunk(x_shape, k_shape, stride, padding) == 1
     )
     x, kernel, kg = operands(x_shape, k_shape, seed=1)
-    weights = jax.random.normal(kg, xla_conv2d(x, kernel, stride, padding).shape)
-    ours = lambda x_, k_: jnp.sum(weights * jnp.tanh(conv2d(x_, k_, stride, padding)))
-    xla = lambda x_, k_: jnp.sum(weights * jnp.tanh(xla_conv2d(x_, k_, stride, padding)))
     np.testing.assert_array_equal(conv2d(x, kernel, stride, padding), xla_conv2d(x, kernel, stride, padding))
-    for got, want in zip(jax.jit(jax.grad(ours, (0, 1)))(x, kernel), jax.grad(xla, (0, 1))(x, kernel), strict=True):
-        close(got, want, float(jnp.max(jnp.abs(want))))
-    members = jnp.stack([kernel, -2 * kernel, 0.5 * kernel])
-    per_member = jax.jit(jax.vmap(jax.grad(ours, 1), (None, 0)))(x, members)
-    for i in range(3):
-        want = jax.grad(xla, 1)(x, members[i])
-        close(per_member[i], want, float(jnp.max(jnp.abs(want))))
+    assert_conv2d_gradients_equal_xla(x, kernel, kg, stride, padding, member_gradient=1)
 
 
 def test_the_cpu_rule_takes_channels_first_chunks_for_thin_layers_gt_chunks_for_wide_ones_and_xla_elsewhere():
@@ -287,16 +294,7 @@ def test_conv2d_gradients_equal_xla_with_the_input_gradient_by_phases(monkeypatc
     input gradients, and forward derivatives."""
     monkeypatch.setitem(conv_backends.INPUT_TERM_RULES, "cpu", lambda *shapes: "phases")
     x, kernel, kg = operands(x_shape, k_shape, seed=5)
-    weights = jax.random.normal(kg, xla_conv2d(x, kernel, stride, padding).shape)
-    ours = lambda x_, k_: jnp.sum(weights * jnp.tanh(conv2d(x_, k_, stride, padding)))
-    xla = lambda x_, k_: jnp.sum(weights * jnp.tanh(xla_conv2d(x_, k_, stride, padding)))
-    for got, want in zip(jax.jit(jax.grad(ours, (0, 1)))(x, kernel), jax.grad(xla, (0, 1))(x, kernel), strict=True):
-        close(got, want, float(jnp.max(jnp.abs(want))))
-    members = jnp.stack([kernel, -2 * kernel, 0.5 * kernel])
-    per_member = jax.jit(jax.vmap(jax.grad(ours, 0), (None, 0)))(x, members)
-    for i in range(3):
-        want = jax.grad(xla, 0)(x, members[i])
-        close(per_member[i], want, float(jnp.max(jnp.abs(want))))
+    ours, xla = assert_conv2d_gradients_equal_xla(x, kernel, kg, stride, padding, member_gradient=0)
     tangents = (jnp.ones_like(x), jnp.ones_like(kernel))
     got, want = jax.jvp(ours, (x, kernel), tangents)[1], jax.jvp(xla, (x, kernel), tangents)[1]
     close(got, want, float(jnp.abs(want)))
