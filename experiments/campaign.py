@@ -331,19 +331,24 @@ def run_one(arm: str, eps: float, epochs: float, seed: int, setting: dict[str, A
     split."""
     config = arm_config(arm, eps, epochs, seed, setting, runs, **options)
     records, train_seconds = _train(config, progress)
-    test = load_test_split(config, limit=setting["test_limit"])
-    steps, restarts, apgd = setting["pgd"]
     params = _final_params(config)
-    cert = certify_dataset(
-        get_arch(config), params, test, eps, relaxations=CASCADE, pgd_steps=steps, pgd_restarts=restarts,
-        apgd_steps=apgd, seed=seed, progress=progress,
-    )  # fmt: skip
+    cert = certify_test_split(config, get_arch(config), params, eps, seed, setting, progress)
     return {
         "run": Path(config.out).name, "arm": arm, "arch": config.arch, "warm": options.get("warm"),
         "overrides": options.get("overrides") or {}, "eps": eps, "epochs": epochs, "seed": seed,
         "steps": config.steps, "test_examples": cert.n, **cert.accuracies(), "certify_seconds": cert.seconds,
         "train_seconds": train_seconds, **plateau(records), **search_size(config, params),
     }  # fmt: skip
+
+
+def certify_test_split(config: TrainConfig, arch: Any, params: Any, eps: float, seed: int, setting: dict[str, Any],
+                       progress: bool, **stages: Any) -> Any:  # fmt: skip
+    """The campaign's one certification of a net on the test split: the cascade :data:`CASCADE` after the
+    setting's PGD and APGD-CE (``stages``: further ones, e.g. branch and bound)."""
+    test = load_test_split(config, limit=setting["test_limit"])
+    steps, restarts, apgd = setting["pgd"]
+    return certify_dataset(arch, params, test, eps, relaxations=CASCADE, pgd_steps=steps, pgd_restarts=restarts,
+                           apgd_steps=apgd, seed=seed, progress=progress, **stages)  # fmt: skip
 
 
 def search_size(config: TrainConfig, params: Any) -> dict[str, Any]:

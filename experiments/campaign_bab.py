@@ -85,16 +85,12 @@ def selected(rows: list[dict[str, Any]], args: argparse.Namespace) -> list[dict[
 def certify_row(row: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """Certify ``row``'s final weights with the campaign's cascade and attacks, then branch and bound."""
     from jaxcert.bab import BabOptions
-    from jaxcert.certify import certify_dataset
-    from jaxcert.runs import load_run, load_test_split
+    from jaxcert.runs import load_run
 
     setting = SETTINGS["quick" if args.quick else "default"]
     arch, params, config = load_run(args.runs / row["run"])
-    test = load_test_split(config, limit=setting["test_limit"])
-    steps, restarts, apgd = setting["pgd"]
-    cert = certify_dataset(
-        arch, params, test, row["eps"], relaxations=CASCADE, pgd_steps=steps,
-        pgd_restarts=restarts, apgd_steps=apgd, seed=row["seed"], progress=not args.no_progress,
+    cert = campaign.certify_test_split(
+        config, arch, params, row["eps"], row["seed"], setting, not args.no_progress,
         bab=BabOptions(timeout=args.bab_timeout), milp=args.milp, milp_time_limit=args.milp_time_limit,
     )  # fmt: skip
     acc, counts = cert.accuracies(), cert.counts()
