@@ -97,9 +97,10 @@ def cpu_kernel_term(x_shape: Shape, kernel_shape: Shape, stride: int, padding: i
     """XLA:CPU runs the kernel gradient as one convolution whose inner sum spans the whole batch and
     image, 2.5-4× slower than PyTorch's on CNN7's layers. im2col in cache-sized batch chunks replaces it:
     channels first (``P_cᵀ g_c``, :mod:`jaxcert.nets.conv_im2col_cf`) for thin layers, patch width
-    ``kh·kw·C ≤`` :data:`MAX_CF_PATCH_WIDTH` at a stride in :data:`CF_STRIDES` (and :data:`MIN_CF_TERMS` terms); output channels first (``g_cᵀ P_c``,
-    :mod:`jaxcert.nets.conv_im2col_gt`) for layers with many input channels and for large images with a
-    few (the 8-channel 28×28 3×3 layer: 2× XLA's); smaller images with a few channels keep XLA's."""
+    ``kh·kw·C ≤`` :data:`MAX_CF_PATCH_WIDTH` at a stride in :data:`CF_STRIDES` (and :data:`MIN_CF_TERMS`
+    terms); output channels first (``g_cᵀ P_c``, :mod:`jaxcert.nets.conv_im2col_gt`) for layers with many
+    input channels and for large images with a few (the 8-channel 28×28 3×3 layer: 2× XLA's); smaller
+    images with a few channels keep XLA's."""
     kh, kw, cin, _ = kernel_shape
     positions = output_positions(x_shape, kernel_shape, stride, padding)
     thin = kh * kw * cin <= MAX_CF_PATCH_WIDTH and stride in CF_STRIDES
