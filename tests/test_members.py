@@ -124,7 +124,7 @@ def test_the_default_rule_chunks_on_cpu_and_vmaps_on_accelerators(problem, monke
     monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
     grad = jax.value_and_grad(OBJECTIVE, has_aux=True)
     for memory in (1e15, 1.0):  # RGS-style gradients on CPU: lax.map over single members, whatever the memory
-        monkeypatch.setattr(member_schedule, "host_memory_bytes", lambda m=memory: m)
+        monkeypatch.setattr(member_schedule, "device_memory_bytes", lambda m=memory: m)
         hlo = jax.jit(map_members(grad)).lower(members, frozen, x, y, 0).as_text()
         assert ("while" in hlo) == (CPU_CHUNK < POPULATION), memory
     assert "while" not in jax.jit(map_members(grad, POPULATION)).lower(members, frozen, x, y, 0).as_text()  # wins

@@ -14,15 +14,13 @@
   XLA:CPU's canonical layouts inside loops (:mod:`jaxcert.nets.conv_swapped`); since then it is the
   fastest RGS schedule (k = 4: 1.1–2.9× one vmap, level with or faster than one unrolled copy per sample,
   which it replaces: a third of its compile time and of its memory).
-* **GPU / TPU**: one ``vmap`` unless XLA's memory estimate of it
-  exceeds the limit (:data:`ACCELERATOR_MEMORY_FRACTION` of the device's memory; on CPU
-  :data:`CPU_MEMORY_FRACTION` of the available RAM); then the largest divisor ``k`` of ``N`` whose
+* **GPU / TPU**: one ``vmap`` unless XLA's memory estimate of it exceeds the limit
+  (:data:`ACCELERATOR_MEMORY_FRACTION` of the device's memory); then the largest divisor ``k`` of ``N`` whose
   estimate fits.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
 import jax
@@ -31,8 +29,6 @@ import jax
 CPU_CHUNK = 1
 #: share of an accelerator's memory one vmap of all members may take before the rule chunks it
 ACCELERATOR_MEMORY_FRACTION = 0.5
-#: share of the host's available memory (CPU) one vmap may take (XLA:CPU's estimate leaves buffers out)
-CPU_MEMORY_FRACTION = 0.4
 #: the device memory assumed where the runtime reports none
 FALLBACK_DEVICE_BYTES = 16 * 2**30
 
@@ -48,18 +44,8 @@ def device_memory_bytes() -> float:
     return float(stats.get("bytes_limit", FALLBACK_DEVICE_BYTES))
 
 
-def host_memory_bytes() -> float:
-    """The host's available memory, or :data:`FALLBACK_DEVICE_BYTES` where the OS does not say."""
-    try:
-        return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError):
-        return float(FALLBACK_DEVICE_BYTES)
-
-
-def memory_limit_bytes(backend: str) -> float:
-    """What one step of the member axis may take on ``backend`` (see the module doc)."""
-    if backend == "cpu":
-        return CPU_MEMORY_FRACTION * host_memory_bytes()
+def memory_limit_bytes() -> float:
+    """What one step of the member axis may take on an accelerator (see the module doc)."""
     return ACCELERATOR_MEMORY_FRACTION * device_memory_bytes()
 
 
@@ -87,7 +73,7 @@ def choose_chunk(
         return chunk, f"lax.map over chunks of {chunk} (the measured CPU rule: vmapped convolutions are slow)"
     if estimate_bytes is None:
         return size, f"one vmap ({backend})"
-    limit = memory_limit_bytes(backend) if memory_limit is None else memory_limit
+    limit = memory_limit_bytes() if memory_limit is None else memory_limit
     estimate = None
     for chunk in divisors_descending(size):
         estimate = estimate_bytes(chunk)
@@ -110,9 +96,5 @@ def describe(size: int, chunk: int, backend: str | None = None) -> str:
     backend = backend or jax.default_backend()
     if chunks_by_rule(backend):
         return choose_chunk(size, backend)[1] + "; --member-chunk overrides"
-    share = (
-        f"{CPU_MEMORY_FRACTION:.0%} of free RAM"
-        if backend == "cpu"
-        else f"{ACCELERATOR_MEMORY_FRACTION:.0%} of the device"
-    )
+    share = f"{ACCELERATOR_MEMORY_FRACTION:.0%} of the device"
     return f"one vmap unless XLA's memory estimate exceeds {share} ({backend}); --member-chunk overrides"
