@@ -235,9 +235,11 @@ def test_the_cpu_rule_takes_channels_first_chunks_for_thin_layers_gt_chunks_for_
     # the fitted chunks: 392 rows (gt), 3136 rows (cf), two examples where one is already over the budget
     assert [im2col_batch_chunk(*s) for s in wide[:7]] == [2, 2, 2, 2, 2, 2, 8]
     assert [cf_batch_chunk(*s) for s in thin[:3]] == [4, 2, 4]
-    # thin stride-2 layers (CNN3's first) lost in whole training steps: XLA's
+    # thin stride-2 layers (CNN3's first) at a training batch lost in whole training steps: XLA's; over
+    # CROWN-IBP's 9 margin rows per example (1 152 rows, 225 792 terms) the cf loop
     assert kernel_term_choice("cpu", (128, 28, 28, 1), (5, 5, 1, 16), 2, 2) == "xla"
     assert kernel_term_choice("cpu", (128, 28, 28, 1), (4, 4, 1, 16), 2, 1) == "xla"
+    assert kernel_term_choice("cpu", (1152, 28, 28, 1), (5, 5, 1, 16), 2, 2) == "im2col-scan-cf"
     assert im2col_batch_chunk((3, 28, 28, 64), (3, 3, 64, 64), 1, 1) == 3  # no divisor ≥ 2 below the batch
     assert kernel_term_choice("cpu", (128, 14, 14, 8), (4, 4, 8, 32), 2, 1) == "xla"
     assert kernel_term_choice("cpu", (128, 8, 8, 6), (3, 3, 6, 8), 1, 1) == "xla"  # width 54, 64 positions

@@ -46,10 +46,14 @@ IM2COL_MIN_CHUNK = 2
 #: 36 (28×28 4→32) 3.9 / 8.8 / 11.8; from 72 (8→32) it loses to gt (10.5 / 9.9), at 75 (3→16 k5 s2) it ties
 #: XLA (2.1 / 2.1).
 MAX_CF_PATCH_WIDTH = 48
-#: ... at these strides only: in a whole training step the stride-2 thin layers lost what they won alone (CNN3's
-#: 28×28 1→16 k5 s2, IBP train step at batch 128, CPU: 16.5 ms with cf, 15.0 ms with XLA's, against 0.6 / 0.8 ms
-#: for the kernel gradient alone), while the stride-1 ones (CNN5's and CNN7's first layers) keep their gain.
+#: ... at these strides from :data:`MIN_CF_TERMS` terms; at other strides from :data:`MIN_CF_STRIDED_TERMS`.
+#: In a whole training step CNN3's 28×28 1→16 k5 s2 layer at batch 128 (25 088 terms) lost with cf what it won
+#: alone (IBP train step, CPU: 16.5 ms with cf, 15.0 ms with XLA's, against 0.6 / 0.8 ms for the kernel
+#: gradient alone), while the same layer's kernel gradient over CROWN-IBP's 1 152 margin rows (225 792 terms,
+#: :mod:`jaxcert.bounds.conv_transpose`) won: CROWN-IBP train step 4-5 % less CPU with cf.
 CF_STRIDES = (1,)
+#: terms from which the cf loop pays at a stride outside :data:`CF_STRIDES` (between the two measured above)
+MIN_CF_STRIDED_TERMS = 1 << 17
 #: ... and at least this many (example, position) pairs (the smallest layer measured had 25 088; below this
 #: bound, test-sized nets, a loop of patches is not worth its compilation and XLA's is kept).
 MIN_CF_TERMS = 4096
@@ -97,14 +101,16 @@ def cpu_kernel_term(x_shape: Shape, kernel_shape: Shape, stride: int, padding: i
     """XLA:CPU runs the kernel gradient as one convolution whose inner sum spans the whole batch and
     image, 2.5-4× slower than PyTorch's on CNN7's layers. im2col in cache-sized batch chunks replaces it:
     channels first (``P_cᵀ g_c``, :mod:`jaxcert.nets.conv_im2col_cf`) for thin layers, patch width
-    ``kh·kw·C ≤`` :data:`MAX_CF_PATCH_WIDTH` at a stride in :data:`CF_STRIDES` (and :data:`MIN_CF_TERMS`
-    terms); output channels first (``g_cᵀ P_c``, :mod:`jaxcert.nets.conv_im2col_gt`) for layers with many
-    input channels and for large images with a few (the 8-channel 28×28 3×3 layer: 2× XLA's); smaller
-    images with a few channels keep XLA's."""
+    ``kh·kw·C ≤`` :data:`MAX_CF_PATCH_WIDTH` (from :data:`MIN_CF_TERMS` terms at a stride in
+    :data:`CF_STRIDES`, from :data:`MIN_CF_STRIDED_TERMS` at others); output channels first (``g_cᵀ P_c``,
+    :mod:`jaxcert.nets.conv_im2col_gt`) for layers with many input channels and for large images with a
+    few (the 8-channel 28×28 3×3 layer: 2× XLA's); smaller images with a few channels keep XLA's."""
     kh, kw, cin, _ = kernel_shape
     positions = output_positions(x_shape, kernel_shape, stride, padding)
-    thin = kh * kw * cin <= MAX_CF_PATCH_WIDTH and stride in CF_STRIDES
-    if thin and x_shape[0] * positions >= MIN_CF_TERMS:
+    terms = x_shape[0] * positions
+    if kh * kw * cin <= MAX_CF_PATCH_WIDTH and terms >= (
+        MIN_CF_TERMS if stride in CF_STRIDES else MIN_CF_STRIDED_TERMS
+    ):
         return "im2col-scan-cf"
     if cin >= MIN_IM2COL_CHANNELS:
         return "im2col-scan-gt"
