@@ -61,6 +61,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     arms_help = "comma list of the campaign arms whose nets are analysed (from scratch; warm starts: arm@warm)"
     p.add_argument("--arms", default="ibp,crown-ibp,deeppoly", help=arms_help)
     p.add_argument("--batch", type=int, default=128, help="validation images per loss evaluation")
+    p.add_argument("--epochs", type=float, default=None, help="only the runs of this budget (default: every budget)")
     p.add_argument("--campaign", type=Path, default=HERE / "results" / "campaign", help="the campaign's --out")
     p.add_argument("--runs", type=Path, default=Path("runs/campaign"), help="the campaign's run folders")
     p.add_argument("--out", type=Path, default=None, help="results folder (default: --campaign)")
@@ -187,6 +188,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = parse(argv)
     setting = SETTINGS["quick" if args.quick else "default"]
     rows = selected(json.loads((args.campaign / "rows.json").read_text()), args.arch, args.arms)
+    rows = [r for r in rows if args.epochs is None or r["epochs"] == args.epochs]
     path = args.out / "analysis.json"
     results = json.loads(path.read_text()) if path.is_file() else []
     from tqdm import tqdm
