@@ -27,6 +27,8 @@ def problem():
 
 
 def taps(split, **kw):
+    """R_TAPS alone (``taps_grad_scale`` 0), whose special cases the definition fixes; the paper's product below."""
+    kw = {"taps_grad_scale": 0.0, **kw}
     return make_objective("taps", ARCH, "ibp", SCHEDULE, taps_split=split, attack_steps=kw.pop("steps", 6), **kw)
 
 
@@ -54,7 +56,9 @@ def test_split_before_the_first_layer_is_pgd_training():
     trainable, frozen = split_trainable(params)
     x = jax.random.uniform(jax.random.key(4), (16, *SHAPE))
     y = jnp.arange(16) % 2
-    objective = make_objective("taps", arch, "ibp", SCHEDULE, taps_split=0, attack_steps=6, taps_estimator="single")
+    objective = make_objective(
+        "taps", arch, "ibp", SCHEDULE, taps_split=0, attack_steps=6, taps_estimator="single", taps_grad_scale=0.0
+    )
     (loss, aux), grads = jax.jit(jax.value_and_grad(objective, has_aux=True))(trainable, frozen, x, y, 0)
     trainer = adversarial_trainer(arch, optax.sgd(0.0), SCHEDULE, attack_steps=6, step_size=EPS, lo=0.0, hi=1.0)
     _, pgd = trainer.step(trainer.init(params), x, y, step_key(0, 0))
@@ -134,7 +138,9 @@ def test_gradients_reach_the_extractor_through_the_connector(problem):
 def test_staps_with_lambda_one_is_taps_and_a_small_box_lowers_the_loss(problem):
     params, x, y = problem
     trainable, frozen = split_trainable(params)
-    staps = lambda lam: make_objective("staps", ARCH, "ibp", SCHEDULE, taps_split=4, sabr_lambda=lam, attack_steps=6)
+    staps = lambda lam: make_objective(
+        "staps", ARCH, "ibp", SCHEDULE, taps_split=4, sabr_lambda=lam, attack_steps=6, taps_grad_scale=0.0
+    )
     whole, plain = staps(1.0)(trainable, frozen, x, y, 0)[0], taps(4)(trainable, frozen, x, y, 0)[0]
     np.testing.assert_allclose(whole, plain, rtol=1e-6)
     assert float(staps(0.2)(trainable, frozen, x, y, 0)[0]) < float(taps(4)(trainable, frozen, x, y, 0)[0])
@@ -151,3 +157,28 @@ def test_split_index_range():
         make_objective("staps", ARCH, "crown-ibp", SCHEDULE)
     with pytest.raises(ValueError, match="unknown TAPS estimator 'best'"):
         make_objective("taps", ARCH, "ibp", SCHEDULE, taps_estimator="best")
+    with pytest.raises(ValueError, match="gradient scale must be >= 0"):
+        make_objective("taps", ARCH, "ibp", SCHEDULE, taps_grad_scale=-1.0)
+
+
+@pytest.mark.parametrize("kind", ["taps", "staps"])
+def test_the_papers_loss_is_the_estimate_times_the_ibp_loss_with_the_estimates_gradient_scaled(problem, kind):
+    """``L = expand(R, s) · L_IBP`` over the same region: the value ``R · L_IBP`` and the gradient
+    ``s · L_IBP · ∇R + R · ∇L_IBP``, from the plain estimate (``s`` = 0) and the IBP loss of that region
+    (TAPS: the ε-box; STAPS at λ = 1: the ε-box too)."""
+    params, x, y = problem
+    trainable, frozen = split_trainable(params)
+    objective = lambda s: make_objective(
+        kind, ARCH, "ibp", SCHEDULE, taps_split=4, attack_steps=6, taps_grad_scale=s, sabr_lambda=1.0
+    )
+    ibp = make_objective("certified", ARCH, "ibp", SCHEDULE)
+    value_and_grad = lambda f: jax.value_and_grad(lambda t: f(t, frozen, x, y, 0)[0])(trainable)
+    (r, grad_r), (l_ibp, grad_ibp) = value_and_grad(objective(0.0)), value_and_grad(ibp)
+    (loss, grads), aux = value_and_grad(objective(3.0)), objective(3.0)(trainable, frozen, x, y, 0)[1]
+    np.testing.assert_allclose(loss, r * l_ibp, rtol=1e-5)
+    np.testing.assert_allclose(aux["taps_ibp_loss"], l_ibp, rtol=1e-5)
+    np.testing.assert_allclose(aux["taps_loss"], r, rtol=1e-5)
+    expected = jax.tree_util.tree_map(lambda a, b: 3.0 * l_ibp * a + r * b, grad_r, grad_ibp)
+    for got, want in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(expected), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    assert float(r) < float(l_ibp)  # the estimate lies below the IBP loss (so the product is not L_IBP²)

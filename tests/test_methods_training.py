@@ -114,6 +114,7 @@ def test_the_method_names_the_run_folder():
         (["--objective", "ibp"], "unknown objective 'ibp'"),
         (["--method", "taps", "--taps-split", "8"], "taps_split 8 is out of range for a network of 7 layers"),
         (["--method", "rgs", "--objective", "staps", "--taps-split", "-8"], "taps_split -8 is out of range"),
+        (["--method", "taps", "--taps-grad-scale", "-1"], "taps_grad_scale must be >= 0, got -1.0"),
     ],
 )
 def test_bad_combinations_are_one_line_errors_before_any_work(tmp_path, capsys, flags, message):

@@ -98,6 +98,7 @@ class TrainConfig:
     method_alpha: float = 0.5  # MTL-IBP/CC-IBP/EXP-IBP: weight alpha in [0, 1] of the verified loss (0: PGD, 1: IBP)
     taps_split: int = -3  # TAPS/STAPS: feature extractor = the first N layers (negative: all but the last -N)
     taps_estimator: str = "multi"  # TAPS/STAPS latent PGD: multi (one point per margin, the paper's) | single
+    taps_grad_scale: float = 5.0  # TAPS/STAPS loss expand(R_TAPS, s) * L_IBP (the paper's; 0: R_TAPS alone)
     attack_step_rel: float = 0.0  # PGD step inside sabr/staps/mtl/cc/exp-ibp, x eps (0: the method's: 0.5 | 0.25)
     # --- end of the state-of-the-art fields ---
     # Gaussian loss smoothing
@@ -156,7 +157,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1 (or none: no limit), got {getattr(self, name)}")
         if self.num_processes is not None and self.num_processes < 1:
             raise ValueError(f"num_processes must be >= 1, got {self.num_processes}")
-        nonnegative = ("attack_steps", "eval_pgd_steps", "eval_apgd_steps", "devices", "grad_clip", "l1", "sigma")
+        nonnegative = ("attack_steps", "eval_pgd_steps", "eval_apgd_steps", "devices", "grad_clip", "l1", "sigma",
+                       "taps_grad_scale")  # fmt: skip
         for name in nonnegative:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")

@@ -155,7 +155,8 @@ def make_trainer(
     objective = make_objective(
         config.objective, arch, config.relaxation, schedule, seed=config.seed, attack_steps=config.attack_steps,
         sabr_lambda=config.sabr_lambda, method_alpha=config.method_alpha, taps_split=config.taps_split,
-        taps_estimator=config.taps_estimator, attack_step_rel=config.attack_step_rel, **loss_options,
+        taps_estimator=config.taps_estimator, taps_grad_scale=config.taps_grad_scale,
+        attack_step_rel=config.attack_step_rel, **loss_options,
     )  # fmt: skip
     if config.method not in ("rgs", "pgpe"):
         return gradient_trainer(arch, plain_gradient(objective), optimizer, **common)

@@ -5,7 +5,7 @@
 
     certified   κ CE + (1-κ) CE_cert(lb over the ε-box)      (:func:`jaxcert.train.losses.certified_objective`)
     sabr        κ CE + (1-κ) R_SABR (small box of ratio λ)   (:mod:`.sabr`)
-    taps/staps  κ CE + (1-κ) R_TAPS (on the ε-box / SABR's small box)   (:mod:`.taps`)
+    taps/staps  κ CE + (1-κ) expand(R_TAPS, s) · L_IBP (on the ε-box / SABR's small box)   (:mod:`.taps`)
     mtl-ibp, cc-ibp, exp-ibp   κ CE + (1-κ) R_α             (:mod:`.expressive`)
 
 each with the scheduled ε_t (and κ_t, β_t), the L1 term and the warm-up regularisers of the recipe
@@ -39,6 +39,7 @@ def robust_term(
     method_alpha: float = 0.5,
     taps_split: int = -3,
     taps_estimator: str = "multi",
+    taps_grad_scale: float = 5.0,
     attack_step_rel: float = 0.0,
     lo: float = 0.0,
     hi: float = 1.0,
@@ -54,7 +55,8 @@ def robust_term(
         if not is_interval(relaxation):
             raise ValueError(f"{name} bounds its feature extractor with IBP, not relaxation {relaxation!r}")
         lam = sabr_lambda if name == "staps" else None
-        return taps_term(arch, taps_split, lam=lam, estimator=taps_estimator, steps=attack_steps, **bounds, **step)
+        taps = {"lam": lam, "estimator": taps_estimator, "grad_scale": taps_grad_scale}
+        return taps_term(arch, taps_split, steps=attack_steps, **taps, **bounds, **step)
     if name in EXPRESSIVE_LOSSES:
         return expressive_term(
             name, arch, relaxation, method_alpha, attack_steps=attack_steps, **bounds, **step, **options
@@ -81,6 +83,7 @@ def make_objective(
     method_alpha: float = 0.5,
     taps_split: int = -3,
     taps_estimator: str = "multi",
+    taps_grad_scale: float = 5.0,
     attack_step_rel: float = 0.0,
     **options: Any,
 ) -> Objective:
@@ -92,7 +95,7 @@ def make_objective(
         raise ValueError(f"loss_fusion fuses the plain certified loss; objective {name!r} needs margin bounds")
     term = robust_term(
         name, arch, relaxation, attack_steps=attack_steps, sabr_lambda=sabr_lambda, method_alpha=method_alpha,
-        taps_split=taps_split, taps_estimator=taps_estimator, attack_step_rel=attack_step_rel, lo=lo, hi=hi,
-        **options,
+        taps_split=taps_split, taps_estimator=taps_estimator, taps_grad_scale=taps_grad_scale,
+        attack_step_rel=attack_step_rel, lo=lo, hi=hi, **options,
     )  # fmt: skip
     return method_objective(arch, schedule, term, seed=seed, **recipe)

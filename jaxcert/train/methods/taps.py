@@ -28,7 +28,16 @@ Both estimates lie between the PGD loss and the IBP loss: ``d_j(p_j*) ≥ min_bo
 ``k = 0`` the latent box is the input box (which does not depend on θ): the single estimator is PGD training.
 At the output (``k`` = number of layers) ``g`` is the identity: the multi-estimator's ``p_j*`` is the corner
 ``(l_y, u_j)`` of the IBP logit box and ``d_j = l_y - u_j``, the single one's the worst corner
-``(l_y, u_j)_{j≠y}``. STAPS runs TAPS on SABR's small box (:mod:`jaxcert.train.methods.sabr`) instead of the
+``(l_y, u_j)_{j≠y}``.
+
+The paper's loss multiplies the estimate by the IBP loss over the same input region, with the estimate's
+gradient scaled by ``s`` (eth-sri/TAPS's ``--taps-grad-scale``; 5 in CTRAIN, 4 in the MNIST scripts):
+
+    L = expand(R_TAPS, s) · L_IBP,    L_IBP = mean CE_cert(IBP margin lower bounds over the region),
+
+``expand(v, s) = s·v − (s − 1)·stop_gradient(v)`` (the value ``v``, the gradient ``s·∇v``), so
+``∇L = s·L_IBP·∇R_TAPS + R_TAPS·∇L_IBP``. ``s = 0`` trains ``R_TAPS`` alone (the definition's special cases
+above hold there). STAPS runs TAPS on SABR's small box (:mod:`jaxcert.train.methods.sabr`) instead of the
 ε-box; ``λ = 1`` is TAPS. On a residual net the split may not fall inside a residual block (a shortcut from
 the extractor into the classifier): an error at set-up.
 """
@@ -48,7 +57,7 @@ from jaxcert.nets.graph import suffix
 from jaxcert.nets.layers import Arch
 from jaxcert.nets.network import LayerParams, forward
 from jaxcert.train.methods.objective import RobustTerm
-from jaxcert.train.methods.sabr import check_lambda, sabr_region
+from jaxcert.train.methods.sabr import box_margin_lower_bounds, check_lambda, sabr_region
 from jaxcert.train.methods.sabr_attack import SABR_STEP
 
 #: Slack of the rectified linear gradient connector, as a fraction of the box width (the reference's 0.5).
@@ -220,6 +229,11 @@ def taps_margins(
     return jnp.einsum("bkn,bkn->bk", C, logits)
 
 
+def expand_gradient(value: jax.Array, scale: float) -> jax.Array:
+    """``value`` forwards, ``scale ×`` its gradient backwards: ``scale·v − (scale − 1)·stop_gradient(v)``."""
+    return scale * value - (scale - 1.0) * jax.lax.stop_gradient(value)
+
+
 def taps_term(
     arch: Arch,
     split: int,
@@ -227,14 +241,18 @@ def taps_term(
     steps: int,
     lam: float | None = None,
     estimator: str = "multi",
+    grad_scale: float = 5.0,
     step_rel: float = SABR_STEP,
     lo: float = 0.0,
     hi: float = 1.0,
 ) -> RobustTerm:
-    """``R_TAPS`` over the ε-box (``lam`` None: TAPS) or over SABR's small box of ratio ``lam`` (STAPS, its
-    PGD step ``step_rel``); logs ``taps_loss`` and ``taps_acc`` (the fraction whose estimated margins are all
-    positive)."""
+    """``expand(R_TAPS, grad_scale) · L_IBP`` (``grad_scale`` 0: ``R_TAPS``) over the ε-box (``lam`` None: TAPS)
+    or over SABR's small box of ratio ``lam`` (STAPS, its PGD step ``step_rel``); logs ``taps_loss`` (R_TAPS),
+    ``taps_acc`` (the fraction whose estimated margins are all positive) and, with the product,
+    ``taps_ibp_loss``."""
     split_arch(arch, split)
+    if grad_scale < 0:
+        raise ValueError(f"the TAPS gradient scale must be >= 0 (0: R_TAPS alone), got {grad_scale}")
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown TAPS estimator {estimator!r}; known: {', '.join(ESTIMATORS)}")
     if lam is not None:
@@ -251,6 +269,11 @@ def taps_term(
             lower, upper = input_box(x, eps, lo, hi)
         d = taps_margins(arch, params, lower, upper, y, latent_key, split=split, steps=steps, estimator=estimator)
         loss = jnp.mean(certified_cross_entropy(d))
-        return loss, {"taps_loss": loss, "taps_acc": jnp.mean(is_certified(d).astype(jnp.float32))}
+        aux = {"taps_loss": loss, "taps_acc": jnp.mean(is_certified(d).astype(jnp.float32))}
+        if grad_scale == 0:
+            return loss, aux
+        lb = box_margin_lower_bounds(arch, params, lower, upper, y, relaxation="ibp")
+        ibp_loss = jnp.mean(certified_cross_entropy(lb))
+        return expand_gradient(loss, grad_scale) * ibp_loss, aux | {"taps_ibp_loss": ibp_loss}
 
     return term
