@@ -182,3 +182,20 @@ def test_the_training_plot_draws_the_schedule_with_the_losses_and_tabulates_the_
         assert legend.y1 < plot_area.y0
     plt.close(fig)
     assert plot_metrics(records, tmp_path / "c.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_the_command_keeps_freed_host_memory_unless_told_to_release_it(tmp_path):
+    """``python -m jaxcert.train`` applies ``keep_freed_host_memory`` before JAX starts (it says so);
+    ``--release-host-memory`` leaves glibc's defaults; the run is the same either way."""
+    line = "host memory: freed buffers are kept for reuse"
+    runs = {}
+    for name, extra in (("kept", ()), ("released", ("--release-host-memory",))):
+        cmd = _cli(tmp_path / name, "--steps", "3", "--no-eval", *extra)
+        done = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, done.stderr
+        runs[name] = done.stdout
+    assert line in runs["kept"] and line not in runs["released"]
+    losses = {n: [r["loss"] for r in read_metrics(tmp_path / n / "metrics.jsonl") if "loss" in r] for n in runs}
+    assert losses["kept"] and losses["kept"] == losses["released"]

@@ -35,6 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="resume from the folder's checkpoints (the default)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     p.add_argument("--no-eval", action="store_true", help="skip the final evaluation on the test split")
+    p.add_argument(
+        "--release-host-memory",
+        action="store_true",
+        help="return freed host memory to the system (by default the command keeps it, so that XLA:CPU reuses "
+        "its large buffers' pages between steps instead of faulting them in afresh: jaxcert.cpu_runtime)",
+    )
     add_config_flags(p.add_argument_group("config fields (default: the recipe's value)"))
     return p
 
@@ -64,7 +70,9 @@ def _error(err: Exception | str) -> int:
     return 2
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, host_memory: bool = False) -> int:
+    """The command; ``host_memory``: keep freed host memory for reuse (as ``python -m jaxcert.train`` does,
+    unless ``--release-host-memory``), which takes effect only before JAX starts in this process."""
     args = parse_args(argv)
     if args.fresh and args.resume:
         return _error("--fresh and --resume exclude each other")
@@ -83,6 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     if finished:
         print(finished)
         return 0
+    if host_memory and not args.release_host_memory:
+        from jaxcert.cpu_runtime import keep_freed_host_memory_if_fresh
+
+        if keep_freed_host_memory_if_fresh():
+            print("host memory: freed buffers are kept for reuse between steps (--release-host-memory: off)")
     from jaxcert.data import DatasetNotFoundError
     from jaxcert.train.distributed import DistributedInitError, is_main_process
     from jaxcert.train.loop import NonFiniteLossError, RunInterrupted
@@ -124,4 +137,4 @@ def _command() -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(host_memory=True))
