@@ -37,6 +37,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from peak_memory import peak_gib, reset_peak
+from timed_calls import timed_call_count
 
 #: jaxcert relaxation -> auto_LiRPA method
 METHODS = {"ibp": "IBP", "crown-ibp": "CROWN-IBP", "crown": "CROWN", "deeppoly": "CROWN"}
@@ -183,7 +184,7 @@ class Case:
 
 
 def time_row(case: Case, row: dict[str, Any]) -> dict[str, Any]:
-    """Warm-up call, then up to ``repeats`` timed calls within ``max_seconds``; the fastest counts."""
+    """Warm-up call, then :func:`timed_calls.timed_call_count` timed calls; the fastest counts."""
     method = METHODS[row["relaxation"]]
     call = lambda: case.work(row["work"], method, row.get("members", 1), row.get("sigma", 0.01))
     reset_peak()
@@ -191,7 +192,7 @@ def time_row(case: Case, row: dict[str, Any]) -> dict[str, Any]:
     call()
     warmup = time.perf_counter() - start
     times = []
-    for _ in range(max(1, min(row["repeats"], int(row["max_seconds"] // max(warmup, 1e-9))))):
+    for _ in range(timed_call_count(row["repeats"], warmup, row["max_seconds"])):
         start = time.perf_counter()
         call()
         times.append(time.perf_counter() - start)

@@ -111,3 +111,11 @@ def test_dense_after_flatten_reads_hwc_rows_in_chw_order():
     x_hwc = np.random.default_rng(1).normal(size=(h, w, c))
     converted = reference.dense_after_flatten(kernel, (h, w, c))
     np.testing.assert_allclose(converted @ x_hwc.transpose(2, 0, 1).reshape(-1), x_hwc.reshape(-1) @ kernel)
+
+
+def test_short_calls_are_timed_for_at_least_a_second_and_long_ones_within_the_budget():
+    timed_call_count = load("timed_calls").timed_call_count
+    assert timed_call_count(3, 0.005, 60.0) == 200  # a 5 ms step: a second of calls, not 3
+    assert timed_call_count(3, 0.5, 60.0) == 3  # long calls: the requested repeats
+    assert timed_call_count(3, 30.0, 60.0) == 2  # within the time budget ...
+    assert timed_call_count(3, 100.0, 60.0) == 1  # ... but always one
