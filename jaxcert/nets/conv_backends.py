@@ -107,10 +107,8 @@ def cpu_kernel_term(x_shape: Shape, kernel_shape: Shape, stride: int, padding: i
     few (the 8-channel 28×28 3×3 layer: 2× XLA's); smaller images with a few channels keep XLA's."""
     kh, kw, cin, _ = kernel_shape
     positions = output_positions(x_shape, kernel_shape, stride, padding)
-    terms = x_shape[0] * positions
-    if kh * kw * cin <= MAX_CF_PATCH_WIDTH and terms >= (
-        MIN_CF_TERMS if stride in CF_STRIDES else MIN_CF_STRIDED_TERMS
-    ):
+    min_cf_terms = MIN_CF_TERMS if stride in CF_STRIDES else MIN_CF_STRIDED_TERMS
+    if kh * kw * cin <= MAX_CF_PATCH_WIDTH and x_shape[0] * positions >= min_cf_terms:
         return "im2col-scan-cf"
     if cin >= MIN_IM2COL_CHANNELS:
         return "im2col-scan-gt"
