@@ -483,10 +483,6 @@ def _load(path: Path) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> str:
     args = parse_args(argv)
-    if __name__ == "__main__":  # as python -m jaxcert.train does: XLA:CPU reuses its buffers' pages
-        from jaxcert.cpu_runtime import keep_freed_host_memory_if_fresh
-
-        keep_freed_host_memory_if_fresh()
     setting = SETTINGS["quick" if args.quick else "default"]
     rows_path, tuning_path = args.out / "rows.json", args.out / "tuning.json"
     options: dict[str, Any] = {"arch": args.arch, "warm": args.warm_from, "warm_epochs": args.warm_epochs,
@@ -545,4 +541,7 @@ def main(argv: list[str] | None = None) -> str:
 
 
 if __name__ == "__main__":
+    from jaxcert.cpu_runtime import keep_freed_host_memory_if_fresh
+
+    keep_freed_host_memory_if_fresh()  # as python -m jaxcert.train does: XLA:CPU reuses its buffers' pages
     main()
