@@ -58,6 +58,9 @@ from jaxcert.nets.network import LayerParams, merge, split_trainable
 from jaxcert.provenance import provenance
 from jaxcert.runs import load_run, load_test_split, run_config
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timed_calls import timed_call_count
+
 GiB = 2**30
 
 #: name -> (architecture builder, input shape, ε of the benchmark's input box)
@@ -163,15 +166,17 @@ def estimated_bytes(compiled: Any) -> float | None:
     return float(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes)
 
 
-def time_calls(call: Callable[[], Any], repeats: int, max_seconds: float) -> tuple[list[float], float]:
-    """Warm-up call (excluded), then up to ``repeats`` timed calls, fewer if one call is so slow that the
-    repeats would exceed ``max_seconds`` (at least one timed call). Returns (times, warm-up seconds)."""
+def time_calls(
+    call: Callable[[], Any], repeats: int, max_seconds: float, min_seconds: float = 0.0
+) -> tuple[list[float], float]:
+    """Warm-up call (excluded), then :func:`timed_calls.timed_call_count` timed calls: ``repeats``, more for
+    short calls when ``min_seconds`` > 0, fewer if one call is so slow that the repeats would exceed
+    ``max_seconds`` (at least one). Returns (times, warm-up seconds)."""
     start = time.perf_counter()
     jax.block_until_ready(call())
     warmup = time.perf_counter() - start
-    repeats = max(1, min(repeats, int(max_seconds // max(warmup, 1e-9))))
     times = []
-    for _ in range(repeats):
+    for _ in range(timed_call_count(repeats, warmup, max_seconds, min_seconds)):
         start = time.perf_counter()
         jax.block_until_ready(call())
         times.append(time.perf_counter() - start)

@@ -186,18 +186,12 @@ def jaxcert_work(row: Row, case: dict[str, Any]) -> Callable[[], Any]:
 
 
 def time_call(call: Callable[[], Any], repeats: int, max_seconds: float) -> dict[str, float]:
-    """Warm-up call, then :func:`timed_calls.timed_call_count` timed calls; the fastest counts."""
-    import jax
-    from timed_calls import timed_call_count
+    """:func:`bench_bounds.time_calls` with short calls timed for at least
+    :data:`timed_calls.MIN_TIMED_SECONDS` (as the reference side); the fastest counts."""
+    from bench_bounds import time_calls
+    from timed_calls import MIN_TIMED_SECONDS
 
-    start = time.perf_counter()
-    jax.block_until_ready(call())
-    warmup = time.perf_counter() - start
-    times = []
-    for _ in range(timed_call_count(repeats, warmup, max_seconds)):
-        start = time.perf_counter()
-        jax.block_until_ready(call())
-        times.append(time.perf_counter() - start)
+    times, warmup = time_calls(call, repeats, max_seconds, min_seconds=MIN_TIMED_SECONDS)
     return {"seconds": min(times), "warmup_s": warmup}
 
 
