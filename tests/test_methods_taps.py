@@ -11,7 +11,10 @@ from jaxcert.nets import Dense, Flatten, Normalize, ReLU, forward, init_params, 
 from jaxcert.train import adversarial_trainer, recipe_schedule
 from jaxcert.train.methods import make_objective, split_index
 from jaxcert.train.methods.objective import step_key
+from jaxcert.train.methods.sabr import box_margin_lower_bounds, sabr_region
+from jaxcert.train.methods.sabr_attack import SABR_STEP
 from jaxcert.train.methods.taps import connect, latent_milestones, latent_pgd, taps_margins
+from jaxcert.train.schedules import RecipeSchedule
 
 ARCH = (Normalize((0.5,), (0.3,)), Flatten(), Dense(12), ReLU(), Dense(8), ReLU(), Dense(3))
 SHAPE = (2, 2, 1)
@@ -182,3 +185,59 @@ def test_the_papers_loss_is_the_estimate_times_the_ibp_loss_with_the_estimates_g
     for got, want in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(expected), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
     assert float(r) < float(l_ibp)  # the estimate lies below the IBP loss (so the product is not L_IBP²)
+
+
+RAMP = recipe_schedule(EPS, ramp=10)  # ε_t = EPS · t / 10 and κ_t = 1 - t / 10 over steps 0..10
+
+
+@pytest.mark.parametrize("kind", ["taps", "staps"])
+def test_taps_trains_the_ibp_loss_while_eps_ramps_and_its_own_loss_from_the_ramps_end(problem, kind):
+    """The papers' design (eth-sri/TAPS without ``--no-ibp-anneal``): IBP until ε reaches its final value.
+    STAPS at λ = 1 bounds the ε-box, so in the ramp both equal plain IBP certified training, value and
+    gradient; from step 10 on they equal the objective without the ramp."""
+    params, x, y = problem
+    trainable, frozen = split_trainable(params)
+    objective = lambda **kw: make_objective(
+        kind, ARCH, "ibp", RAMP, taps_split=4, attack_steps=6, sabr_lambda=1.0, **kw
+    )
+    ibp = make_objective("certified", ARCH, "ibp", RAMP)
+    value_and_grad = lambda f, step: jax.value_and_grad(lambda t: f(t, frozen, x, y, step)[0])(trainable)
+    (loss, grads), (want, want_grads) = value_and_grad(objective(), 5), value_and_grad(ibp, 5)
+    np.testing.assert_allclose(loss, want, rtol=1e-6)
+    for got, expected in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(want_grads), strict=True):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+    aux = objective()(trainable, frozen, x, y, 5)[1]
+    assert float(aux["taps_phase"]) == 0.0
+    np.testing.assert_allclose(aux["taps_loss"], aux["taps_ibp_loss"])  # the IBP bound stands in for R_TAPS
+    unramped = objective(taps_ibp_ramp=False)
+    assert abs(float(unramped(trainable, frozen, x, y, 5)[0]) - float(want)) > 1e-3  # the product already
+    assert "taps_phase" not in unramped(trainable, frozen, x, y, 5)[1]
+    for step in (10, 12):
+        (ramped_loss, ramped_aux), unramped_loss = (
+            objective()(trainable, frozen, x, y, step),
+            unramped(trainable, frozen, x, y, step)[0],
+        )
+        np.testing.assert_allclose(ramped_loss, unramped_loss, rtol=1e-6)
+        assert float(ramped_aux["taps_phase"]) == 1.0
+
+
+def test_staps_trains_the_ibp_loss_of_sabrs_small_box_while_eps_ramps(problem):
+    """STAPS's ramp phase is SABR with IBP: the IBP loss over the small box around the step's PGD point."""
+    params, x, y = problem
+    trainable, frozen = split_trainable(params)
+    objective = make_objective("staps", ARCH, "ibp", RAMP, taps_split=4, attack_steps=6, sabr_lambda=0.4, seed=3)
+    aux = objective(trainable, frozen, x, y, 5)[1]
+    box_key = jax.random.split(step_key(3, 5))[0]
+    logits_fn = lambda z: forward(ARCH, params, z)
+    region = sabr_region(logits_fn, x, y, RAMP(5)["eps"], 0.4, box_key, steps=6, step_rel=SABR_STEP)
+    want = jnp.mean(certified_cross_entropy(box_margin_lower_bounds(ARCH, params, *region, y)))
+    np.testing.assert_allclose(aux["robust_loss"], want, rtol=1e-6)
+    whole = make_objective("staps", ARCH, "ibp", RAMP, taps_split=4, attack_steps=6, sabr_lambda=1.0, seed=3)
+    assert float(aux["robust_loss"]) < float(whole(trainable, frozen, x, y, 5)[1]["robust_loss"])  # not the ε-box
+
+
+def test_the_ibp_ramp_needs_the_schedules_final_eps(problem):
+    hand_built = RecipeSchedule(eps=RAMP.eps, kappa=RAMP.kappa, beta=RAMP.beta)
+    with pytest.raises(ValueError, match="taps_ibp_ramp needs a schedule whose eps_final is known"):
+        make_objective("taps", ARCH, "ibp", hand_built)
+    make_objective("taps", ARCH, "ibp", hand_built, taps_ibp_ramp=False)  # without the ramp it needs none

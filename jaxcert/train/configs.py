@@ -99,6 +99,7 @@ class TrainConfig:
     taps_split: int = -3  # TAPS/STAPS: feature extractor = the first N layers (negative: all but the last -N)
     taps_estimator: str = "multi"  # TAPS/STAPS latent PGD: multi (one point per margin, the paper's) | single
     taps_grad_scale: float = 5.0  # TAPS/STAPS loss expand(R_TAPS, s) * L_IBP (the paper's; 0: R_TAPS alone)
+    taps_ibp_ramp: bool = True  # TAPS/STAPS: the IBP loss over the region until eps reaches its final value
     attack_step_rel: float = 0.0  # PGD step inside sabr/staps/mtl/cc/exp-ibp, x eps (0: the method's: 0.5 | 0.25)
     # --- end of the state-of-the-art fields ---
     # Gaussian loss smoothing

@@ -156,7 +156,7 @@ def make_trainer(
         config.objective, arch, config.relaxation, schedule, seed=config.seed, attack_steps=config.attack_steps,
         sabr_lambda=config.sabr_lambda, method_alpha=config.method_alpha, taps_split=config.taps_split,
         taps_estimator=config.taps_estimator, taps_grad_scale=config.taps_grad_scale,
-        attack_step_rel=config.attack_step_rel, **loss_options,
+        taps_ibp_ramp=config.taps_ibp_ramp, attack_step_rel=config.attack_step_rel, **loss_options,
     )  # fmt: skip
     if config.method not in ("rgs", "pgpe"):
         return gradient_trainer(arch, plain_gradient(objective), optimizer, **common)

@@ -21,8 +21,9 @@ Sources (commands copied into the docstring of each group below): SABR — eth-s
 al., NeurIPS 2023); MTL-/CC-/EXP-IBP — alessandrodepalma/expressive-losses ``README.md`` and ``config/*.json``
 (De Palma et al., ICLR 2024). Not reproduced: CIFAR-10 data augmentation (random crops and flips), SABR's
 shrinking box for 2/255 and its ``exp`` ε ramp, STAPS's ReLU shrinkage, the expressive losses' attack at
-2.1 ε (CIFAR-10 2/255), TAPS's product with the IBP loss and IBP-only ramp, and κ: the papers drop the clean
-loss at once, here κ ramps 1 → 0 with ε (at small ε both losses are the clean CE).
+2.1 ε (CIFAR-10 2/255), and κ: the papers drop the clean loss at once, here κ ramps 1 → 0 with ε (at small ε
+both losses are the clean CE). TAPS/STAPS train the papers' loss (``expand(R_TAPS, s) · L_IBP``, the scripts'
+``--taps-grad-scale``) with IBP during the ε ramp (the scripts' default, ``taps_ibp_ramp``).
 
 Fashion-MNIST (``fmnist``, offline here) has no published recipe: its ε = 0.1 recipes for CNN3 and CNN7 are the
 MNIST ε = 0.1 recipes of each method, unchanged but for the data set (and the split of CNN3's classifier).

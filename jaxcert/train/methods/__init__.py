@@ -5,7 +5,8 @@
 
     certified   κ CE + (1-κ) CE_cert(lb over the ε-box)      (:func:`jaxcert.train.losses.certified_objective`)
     sabr        κ CE + (1-κ) R_SABR (small box of ratio λ)   (:mod:`.sabr`)
-    taps/staps  κ CE + (1-κ) expand(R_TAPS, s) · L_IBP (on the ε-box / SABR's small box)   (:mod:`.taps`)
+    taps/staps  κ CE + (1-κ) expand(R_TAPS, s) · L_IBP (on the ε-box / SABR's small box; L_IBP alone while
+                ε ramps, ``taps_ibp_ramp``)   (:mod:`.taps`)
     mtl-ibp, cc-ibp, exp-ibp   κ CE + (1-κ) R_α             (:mod:`.expressive`)
 
 each with the scheduled ε_t (and κ_t, β_t), the L1 term and the warm-up regularisers of the recipe
@@ -40,13 +41,15 @@ def robust_term(
     taps_split: int = -3,
     taps_estimator: str = "multi",
     taps_grad_scale: float = 5.0,
+    taps_ibp_below: float | None = None,
     attack_step_rel: float = 0.0,
     lo: float = 0.0,
     hi: float = 1.0,
     **options: Any,
 ) -> RobustTerm:
     """The robust term of the objective ``name`` (any of :data:`OBJECTIVES` but ``certified``);
-    ``attack_step_rel`` > 0 replaces the method's own input-PGD step (relative to ε)."""
+    ``attack_step_rel`` > 0 replaces the method's own input-PGD step (relative to ε); ``taps_ibp_below``:
+    TAPS/STAPS train the IBP loss while the step's ε is below it (None: never)."""
     bounds = {"lo": lo, "hi": hi}
     step = {"step_rel": attack_step_rel} if attack_step_rel > 0 else {}
     if name == "sabr":  # attack_steps apart from ``options``, where ``steps`` is alpha-CROWN's
@@ -55,7 +58,7 @@ def robust_term(
         if not is_interval(relaxation):
             raise ValueError(f"{name} bounds its feature extractor with IBP, not relaxation {relaxation!r}")
         lam = sabr_lambda if name == "staps" else None
-        taps = {"lam": lam, "estimator": taps_estimator, "grad_scale": taps_grad_scale}
+        taps = {"lam": lam, "estimator": taps_estimator, "grad_scale": taps_grad_scale, "ibp_below": taps_ibp_below}
         return taps_term(arch, taps_split, steps=attack_steps, **taps, **bounds, **step)
     if name in EXPRESSIVE_LOSSES:
         return expressive_term(
@@ -84,18 +87,25 @@ def make_objective(
     taps_split: int = -3,
     taps_estimator: str = "multi",
     taps_grad_scale: float = 5.0,
+    taps_ibp_ramp: bool = True,
     attack_step_rel: float = 0.0,
     **options: Any,
 ) -> Objective:
-    """The objective ``name`` (``certified``: :func:`certified_objective`, the method settings unused)."""
+    """The objective ``name`` (``certified``: :func:`certified_objective`, the method settings unused);
+    ``taps_ibp_ramp``: TAPS/STAPS train the IBP loss until ε reaches the schedule's ``eps_final``."""
     recipe = {"l1": l1, "lo": lo, "hi": hi, "bn_mode": bn_mode, "reg_weight": reg_weight, "reg_tol": reg_tol}
     if name == "certified":
         return certified_objective(arch, relaxation, schedule, loss_fusion=loss_fusion, **recipe, **options)
     if loss_fusion:
         raise ValueError(f"loss_fusion fuses the plain certified loss; objective {name!r} needs margin bounds")
+    ibp_below = None
+    if taps_ibp_ramp and name in ("taps", "staps"):
+        if schedule.eps_final is None:
+            raise ValueError(f"taps_ibp_ramp needs a schedule whose eps_final is known; {name} got a hand-built one")
+        ibp_below = schedule.eps_final
     term = robust_term(
         name, arch, relaxation, attack_steps=attack_steps, sabr_lambda=sabr_lambda, method_alpha=method_alpha,
         taps_split=taps_split, taps_estimator=taps_estimator, taps_grad_scale=taps_grad_scale,
-        attack_step_rel=attack_step_rel, lo=lo, hi=hi, **options,
+        taps_ibp_below=ibp_below, attack_step_rel=attack_step_rel, lo=lo, hi=hi, **options,
     )  # fmt: skip
     return method_objective(arch, schedule, term, seed=seed, **recipe)

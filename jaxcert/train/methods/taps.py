@@ -38,8 +38,19 @@ gradient scaled by ``s`` (eth-sri/TAPS's ``--taps-grad-scale``; 5 in CTRAIN, 4 i
 ``expand(v, s) = s·v − (s − 1)·stop_gradient(v)`` (the value ``v``, the gradient ``s·∇v``), so
 ``∇L = s·L_IBP·∇R_TAPS + R_TAPS·∇L_IBP``. ``s = 0`` trains ``R_TAPS`` alone (the definition's special cases
 above hold there). STAPS runs TAPS on SABR's small box (:mod:`jaxcert.train.methods.sabr`) instead of the
-ε-box; ``λ = 1`` is TAPS. On a residual net the split may not fall inside a residual block (a shortcut from
-the extractor into the classifier): an error at set-up.
+ε-box; ``λ = 1`` is TAPS.
+
+*IBP during the ε ramp* (``ibp_below``, the papers' design: eth-sri/TAPS trains IBP until the ε annealing
+ends unless ``--no-ibp-anneal``, CTRAIN likewise): while the scheduled ``ε_t < ε_final`` the term is the IBP
+loss over the same region,
+
+    L = L_IBP        (TAPS: the ε-box; STAPS: SABR's small box, i.e. SABR with IBP),
+
+and the product above from the step ε reaches ``ε_final``. The phase is a ``lax.cond`` on the step's ε, a
+scalar shared by every GLS member, so one branch runs.
+
+On a residual net the split may not fall inside a residual block (a shortcut from the extractor into the
+classifier): an error at set-up.
 """
 
 from __future__ import annotations
@@ -63,6 +74,8 @@ from jaxcert.train.methods.sabr_attack import SABR_STEP
 #: Slack of the rectified linear gradient connector, as a fraction of the box width (the reference's 0.5).
 CONNECTOR_SLACK = 0.5
 _TOL = 1e-5
+#: relative tolerance of "ε_t < ε_final" (the ramp's last value is ε_final in float32)
+RAMP_TOL = 1e-6
 #: TAPS's latent estimators (:data:`jaxcert.train.configs.TAPS_ESTIMATORS`).
 ESTIMATORS = ("multi", "single")
 
@@ -242,14 +255,18 @@ def taps_term(
     lam: float | None = None,
     estimator: str = "multi",
     grad_scale: float = 5.0,
+    ibp_below: float | None = None,
     step_rel: float = SABR_STEP,
     lo: float = 0.0,
     hi: float = 1.0,
 ) -> RobustTerm:
     """``expand(R_TAPS, grad_scale) · L_IBP`` (``grad_scale`` 0: ``R_TAPS``) over the ε-box (``lam`` None: TAPS)
-    or over SABR's small box of ratio ``lam`` (STAPS, its PGD step ``step_rel``); logs ``taps_loss`` (R_TAPS),
-    ``taps_acc`` (the fraction whose estimated margins are all positive) and, with the product,
-    ``taps_ibp_loss``."""
+    or over SABR's small box of ratio ``lam`` (STAPS, its PGD step ``step_rel``); with ``ibp_below`` (the
+    final ε of the ramp) ``L_IBP`` alone over that region while ``ε_t < ibp_below``. Logs ``taps_loss``
+    (R_TAPS), ``taps_acc`` (the fraction whose estimated margins are all positive), with the product
+    ``taps_ibp_loss``, and with ``ibp_below`` ``taps_phase`` (0: IBP, 1: TAPS); in the IBP phase
+    ``taps_loss`` and ``taps_acc`` are the IBP bound's (an upper bound of R_TAPS, a lower bound of
+    ``taps_acc``)."""
     split_arch(arch, split)
     if grad_scale < 0:
         raise ValueError(f"the TAPS gradient scale must be >= 0 (0: R_TAPS alone), got {grad_scale}")
@@ -267,13 +284,28 @@ def taps_term(
             lower, upper = sabr_region(logits_fn, x, y, eps, lam, box_key, steps=steps, step_rel=step_rel, lo=lo, hi=hi)
         else:
             lower, upper = input_box(x, eps, lo, hi)
-        d = taps_margins(arch, params, lower, upper, y, latent_key, split=split, steps=steps, estimator=estimator)
-        loss = jnp.mean(certified_cross_entropy(d))
-        aux = {"taps_loss": loss, "taps_acc": jnp.mean(is_certified(d).astype(jnp.float32))}
-        if grad_scale == 0:
-            return loss, aux
-        lb = box_margin_lower_bounds(arch, params, lower, upper, y, relaxation="ibp")
-        ibp_loss = jnp.mean(certified_cross_entropy(lb))
-        return expand_gradient(loss, grad_scale) * ibp_loss, aux | {"taps_ibp_loss": ibp_loss}
+        ibp_margins = lambda: box_margin_lower_bounds(arch, params, lower, upper, y, relaxation="ibp")
+
+        def taps_phase(_: None) -> tuple[jax.Array, dict]:
+            d = taps_margins(arch, params, lower, upper, y, latent_key, split=split, steps=steps, estimator=estimator)
+            loss = jnp.mean(certified_cross_entropy(d))
+            aux = {"taps_loss": loss, "taps_acc": jnp.mean(is_certified(d).astype(jnp.float32))}
+            if grad_scale == 0:
+                return loss, aux
+            ibp_loss = jnp.mean(certified_cross_entropy(ibp_margins()))
+            return expand_gradient(loss, grad_scale) * ibp_loss, aux | {"taps_ibp_loss": ibp_loss}
+
+        if ibp_below is None:
+            return taps_phase(None)
+
+        def ibp_phase(_: None) -> tuple[jax.Array, dict]:
+            lb = ibp_margins()
+            loss = jnp.mean(certified_cross_entropy(lb))
+            aux = {"taps_loss": loss, "taps_acc": jnp.mean(is_certified(lb).astype(jnp.float32))}
+            return loss, aux if grad_scale == 0 else aux | {"taps_ibp_loss": loss}
+
+        ramping = eps < ibp_below * (1.0 - RAMP_TOL)
+        loss, aux = jax.lax.cond(ramping, ibp_phase, taps_phase, None)
+        return loss, aux | {"taps_phase": 1.0 - ramping.astype(jnp.float32)}
 
     return term
