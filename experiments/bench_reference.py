@@ -181,8 +181,19 @@ def jaxcert_work(row: Row, case: dict[str, Any]) -> Callable[[], Any]:
     else:
         raise ValueError(f"unknown work {row.work!r}")
     key = jax.random.key(1)
-    compiled = jax.jit(fn).lower(params, x, y, key).compile()
+    compiled = jax.jit(fn).lower(params, x, y, key).compile(compiler_options=cpu_options(row))
     return lambda: compiled(params, x, y, key)
+
+
+def cpu_options(row: Row) -> dict[str, str]:
+    """The compiler options of ``row``'s program on XLA:CPU by the library's rule (:mod:`jaxcert.cpu_convolutions`,
+    as ``python -m jaxcert.train`` applies it); none on other backends."""
+    import jax
+
+    from jaxcert.cpu_convolutions import compiler_options
+
+    arch, in_shape = architecture(row.arch)
+    return compiler_options(arch, in_shape, row.batch) if jax.default_backend() == "cpu" else {}
 
 
 def time_call(call: Callable[[], Any], repeats: int, max_seconds: float) -> dict[str, float]:
@@ -218,6 +229,7 @@ def jaxcert_side(plan: dict[str, Any]) -> dict[str, Any]:
             start = time.perf_counter()
             call = jaxcert_work(row, case)
             out["compile_s"] = time.perf_counter() - start
+            out["convolutions"] = "eigen" if cpu_options(row) else "xla default"
             out.update(time_call(call, entry["repeats"], entry["max_seconds"]))
             out["throughput"] = row.batch * row.members / out["seconds"]
             out["peak_gib"] = peak_gib()
@@ -278,6 +290,8 @@ def markdown(result: dict[str, Any]) -> str:
     for r in result["rows"]:
         j, ref = r.get("jaxcert") or {}, r.get("reference") or {}
         note = "; ".join(f"{side}: {d['error']}" for side, d in (("jaxcert", j), ("reference", ref)) if "error" in d)
+        if j.get("convolutions") == "eigen":
+            note = "; ".join(filter(None, [note, "jaxcert: Eigen convolutions"]))
         cells = [
             r["name"], f"{r['work']} {r['relaxation']} ({r['batch']}×{r['members']})",
             fmt(j.get("throughput"), ".1f"), fmt(ref.get("throughput"), ".1f"), fmt(r.get("ratio"), ".2f"),

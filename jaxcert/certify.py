@@ -673,6 +673,18 @@ def bab_options(args: argparse.Namespace) -> Any:
     return options
 
 
+def cpu_convolutions_for(run_dir: str, batch: int) -> str | None:
+    """The CPU convolution rule (:mod:`jaxcert.cpu_convolutions`) for the run's network, set before JAX starts
+    from its ``config.json`` (``None``: XLA's defaults, or a folder without a readable config)."""
+    from jaxcert.cpu_convolutions import use_eigen_for_run_if_fresh
+
+    try:
+        config = json.loads((Path(run_dir) / "config.json").read_text())
+        return use_eigen_for_run_if_fresh(config["arch"], config["dataset"], batch)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # load_run reports what is wrong with the folder
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:  # before importing JAX: option names and values
@@ -683,6 +695,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from jaxcert.train.distributed import DistributedInitError, initialize, is_main_process
 
+    convolutions = cpu_convolutions_for(args.run_dir, args.batch_size)  # before JAX starts
     try:
         if args.distributed:  # before anything touches the devices
             initialize(args.coordinator, args.num_processes, args.process_id, timeout=args.distributed_timeout)
@@ -702,6 +715,8 @@ def main(argv: list[str] | None = None) -> int:
         eps = config.test_eps if args.eps is None else args.eps
         if args.replace and args.output:
             raise ValueError("--replace writes certify.json; it excludes --output")
+        if main_process and convolutions:
+            print(convolutions)
         if main_process:
             later = f"{' -> bab' if bab else ''}{' -> milp' if args.milp else ''}"
             print(f"certifying {args.run_dir} on {len(ds)} test examples of {ds.name} ({ds.source or 'memory'}) at "

@@ -96,6 +96,11 @@ def main(argv: list[str] | None = None, *, host_memory: bool = False) -> int:
 
         if keep_freed_host_memory_if_fresh():
             print("host memory: freed buffers are kept for reuse between steps (--release-host-memory: off)")
+    from jaxcert.cpu_convolutions import use_eigen_for_run_if_fresh
+
+    convolutions = use_eigen_for_run_if_fresh(config.arch, config.dataset, config.batch_size)
+    if convolutions:
+        print(convolutions)
     from jaxcert.data import DatasetNotFoundError
     from jaxcert.train.distributed import DistributedInitError, is_main_process
     from jaxcert.train.loop import NonFiniteLossError, RunInterrupted
