@@ -61,7 +61,7 @@ def test_rows_and_flags_are_checked_before_any_work(tmp_path):
     with pytest.raises(SystemExit):  # not a jaxcert checkout
         bench.main(["--baseline", str(tmp_path)])
     names = [r.name for r in bench.ROWS]
-    assert len(names) == len(set(names)) == 14  # the table of issue 19 plus the GLS rows
+    assert len(names) == len(set(names)) == 15  # the table of issue 19, the GLS rows and CNN3 full CROWN training
 
 
 def test_the_best_round_counts_and_errors_are_reported():
