@@ -159,7 +159,6 @@ def jaxcert_work(row: Row, case: dict[str, Any]) -> Callable[[], Any]:
 
     from jaxcert.bounds import certified_cross_entropy, margin_lower_bounds
     from jaxcert.train import gaussian_noise, perturb
-    from jaxcert.train.member_schedule import cpu_chunk_for
     from jaxcert.train.members import map_members
 
     arch, _ = architecture(row.arch)
@@ -172,11 +171,8 @@ def jaxcert_work(row: Row, case: dict[str, Any]) -> Callable[[], Any]:
         fn = lambda p, x, y, key: margin_lower_bounds(arch, p, x, y, eps, relaxation=row.relaxation)
     elif row.work == "train":
         fn = lambda p, x, y, key: jax.value_and_grad(loss)(p, x, y)
-    elif row.work == "population":  # one program over the members, in PGPE's default schedule
-
-        def fn(p: Any, x: jax.Array, y: jax.Array, key: jax.Array) -> Any:
-            members = perturb(p, gaussian_noise(key, p, row.members), SIGMA)
-            return map_members(loss, cpu_chunk=cpu_chunk_for("pgpe", "certified", row.relaxation))(members, x, y)
+    elif row.work == "population":  # one program over the members, in map_members' default schedule
+        fn = lambda p, x, y, key: map_members(loss)(perturb(p, gaussian_noise(key, p, row.members), SIGMA), x, y)
     elif row.work == "rgs":
 
         def fn(p: Any, x: jax.Array, y: jax.Array, key: jax.Array) -> Any:

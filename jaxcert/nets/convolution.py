@@ -41,8 +41,7 @@ Which implementation computes that term is chosen per platform and per static sh
   whose transpose is ``k²`` batched matrix products ``slice_{i,j}(x_pad)[b]ᵀ @ g[b]``, summed over ``b``.
 
 Values and gradients equal XLA's to float tolerance. The function supports ``jvp``, ``grad``, ``vmap``
-and ``linear_transpose`` in ``x``; :func:`member_conv2d`, the same convolution for forward passes, batches
-over GLS members' kernels by :mod:`jaxcert.nets.conv_members` instead of ``linear_transpose``.
+and ``linear_transpose`` in ``x``.
 """
 
 from __future__ import annotations
@@ -58,7 +57,6 @@ from jaxcert.nets.conv_im2col import im2col_conv2d, scanned_im2col_conv2d
 from jaxcert.nets.conv_im2col_cf import scanned_im2col_cf_conv2d
 from jaxcert.nets.conv_im2col_gt import scanned_im2col_gt_conv2d
 from jaxcert.nets.conv_input_phases import phase_conv2d
-from jaxcert.nets.conv_members import member_aware
 from jaxcert.nets.conv_swapped import swapped_kernel_conv
 
 
@@ -187,11 +185,6 @@ def input_term(x_tangent: jax.Array, kernel: jax.Array, stride: int, padding: in
     return jax.lax.platform_dependent(x_tangent, kernel, default=term("xla"), **branches)
 
 
-@functools.cache
-def _xla_conv(stride: int, padding: int) -> Callable[[jax.Array, jax.Array], jax.Array]:
-    return lambda x, kernel: xla_conv2d(x, kernel, stride, padding)
-
-
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
 def conv2d(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
     """XLA's convolution of ``x`` (N, H, W, C) with ``kernel`` (k, k, C, O); see the module doc for its
@@ -199,16 +192,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Ar
     return xla_conv2d(x, kernel, stride, padding)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
-def member_conv2d(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
-    """:func:`conv2d` (the same values and derivative) whose primal, vmapped over kernels without
-    differentiation (GLS populations), batches by :mod:`jaxcert.nets.conv_members`. Forward passes use it
-    (``Conv.apply``); it cannot be ``jax.linear_transpose``-d (``Conv.linear`` uses :func:`conv2d`)."""
-    return member_aware(_xla_conv(stride, padding))(x, kernel)
-
-
 @conv2d.defjvp
-@member_conv2d.defjvp
 def _conv2d_jvp(
     stride: int, padding: int, primals: tuple[jax.Array, jax.Array], tangents: tuple[jax.Array, jax.Array]
 ) -> tuple[jax.Array, jax.Array]:

@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from jaxcert.nets.convolution import conv2d, member_conv2d, output_size
+from jaxcert.nets.convolution import conv2d, output_size
 
 Params = dict[str, jax.Array]
 Shape = tuple[int, ...]
@@ -109,20 +108,16 @@ class Conv(LayerSpec):
         size = lambda n: output_size(n, self.kernel, self.stride, self.padding)
         return (size(h), size(w), self.features)
 
-    def _conv(self, w: jax.Array, x: jax.Array, conv: Callable[..., jax.Array] = conv2d) -> jax.Array:
+    def _conv(self, w: jax.Array, x: jax.Array) -> jax.Array:
         # XLA's convolution wants one dtype: float64 inputs (x64) meet float32 kernels in float64, as in Dense
         dtype = jnp.result_type(x, w)
-        return conv(x.astype(dtype), w.astype(dtype), self.stride, self.padding)  # kernel gradient fast on CPU too
+        return conv2d(x.astype(dtype), w.astype(dtype), self.stride, self.padding)  # kernel gradient fast on CPU too
 
     def linear(self, p: Params, x: jax.Array) -> jax.Array:
         return self._conv(p["kernel"], x)
 
-    def apply(self, p: Params, x: jax.Array) -> jax.Array:
-        """``linear + bias`` by :func:`member_conv2d` (forward passes: fast over GLS members' kernels)."""
-        return self._conv(p["kernel"], x, member_conv2d) + self.offset(p)
-
     def abs_linear(self, p: Params, x: jax.Array) -> jax.Array:
-        return self._conv(jnp.abs(p["kernel"]), x, member_conv2d)
+        return self._conv(jnp.abs(p["kernel"]), x)
 
     def offset(self, p: Params) -> jax.Array:
         return p["bias"]

@@ -49,7 +49,6 @@ from jaxcert.train.es_optimizers import mean_optimizer
 from jaxcert.train.gradient import gradient_trainer, plain_gradient
 from jaxcert.train.init import ibp_init
 from jaxcert.train.logging import MetricsLog, plot_metrics, read_metrics
-from jaxcert.train.member_schedule import cpu_chunk_for
 from jaxcert.train.member_schedule import describe as describe_member_schedule
 from jaxcert.train.methods import make_objective, split_arch
 from jaxcert.train.pgpe import pgpe_trainer
@@ -170,7 +169,7 @@ def make_trainer(
     return pgpe_trainer(
         arch, objective, params, make_pgpe_optimizer(config), sigma=gls_sigma(config, params),
         population=config.population, std_lr=config.std_lr,
-        chunk=config.member_chunk, mesh=mesh, cpu_chunk=member_cpu_chunk(config), **common,
+        chunk=config.member_chunk, mesh=mesh, **common,
     )  # fmt: skip
 
 
@@ -409,18 +408,13 @@ def validate(config: TrainConfig, arch: Arch, state: TrainState, val_ds: Dataset
     return scores
 
 
-def member_cpu_chunk(config: TrainConfig) -> int:
-    """The CPU schedule's chunk of the run's GLS member axis (:func:`jaxcert.train.member_schedule.cpu_chunk_for`)."""
-    return cpu_chunk_for(config.method, config.objective, config.relaxation)
-
-
 def _members(config: TrainConfig) -> str:
     """``", 32 members in one vmap"``-style description of the GLS member axis (empty for other methods)."""
     size = {"rgs": config.samples, "pgpe": config.population}.get(config.method)
     if size is None:
         return ""
     what = "samples" if config.method == "rgs" else "members"
-    how = describe_member_schedule(size, config.member_chunk, cpu_chunk=member_cpu_chunk(config))
+    how = describe_member_schedule(size, config.member_chunk)
     return f", {size} {what} as {how}"
 
 

@@ -14,13 +14,6 @@
   XLA:CPU's canonical layouts inside loops (:mod:`jaxcert.nets.conv_swapped`); since then it is the
   fastest RGS schedule (k = 4: 1.1–2.9× one vmap, level with or faster than one unrolled copy per sample,
   which it replaces: a third of its compile time and of its memory).
-* **CPU, forward-only IBP populations** (PGPE's certified loss under an interval relaxation): chunks of
-  :data:`CPU_INTERVAL_CHUNK`. Vmapped members share the first convolution's input box, which
-  :mod:`jaxcert.nets.conv_members` computes as one convolution with the members' output channels side by
-  side, and the later convolutions run member by member in a loop: CNN3, 32 members × batch 32, 69 ms of
-  CPU against 95 ms in single members (chunks of 4: 76 ms). CROWN-IBP's back-substitution transposes
-  convolutions, which vmapped run grouped (5× slower in chunks of 2), so every other population keeps
-  :data:`CPU_CHUNK` (:func:`cpu_chunk_for`).
 * **GPU / TPU**: one ``vmap`` unless XLA's memory estimate of it exceeds the limit
   (:data:`ACCELERATOR_MEMORY_FRACTION` of the device's memory); then the largest divisor ``k`` of ``N`` whose
   estimate fits.
@@ -34,8 +27,6 @@ import jax
 
 #: members per lax.map step on CPU (experiments/bench_member_schedules.py)
 CPU_CHUNK = 1
-#: members per lax.map step on CPU for forward-only populations of interval bounds (module doc)
-CPU_INTERVAL_CHUNK = 2
 #: share of an accelerator's memory one vmap of all members may take before the rule chunks it
 ACCELERATOR_MEMORY_FRACTION = 0.5
 #: the device memory assumed where the runtime reports none
@@ -58,15 +49,6 @@ def memory_limit_bytes() -> float:
     return ACCELERATOR_MEMORY_FRACTION * device_memory_bytes()
 
 
-def cpu_chunk_for(method: str, objective: str, relaxation: str) -> int:
-    """The CPU rule's chunk for a GLS trainer's member axis: :data:`CPU_INTERVAL_CHUNK` for PGPE's certified
-    loss under an interval relaxation (forward only), :data:`CPU_CHUNK` otherwise."""
-    from jaxcert.bounds.registry import is_interval
-
-    forward_intervals = method == "pgpe" and objective == "certified" and is_interval(relaxation)
-    return CPU_INTERVAL_CHUNK if forward_intervals else CPU_CHUNK
-
-
 def chunks_by_rule(backend: str) -> bool:
     """Whether the rule runs small ``lax.map`` chunks without asking for a memory estimate (CPU)."""
     return backend == "cpu"
@@ -77,24 +59,18 @@ def choose_chunk(
     backend: str,
     estimate_bytes: Callable[[int], float | None] | None = None,
     memory_limit: float | None = None,
-    cpu_chunk: int = CPU_CHUNK,
 ) -> tuple[int, str]:
     """``(chunk, why)`` for ``size`` members on ``backend`` (``"cpu"``, ``"gpu"``, ``"tpu"``, ...), each
     member's work a forward pass or a value-and-gradient.
 
     ``estimate_bytes(k)`` is XLA's memory estimate of one step of ``k`` members (``None``: unknown), asked
     largest ``k`` first unless :func:`chunks_by_rule`; ``memory_limit`` defaults to
-    :func:`memory_limit_bytes`; ``cpu_chunk``: the CPU rule's chunk (:func:`cpu_chunk_for`). ``chunk == size``
-    means one vmap."""
+    :func:`memory_limit_bytes`. ``chunk == size`` means one vmap."""
     if size < 1:
         raise ValueError(f"the member axis must hold >= 1 member, got {size}")
     if chunks_by_rule(backend):
-        chunk = max(k for k in divisors_descending(size) if k <= cpu_chunk)
-        if cpu_chunk > CPU_CHUNK:
-            why = "the measured CPU rule for forward interval bounds: pairs share the first convolution"
-        else:
-            why = "the measured CPU rule: vmapped convolutions are slow"
-        return chunk, f"lax.map over chunks of {chunk} ({why})"
+        chunk = max(k for k in divisors_descending(size) if k <= CPU_CHUNK)
+        return chunk, f"lax.map over chunks of {chunk} (the measured CPU rule: vmapped convolutions are slow)"
     if estimate_bytes is None:
         return size, f"one vmap ({backend})"
     limit = memory_limit_bytes() if memory_limit is None else memory_limit
@@ -112,14 +88,13 @@ def choose_chunk(
     return 1, f"lax.map over single members ({backend}: even one member needs {estimate / 2**30:.3g} GiB)"
 
 
-def describe(size: int, chunk: int, backend: str | None = None, cpu_chunk: int = CPU_CHUNK) -> str:
-    """One line for the user: how ``size`` members run under ``member_chunk = chunk`` (``cpu_chunk``: the CPU
-    rule's chunk for this work, :func:`cpu_chunk_for`)."""
+def describe(size: int, chunk: int, backend: str | None = None) -> str:
+    """One line for the user: how ``size`` members run under ``member_chunk = chunk``."""
     if chunk:
         how = "one vmap" if chunk >= size else f"lax.map over chunks of {chunk}"
         return f"{how} (member_chunk={chunk})"
     backend = backend or jax.default_backend()
     if chunks_by_rule(backend):
-        return choose_chunk(size, backend, cpu_chunk=cpu_chunk)[1] + "; --member-chunk overrides"
+        return choose_chunk(size, backend)[1] + "; --member-chunk overrides"
     share = f"{ACCELERATOR_MEMORY_FRACTION:.0%} of the device"
     return f"one vmap unless XLA's memory estimate exceeds {share} ({backend}); --member-chunk overrides"

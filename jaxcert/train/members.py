@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from jaxcert.train.member_schedule import CPU_CHUNK, choose_chunk, chunks_by_rule
+from jaxcert.train.member_schedule import choose_chunk, chunks_by_rule
 from jaxcert.train.sharding import check_divisible, constrain_leading
 
 logger = logging.getLogger(__name__)
@@ -55,12 +55,9 @@ def check_chunk(size: int, chunk: int, what: str) -> None:
         raise ValueError(f"{what} ({size}) must be a multiple of the member chunk ({chunk})")
 
 
-def map_members(
-    fn: Callable[..., Any], chunk: int = 0, mesh: Mesh | None = None, cpu_chunk: int = CPU_CHUNK
-) -> Callable[..., Any]:
+def map_members(fn: Callable[..., Any], chunk: int = 0, mesh: Mesh | None = None) -> Callable[..., Any]:
     """``(members, *shared) -> stacked fn(member, *shared)``, ``chunk`` members at a time in an XLA loop
-    (``0``: the default rule of :mod:`jaxcert.train.member_schedule`, whose CPU chunk is ``cpu_chunk``,
-    :func:`~jaxcert.train.member_schedule.cpu_chunk_for`; ``>= N``: all at once, one vmap)."""
+    (``0``: the default rule of :mod:`jaxcert.train.member_schedule`; ``>= N``: all at once, one vmap)."""
     check_chunk(chunk, chunk, "the member chunk")  # any chunk divides itself: this checks chunk >= 0
     if chunk:
         check_divisible(chunk, mesh, "member chunk")
@@ -68,7 +65,7 @@ def map_members(
     def mapped(members: Any, *shared: Any) -> Any:
         n = population_size(members)
         group = jax.vmap(lambda m: fn(m, *shared))
-        size = chunk or default_chunk(fn, members, shared, mesh, cpu_chunk)
+        size = chunk or default_chunk(fn, members, shared, mesh)
         if size >= n:
             return group(constrain_leading(members, mesh))
         check_chunk(n, size, "the population")
@@ -79,9 +76,7 @@ def map_members(
     return mapped
 
 
-def default_chunk(
-    fn: Callable[..., Any], members: Any, shared: tuple[Any, ...], mesh: Mesh | None, cpu_chunk: int = CPU_CHUNK
-) -> int:
+def default_chunk(fn: Callable[..., Any], members: Any, shared: tuple[Any, ...], mesh: Mesh | None) -> int:
     """The chunk of ``chunk=0``: one vmap with a ``mesh`` (the devices share the members), otherwise
     :func:`jaxcert.train.member_schedule.choose_chunk` for this backend, which (except where the rule
     chunks on its own) compiles the group for a candidate chunk to read XLA's memory estimate."""
@@ -100,7 +95,7 @@ def default_chunk(
             return None
         return float(stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes)
 
-    chunk, why = choose_chunk(n, backend, estimate_bytes, cpu_chunk=cpu_chunk)
+    chunk, why = choose_chunk(n, backend, estimate_bytes)
     if not chunks_by_rule(backend) and chunk < n:
         logger.warning("GLS member axis: %d members as %s; member_chunk overrides", n, why)
     return chunk

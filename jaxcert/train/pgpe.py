@@ -37,7 +37,6 @@ from jaxcert.nets.layers import Arch
 from jaxcert.nets.network import LayerParams, split_trainable
 from jaxcert.train.batch_norm import update_running_stats
 from jaxcert.train.losses import Objective, at_mean
-from jaxcert.train.member_schedule import CPU_CHUNK
 from jaxcert.train.members import check_chunk, map_members
 from jaxcert.train.sharding import check_divisible
 from jaxcert.train.sigma import Sigma, broadcast_sigma, check_sigma, is_per_leaf
@@ -45,10 +44,10 @@ from jaxcert.train.state import Trainer, TrainState
 
 
 def population_fitness(  # type: ignore[no-untyped-def]
-    objective: Objective, chunk: int = 0, mesh: Mesh | None = None, cpu_chunk: int = CPU_CHUNK
+    objective: Objective, chunk: int = 0, mesh: Mesh | None = None
 ):
     """``(population, frozen, x, y, step) -> (fitness (N,), aux)``: ``objective`` mapped over the members."""
-    return map_members(objective, chunk, mesh, cpu_chunk)
+    return map_members(objective, chunk, mesh)
 
 
 def pgpe_trainer(
@@ -64,12 +63,10 @@ def pgpe_trainer(
     chunk: int = 0,
     mesh: Mesh | None = None,
     bn_momentum: float = 0.1,
-    cpu_chunk: int = CPU_CHUNK,
 ) -> Trainer:
     """PGPE on ``objective`` over the trainable leaves of ``params`` (the template, also the initial mean);
     ``optimizer`` updates the mean (:func:`jaxcert.train.es_optimizers.mean_optimizer`), ``sigma`` is one
-    number or a tree of per-leaf values (:func:`jaxcert.train.sigma.relative_sigma`); ``cpu_chunk``: the
-    CPU schedule's chunk of ``chunk=0`` (:func:`jaxcert.train.member_schedule.cpu_chunk_for`)."""
+    number or a tree of per-leaf values (:func:`jaxcert.train.sigma.relative_sigma`)."""
     from evosax.algorithms import PGPE  # here, not at import: importing it starts JAX's devices, which must
     # wait for jax.distributed.initialize in a multi-process run (jaxcert.train.distributed)
 
@@ -84,7 +81,7 @@ def pgpe_trainer(
     es = PGPE(population, solution=template, optimizer=optimizer)
     std_init = ravel_pytree(broadcast_sigma(sigma, template))[0] if is_per_leaf(sigma) else sigma
     es_params = es.default_params.replace(std_init=std_init, std_lr=std_lr, std_max_change=std_max_change)
-    fitness_fn = population_fitness(objective, chunk, mesh, cpu_chunk)
+    fitness_fn = population_fitness(objective, chunk, mesh)
 
     def init(params: LayerParams) -> TrainState:
         trainable, frozen = split_trainable(params)
