@@ -677,12 +677,13 @@ def cpu_convolutions_for(run_dir: str, batch: int) -> str | None:
     """The CPU convolution rule (:mod:`jaxcert.cpu_convolutions`) for the run's network, set before JAX starts
     from its ``config.json`` (``None``: XLA's defaults, or a folder without a readable config)."""
     from jaxcert.cpu_convolutions import use_eigen_for_run_if_fresh
+    from jaxcert.runs import run_config
 
     try:
-        config = json.loads((Path(run_dir) / "config.json").read_text())
-        return use_eigen_for_run_if_fresh(config["arch"], config["dataset"], batch)
-    except (OSError, ValueError, KeyError, TypeError):
+        config = run_config(run_dir)
+    except (OSError, ValueError, TypeError):
         return None  # load_run reports what is wrong with the folder
+    return use_eigen_for_run_if_fresh(config.arch, config.dataset, batch)
 
 
 def main(argv: list[str] | None = None) -> int:
