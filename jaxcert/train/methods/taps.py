@@ -242,6 +242,13 @@ def taps_margins(
     return jnp.einsum("bkn,bkn->bk", C, logits)
 
 
+def margins_loss(margins: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """``mean CE_cert(margins)`` and the aux ``taps_loss`` (that mean) and ``taps_acc`` (the fraction whose
+    margins are all positive) of margin estimates or bounds (B, K-1)."""
+    loss = jnp.mean(certified_cross_entropy(margins))
+    return loss, {"taps_loss": loss, "taps_acc": jnp.mean(is_certified(margins).astype(jnp.float32))}
+
+
 def expand_gradient(value: jax.Array, scale: float) -> jax.Array:
     """``value`` forwards, ``scale ×`` its gradient backwards: ``scale·v − (scale − 1)·stop_gradient(v)``."""
     return scale * value - (scale - 1.0) * jax.lax.stop_gradient(value)
@@ -288,8 +295,7 @@ def taps_term(
 
         def taps_phase(_: None) -> tuple[jax.Array, dict]:
             d = taps_margins(arch, params, lower, upper, y, latent_key, split=split, steps=steps, estimator=estimator)
-            loss = jnp.mean(certified_cross_entropy(d))
-            aux = {"taps_loss": loss, "taps_acc": jnp.mean(is_certified(d).astype(jnp.float32))}
+            loss, aux = margins_loss(d)
             if grad_scale == 0:
                 return loss, aux
             ibp_loss = jnp.mean(certified_cross_entropy(ibp_margins()))
@@ -299,9 +305,7 @@ def taps_term(
             return taps_phase(None)
 
         def ibp_phase(_: None) -> tuple[jax.Array, dict]:
-            lb = ibp_margins()
-            loss = jnp.mean(certified_cross_entropy(lb))
-            aux = {"taps_loss": loss, "taps_acc": jnp.mean(is_certified(lb).astype(jnp.float32))}
+            loss, aux = margins_loss(ibp_margins())
             return loss, aux if grad_scale == 0 else aux | {"taps_ibp_loss": loss}
 
         ramping = eps < ibp_below * (1.0 - RAMP_TOL)
